@@ -1,0 +1,396 @@
+"""Python form of the session spec (``spec.proto``), and its YAML/dict/proto conversions.
+
+Owns: :class:`Op`, :class:`Feature`, :class:`SessionSpec`. These mirror ``spec.proto`` field by
+field so a trainer can write a spec in Python or YAML. Only light local checks run here (field
+names and types) so typos fail before any RPC; the master validates authoritatively (op names,
+op parameters, columns) and answers INVALID_ARGUMENT naming the field. Must never import
+``dpp_server`` or ``storage``.
+
+YAML form (ops list their parameters flat beside ``op``)::
+
+    table_uri: /data/ctr
+    batch_size: 4096
+    label: label
+    features:
+      - name: dense_0
+        kind: dense
+        ops:
+          - {op: fill_null, value: 0.0}
+          - {op: log1p}
+      - name: sparse_0
+        kind: sparse
+        ops:
+          - {op: sigrid_hash, max_value: 100000}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+from google.protobuf import json_format
+
+from dpp_client.errors import SpecRejectedError
+from dpp_proto import spec_pb2
+
+__all__ = ["Feature", "FeatureKind", "Op", "SessionSpec"]
+
+FeatureKind = Literal["dense", "sparse"]
+
+_KIND_TO_PROTO: dict[str, int] = {
+    "dense": spec_pb2.FEATURE_KIND_DENSE,
+    "sparse": spec_pb2.FEATURE_KIND_SPARSE,
+}
+_PROTO_TO_KIND: dict[int, FeatureKind] = {
+    spec_pb2.FEATURE_KIND_DENSE: "dense",
+    spec_pb2.FEATURE_KIND_SPARSE: "sparse",
+}
+
+
+def _reject(field_path: str, problem: str) -> SpecRejectedError:
+    return SpecRejectedError(
+        f"{field_path}: {problem} (checked locally, before contacting the master)",
+        field=field_path,
+    )
+
+
+def _check_type(field_path: str, value: object, types: type | tuple[type, ...]) -> None:
+    # bool is an int subclass; a YAML `true` where a number belongs is a typo, not a 1.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _reject(field_path, f"expected {types}, got bool {value!r}")
+    if not isinstance(value, types):
+        raise _reject(field_path, f"expected {types}, got {type(value).__name__} {value!r}")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One transform applied to a feature; ops run in spec order.
+
+    Attributes:
+        op: registered op name, e.g. ``"fill_null"``; the master checks it exists.
+        params: JSON-like parameters, e.g. ``{"value": 0.0}``. On the wire they travel as a
+            ``google.protobuf.Struct``, where every number is a double.
+    """
+
+    op: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "op") -> Op:
+        """Builds an op from its YAML form ``{op: name, param: value, ...}``.
+
+        A nested ``params:`` mapping is accepted too, for specs written from ``to_dict``-like
+        JSON.
+        """
+        _check_type(where, data, Mapping)
+        if "op" not in data:
+            raise _reject(f"{where}.op", "missing op name")
+        name = data["op"]
+        _check_type(f"{where}.op", name, str)
+        rest = {k: v for k, v in data.items() if k != "op"}
+        if set(rest) == {"params"} and isinstance(rest["params"], Mapping):
+            rest = dict(rest["params"])
+        for key in rest:
+            _check_type(f"{where}.{key}", key, str)
+        return cls(op=name, params=rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the YAML form: params flat beside ``op``."""
+        return {"op": self.op, **self.params}
+
+    def to_proto(self) -> spec_pb2.OpSpec:
+        """Returns the ``OpSpec`` message."""
+        msg = spec_pb2.OpSpec(op=self.op)
+        msg.params.update(self.params)
+        return msg
+
+    @classmethod
+    def from_proto(cls, msg: spec_pb2.OpSpec) -> Op:
+        """Inverse of :meth:`to_proto`; numbers come back as floats (Struct holds doubles)."""
+        return cls(op=msg.op, params=json_format.MessageToDict(msg.params))
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One output feature.
+
+    Attributes:
+        name: feature name in the delivered batch.
+        kind: ``"dense"`` (one float32 per row) or ``"sparse"`` (a list of int64 ids per row).
+        source: input column of the table; empty means ``name``.
+        ops: transforms, in order.
+        dedup_group: reserved for deduplicated feature groups (unsupported by this client).
+    """
+
+    name: str
+    kind: FeatureKind
+    source: str = ""
+    ops: tuple[Op, ...] = ()
+    dedup_group: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "feature") -> Feature:
+        """Builds a feature from its YAML form."""
+        _check_type(where, data, Mapping)
+        unknown = set(data) - {"name", "kind", "source", "ops", "dedup_group"}
+        if unknown:
+            raise _reject(f"{where}.{sorted(unknown)[0]}", "unknown feature field")
+        for key in ("name", "kind"):
+            if key not in data:
+                raise _reject(f"{where}.{key}", "missing")
+        name = data["name"]
+        kind = data["kind"]
+        _check_type(f"{where}.name", name, str)
+        if kind not in _KIND_TO_PROTO:
+            raise _reject(f"{where}.kind", f"expected 'dense' or 'sparse', got {kind!r}")
+        source = data.get("source", "")
+        dedup_group = data.get("dedup_group", "")
+        _check_type(f"{where}.source", source, str)
+        _check_type(f"{where}.dedup_group", dedup_group, str)
+        raw_ops = data.get("ops") or []
+        _check_type(f"{where}.ops", raw_ops, (list, tuple))
+        ops = tuple(Op.from_dict(o, f"{where}.ops[{i}]") for i, o in enumerate(raw_ops))
+        return cls(
+            name=name,
+            kind=cast(FeatureKind, kind),
+            source=source,
+            ops=ops,
+            dedup_group=dedup_group,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the YAML form, omitting empty optional fields."""
+        out: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.source:
+            out["source"] = self.source
+        if self.ops:
+            out["ops"] = [o.to_dict() for o in self.ops]
+        if self.dedup_group:
+            out["dedup_group"] = self.dedup_group
+        return out
+
+    def to_proto(self) -> spec_pb2.FeatureSpec:
+        """Returns the ``FeatureSpec`` message."""
+        return spec_pb2.FeatureSpec(
+            name=self.name,
+            source=self.source,
+            kind=cast(spec_pb2.FeatureKind, _KIND_TO_PROTO[self.kind]),
+            ops=[o.to_proto() for o in self.ops],
+            dedup_group=self.dedup_group,
+        )
+
+    @classmethod
+    def from_proto(cls, msg: spec_pb2.FeatureSpec) -> Feature:
+        """Inverse of :meth:`to_proto`."""
+        if msg.kind not in _PROTO_TO_KIND:
+            raise _reject(f"features[{msg.name}].kind", f"unknown kind {msg.kind}")
+        return cls(
+            name=msg.name,
+            kind=_PROTO_TO_KIND[msg.kind],
+            source=msg.source,
+            ops=tuple(Op.from_proto(o) for o in msg.ops),
+            dedup_group=msg.dedup_group,
+        )
+
+
+_INT_FIELDS = ("batch_size", "epochs", "seed", "world_size", "target_split_rows")
+_STR_FIELDS = ("table_uri", "label", "weight", "partition_filter", "row_filter")
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What a trainer asks dpp to read and how to preprocess it (mirrors ``spec.proto``).
+
+    Attributes:
+        table_uri: path, file://, memory:// or s3:// URI of a Hive-partitioned Parquet table.
+        features: output features; dense ones are stacked in this order.
+        batch_size: rows per batch. Larger amortises per-batch overhead; smaller lowers
+            latency and memory.
+        label: label column (float32), or empty for none.
+        weight: weight column (float32), or empty for none.
+        passthrough: columns delivered unchanged as ``Batch.extras`` (e.g. ``row_id``).
+        partition_filter: SQL-like predicate over partition columns; prunes files unopened.
+        row_filter: SQL-like predicate over any columns; pushed down to row-group statistics.
+        epochs: passes over the table.
+        seed: seed of split-order shuffling.
+        world_size: ranks sharing the session; each receives disjoint splits.
+        target_split_rows: rows per split; larger means fewer master round trips, smaller
+            balances load better. 0: the master's default.
+        shuffle: shuffle split order each epoch.
+        storage_options: fsspec options (endpoint_url, key, secret for s3://).
+    """
+
+    table_uri: str
+    features: tuple[Feature, ...]
+    batch_size: int = 4096
+    label: str = ""
+    weight: str = ""
+    passthrough: tuple[str, ...] = ()
+    partition_filter: str = ""
+    row_filter: str = ""
+    epochs: int = 1
+    seed: int = 0
+    world_size: int = 1
+    target_split_rows: int = 0
+    shuffle: bool = False
+    storage_options: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Accept lists for convenience but store tuples, so specs stay immutable.
+        object.__setattr__(self, "features", tuple(self.features))
+        object.__setattr__(self, "passthrough", tuple(self.passthrough))
+        self.check()
+
+    def check(self) -> None:
+        """Runs the light local type checks; the master does the real validation.
+
+        Raises:
+            SpecRejectedError: naming the first offending field.
+        """
+        for name in _STR_FIELDS:
+            _check_type(name, getattr(self, name), str)
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            _check_type(name, value, int)
+            if value < 0:
+                raise _reject(name, f"must be >= 0, got {value}")
+        if self.batch_size == 0:
+            raise _reject("batch_size", "must be > 0")
+        _check_type("shuffle", self.shuffle, bool)
+        for i, f in enumerate(self.features):
+            _check_type(f"features[{i}]", f, Feature)
+        for i, p in enumerate(self.passthrough):
+            _check_type(f"passthrough[{i}]", p, str)
+        _check_type("storage_options", self.storage_options, dict)
+        for k, v in self.storage_options.items():
+            _check_type(f"storage_options.{k}", v, str)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SessionSpec:
+        """Builds a spec from its dict/YAML form (field names as in ``spec.proto``).
+
+        Raises:
+            SpecRejectedError: an unknown field, a missing ``table_uri``, or a wrong type.
+        """
+        _check_type("spec", data, Mapping)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise _reject(sorted(unknown)[0], f"unknown spec field; known fields: {sorted(known)}")
+        if "table_uri" not in data:
+            raise _reject("table_uri", "missing")
+        raw_features = data.get("features") or []
+        _check_type("features", raw_features, (list, tuple))
+        features = tuple(
+            f if isinstance(f, Feature) else Feature.from_dict(f, f"features[{i}]")
+            for i, f in enumerate(raw_features)
+        )
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k != "features"}
+        if "passthrough" in kwargs:
+            _check_type("passthrough", kwargs["passthrough"], (list, tuple))
+            kwargs["passthrough"] = tuple(kwargs["passthrough"])
+        if "storage_options" in kwargs:
+            _check_type("storage_options", kwargs["storage_options"], Mapping)
+            kwargs["storage_options"] = dict(kwargs["storage_options"])
+        return cls(features=features, **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | os.PathLike[str]) -> SessionSpec:
+        """Builds a spec from a YAML file path or YAML text.
+
+        A ``PathLike``, or a one-line string naming an existing file, is read as a file;
+        anything else is parsed as YAML text.
+        """
+        if isinstance(path_or_text, os.PathLike) or (
+            "\n" not in path_or_text and Path(path_or_text).is_file()
+        ):
+            text = Path(path_or_text).read_text(encoding="utf-8")
+        else:
+            text = str(path_or_text)
+        data = yaml.safe_load(text)
+        if not isinstance(data, Mapping):
+            raise _reject("spec", f"YAML must hold a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the dict/YAML form; ``from_dict(to_dict())`` gives an equal spec."""
+        return {
+            "table_uri": self.table_uri,
+            "features": [f.to_dict() for f in self.features],
+            "batch_size": self.batch_size,
+            "label": self.label,
+            "weight": self.weight,
+            "passthrough": list(self.passthrough),
+            "partition_filter": self.partition_filter,
+            "row_filter": self.row_filter,
+            "epochs": self.epochs,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "target_split_rows": self.target_split_rows,
+            "shuffle": self.shuffle,
+            "storage_options": dict(self.storage_options),
+        }
+
+    def to_proto(self) -> spec_pb2.SessionSpec:
+        """Returns the ``SessionSpec`` message sent in ``CreateSessionRequest``."""
+        return spec_pb2.SessionSpec(
+            table_uri=self.table_uri,
+            storage_options=dict(self.storage_options),
+            partition_filter=self.partition_filter,
+            row_filter=self.row_filter,
+            features=[f.to_proto() for f in self.features],
+            label=self.label,
+            weight=self.weight,
+            passthrough=list(self.passthrough),
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            world_size=self.world_size,
+            target_split_rows=self.target_split_rows,
+            shuffle=self.shuffle,
+        )
+
+    @classmethod
+    def from_proto(cls, msg: spec_pb2.SessionSpec) -> SessionSpec:
+        """Inverse of :meth:`to_proto` (proto zeros for epochs/world_size become 1)."""
+        return cls(
+            table_uri=msg.table_uri,
+            features=tuple(Feature.from_proto(f) for f in msg.features),
+            batch_size=msg.batch_size,
+            label=msg.label,
+            weight=msg.weight,
+            passthrough=tuple(msg.passthrough),
+            partition_filter=msg.partition_filter,
+            row_filter=msg.row_filter,
+            epochs=msg.epochs or 1,
+            seed=msg.seed,
+            world_size=msg.world_size or 1,
+            target_split_rows=msg.target_split_rows,
+            shuffle=msg.shuffle,
+            storage_options=dict(msg.storage_options),
+        )
+
+    @property
+    def dense_names(self) -> list[str]:
+        """Dense feature names in spec order (the columns of ``Batch.dense``)."""
+        return [f.name for f in self.features if f.kind == "dense"]
+
+    @property
+    def sparse_names(self) -> list[str]:
+        """Sparse feature names in spec order (the keys of ``Batch.sparse``)."""
+        return [f.name for f in self.features if f.kind == "sparse"]
+
+
+def coerce_spec(spec: SessionSpec | str | os.PathLike[str] | Mapping[str, Any]) -> SessionSpec:
+    """Accepts a spec, a YAML path/text, or a mapping, and returns a :class:`SessionSpec`."""
+    if isinstance(spec, SessionSpec):
+        return spec
+    if isinstance(spec, Mapping):
+        return SessionSpec.from_dict(spec)
+    if isinstance(spec, (str, os.PathLike)):
+        return SessionSpec.from_yaml(spec)
+    raise _reject("spec", f"expected SessionSpec, YAML path or mapping, got {type(spec).__name__}")

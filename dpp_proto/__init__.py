@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for dpp. Do not edit: run scripts/gen_proto.sh."""

@@ -1,0 +1,273 @@
+from dpp_proto import spec_pb2 as _spec_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateSessionRequest(_message.Message):
+    __slots__ = ("spec", "session_name")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    spec: _spec_pb2.SessionSpec
+    session_name: str
+    def __init__(self, spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., session_name: _Optional[str] = ...) -> None: ...
+
+class CreateSessionResponse(_message.Message):
+    __slots__ = ("session_id", "joined", "plan")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    joined: bool
+    plan: SessionPlan
+    def __init__(self, session_id: _Optional[str] = ..., joined: _Optional[bool] = ..., plan: _Optional[_Union[SessionPlan, _Mapping]] = ...) -> None: ...
+
+class SessionPlan(_message.Message):
+    __slots__ = ("num_splits", "num_files", "num_row_groups", "num_rows", "num_partitions", "planning_seconds")
+    NUM_SPLITS_FIELD_NUMBER: _ClassVar[int]
+    NUM_FILES_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    PLANNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    num_splits: int
+    num_files: int
+    num_row_groups: int
+    num_rows: int
+    num_partitions: int
+    planning_seconds: float
+    def __init__(self, num_splits: _Optional[int] = ..., num_files: _Optional[int] = ..., num_row_groups: _Optional[int] = ..., num_rows: _Optional[int] = ..., num_partitions: _Optional[int] = ..., planning_seconds: _Optional[float] = ...) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class GetSessionResponse(_message.Message):
+    __slots__ = ("session_id", "spec", "plan", "progress")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    spec: _spec_pb2.SessionSpec
+    plan: SessionPlan
+    progress: _containers.RepeatedCompositeFieldContainer[RankProgress]
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., plan: _Optional[_Union[SessionPlan, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
+
+class RankProgress(_message.Message):
+    __slots__ = ("epoch", "rank", "splits_total", "splits_pending", "splits_leased", "splits_done")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_LEASED_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    rank: int
+    splits_total: int
+    splits_pending: int
+    splits_leased: int
+    splits_done: int
+    def __init__(self, epoch: _Optional[int] = ..., rank: _Optional[int] = ..., splits_total: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ...) -> None: ...
+
+class BeginEpochRequest(_message.Message):
+    __slots__ = ("session_id", "rank", "epoch")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    rank: int
+    epoch: int
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class BeginEpochResponse(_message.Message):
+    __slots__ = ("split_ids", "epochs")
+    SPLIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    split_ids: _containers.RepeatedScalarFieldContainer[str]
+    epochs: int
+    def __init__(self, split_ids: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ...) -> None: ...
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("address", "pipeline_threads")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    pipeline_threads: int
+    def __init__(self, address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("worker_id", "heartbeat_interval_s", "lease_timeout_s")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    heartbeat_interval_s: float
+    lease_timeout_s: float
+    def __init__(self, worker_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_timeout_s: _Optional[float] = ...) -> None: ...
+
+class StageSeconds(_message.Message):
+    __slots__ = ("read_s", "filter_s", "transform_s", "batch_s", "serialize_s", "wait_consumer_s", "idle_s")
+    READ_S_FIELD_NUMBER: _ClassVar[int]
+    FILTER_S_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_S_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZE_S_FIELD_NUMBER: _ClassVar[int]
+    WAIT_CONSUMER_S_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    read_s: float
+    filter_s: float
+    transform_s: float
+    batch_s: float
+    serialize_s: float
+    wait_consumer_s: float
+    idle_s: float
+    def __init__(self, read_s: _Optional[float] = ..., filter_s: _Optional[float] = ..., transform_s: _Optional[float] = ..., batch_s: _Optional[float] = ..., serialize_s: _Optional[float] = ..., wait_consumer_s: _Optional[float] = ..., idle_s: _Optional[float] = ...) -> None: ...
+
+class WorkerCounters(_message.Message):
+    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done")
+    ROWS_READ_FIELD_NUMBER: _ClassVar[int]
+    ROWS_OUT_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_OUT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
+    rows_read: int
+    rows_out: int
+    batches_out: int
+    bytes_out: int
+    splits_done: int
+    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id", "stage_seconds", "counters")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    stage_seconds: StageSeconds
+    counters: WorkerCounters
+    def __init__(self, worker_id: _Optional[str] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("reregister",)
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    reregister: bool
+    def __init__(self, reregister: _Optional[bool] = ...) -> None: ...
+
+class AcquireSplitRequest(_message.Message):
+    __slots__ = ("worker_id", "skip")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    skip: _containers.RepeatedCompositeFieldContainer[StreamKey]
+    def __init__(self, worker_id: _Optional[str] = ..., skip: _Optional[_Iterable[_Union[StreamKey, _Mapping]]] = ...) -> None: ...
+
+class StreamKey(_message.Message):
+    __slots__ = ("session_id", "rank")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    rank: int
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class SplitLease(_message.Message):
+    __slots__ = ("session_id", "epoch", "rank", "split", "start_batch")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    START_BATCH_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    epoch: int
+    rank: int
+    split: Split
+    start_batch: int
+    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ...) -> None: ...
+
+class Split(_message.Message):
+    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition")
+    class PartitionEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPLIT_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    split_id: str
+    path: str
+    file_size: int
+    row_groups: _containers.RepeatedScalarFieldContainer[int]
+    num_rows: int
+    partition: _containers.ScalarMap[str, str]
+    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class AcquireSplitResponse(_message.Message):
+    __slots__ = ("lease", "retry_after_ms")
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
+    lease: SplitLease
+    retry_after_ms: int
+    def __init__(self, lease: _Optional[_Union[SplitLease, _Mapping]] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
+
+class ReportSplitProgressRequest(_message.Message):
+    __slots__ = ("worker_id", "session_id", "epoch", "rank", "split_id", "batches_produced", "done", "error")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_PRODUCED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    session_id: str
+    epoch: int
+    rank: int
+    split_id: str
+    batches_produced: int
+    done: bool
+    error: str
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split_id: _Optional[str] = ..., batches_produced: _Optional[int] = ..., done: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ReportSplitProgressResponse(_message.Message):
+    __slots__ = ("lease_valid",)
+    LEASE_VALID_FIELD_NUMBER: _ClassVar[int]
+    lease_valid: bool
+    def __init__(self, lease_valid: _Optional[bool] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker_id", "address", "seconds_since_heartbeat", "stage_seconds", "counters", "pipeline_threads")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    address: str
+    seconds_since_heartbeat: float
+    stage_seconds: StageSeconds
+    counters: WorkerCounters
+    pipeline_threads: int
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., seconds_since_heartbeat: _Optional[float] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ..., pipeline_threads: _Optional[int] = ...) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,227 @@
+"""The ``dpp`` command: ``gen``, ``master``, ``worker``, ``up`` and ``demo``.
+
+Owns argument parsing, logging configuration and process signals. The one place that reads
+``DPP_*`` environment variables (:func:`_env`), so every setting has one default, one flag and
+one override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+logger = logging.getLogger("dpp")
+
+
+def _env(name: str, default: Any) -> Any:
+    """``DPP_<NAME>`` from the environment, converted to the type of ``default``."""
+    raw = os.environ.get(f"DPP_{name.upper()}")
+    if raw is None:
+        return default
+    return type(default)(raw)
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else _env("log_level", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _storage_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+
+def _wait_for_signal() -> int:
+    """Blocks until SIGINT or SIGTERM; returns the signal number."""
+    received: list[int] = []
+    event = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        event.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    event.wait()
+    return received[0]
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    from storage import GenConfig, generate_table
+
+    config = GenConfig(
+        rows=args.rows,
+        days=args.days,
+        dense=args.dense,
+        sparse=args.sparse,
+        rows_per_session=args.rows_per_session,
+        user_sparse_share=args.user_sparse_share,
+        row_group_rows=args.row_group_rows,
+        rows_per_file=args.rows_per_file,
+        seed=args.seed,
+    )
+    summary = generate_table(
+        args.uri, config, _storage_options(args.storage_option), progress=not args.quiet
+    )
+    print(
+        f"wrote {summary.rows} rows in {summary.files} files ({summary.bytes / 1e6:.1f} MB) "
+        f"to {args.uri} in {summary.seconds:.1f}s"
+    )
+    return 0
+
+
+def cmd_master(args: argparse.Namespace) -> int:
+    from dpp_server.cluster import write_ready_file
+    from dpp_server.master import Master, MasterConfig
+    from dpp_server.master_service import MasterServer
+
+    config = MasterConfig(
+        heartbeat_interval_s=args.heartbeat_interval_s,
+        lease_timeout_s=args.lease_timeout_s,
+    )
+    server = MasterServer(Master(config), host=args.host, port=args.port)
+    server.start()
+    print(f"dpp master listening on {server.address}", flush=True)
+    if args.ready_file:
+        write_ready_file(args.ready_file, server.address)
+    signum = _wait_for_signal()
+    logger.info("received signal %d; stopping", signum)
+    server.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from dpp_server.cluster import write_ready_file
+    from dpp_server.worker import WorkerConfig
+    from dpp_server.worker_service import WorkerServer
+
+    config = WorkerConfig(
+        pipeline_threads=args.threads,
+        max_buffer_bytes=args.buffer_mb << 20,
+        read_batch_rows=args.read_batch_rows,
+    )
+    server = WorkerServer(
+        args.master, config, host=args.host, port=args.port, advertise_host=args.advertise_host
+    )
+    server.start()
+    print(f"dpp worker {server.worker.worker_id} listening on {server.address}", flush=True)
+    if args.ready_file:
+        write_ready_file(args.ready_file, server.address)
+    signum = _wait_for_signal()
+    logger.info("received signal %d; stopping", signum)
+    server.stop()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from dpp_server.cluster import LocalCluster, write_ready_file
+
+    cluster = LocalCluster(
+        workers=args.workers,
+        pipeline_threads=args.threads,
+        master_args=["--port", str(args.port)] if args.port else [],
+    )
+    try:
+        cluster.start()
+        print(f"dpp cluster up: master at {cluster.master_address}", flush=True)
+        for worker in cluster.workers:
+            print(f"  worker at {worker.address} (pid {worker.process.pid})", flush=True)
+        print("Ctrl-C stops everything.", flush=True)
+        if args.ready_file:
+            write_ready_file(args.ready_file, cluster.master_address, master=cluster.master_address)
+        _wait_for_signal()
+    finally:
+        cluster.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, [sys.executable, "-m", "dpp_client.demo", *args.demo_args])
+    return 1  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpp", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("gen", help="write a synthetic DLRM-shaped table")
+    gen.add_argument("uri", help="table URI: a path, file://, memory:// or s3://")
+    gen.add_argument("--rows", type=int, default=1_000_000)
+    gen.add_argument("--days", type=int, default=3, help="partitions ds=2026-01-01...")
+    gen.add_argument("--dense", type=int, default=13, help="dense float features")
+    gen.add_argument("--sparse", type=int, default=26, help="sparse id-list features")
+    gen.add_argument(
+        "--rows-per-session",
+        type=float,
+        default=4.0,
+        help="mean rows per user session (their user-side features are identical)",
+    )
+    gen.add_argument("--user-sparse-share", type=float, default=0.5)
+    gen.add_argument("--row-group-rows", type=int, default=32_768)
+    gen.add_argument("--rows-per-file", type=int, default=131_072)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    gen.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(func=cmd_gen)
+
+    master = sub.add_parser("master", help="run a master")
+    master.add_argument("--host", default=_env("host", "127.0.0.1"))
+    master.add_argument("--port", type=int, default=_env("master_port", 50051))
+    master.add_argument(
+        "--heartbeat-interval-s", type=float, default=_env("heartbeat_interval_s", 1.0)
+    )
+    master.add_argument("--lease-timeout-s", type=float, default=_env("lease_timeout_s", 10.0))
+    master.add_argument("--ready-file", default="", help="write the bound address here")
+    master.set_defaults(func=cmd_master)
+
+    worker = sub.add_parser("worker", help="run a worker")
+    worker.add_argument("--master", default=_env("master", "127.0.0.1:50051"))
+    worker.add_argument("--host", default=_env("host", "127.0.0.1"))
+    worker.add_argument("--port", type=int, default=_env("worker_port", 0))
+    worker.add_argument(
+        "--advertise-host", default=_env("advertise_host", ""), help="host clients dial"
+    )
+    worker.add_argument("--threads", type=int, default=_env("pipeline_threads", 2))
+    worker.add_argument("--buffer-mb", type=int, default=_env("buffer_mb", 256))
+    worker.add_argument("--read-batch-rows", type=int, default=_env("read_batch_rows", 65_536))
+    worker.add_argument("--ready-file", default="")
+    worker.set_defaults(func=cmd_worker)
+
+    up = sub.add_parser("up", help="run a local cluster: a master and N workers")
+    up.add_argument("--workers", type=int, default=2)
+    up.add_argument("--threads", type=int, default=2, help="pipeline threads per worker")
+    up.add_argument("--port", type=int, default=0, help="master port (0: any free port)")
+    up.add_argument("--ready-file", default="")
+    up.set_defaults(func=cmd_up)
+
+    demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
+    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

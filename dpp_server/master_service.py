@@ -1,0 +1,293 @@
+"""The master's gRPC face: decodes requests, calls :class:`~dpp_server.master.Master`, encodes.
+
+Owns nothing but translation and the server's lifecycle (health service, reaper thread,
+graceful stop). Every exception is turned into a gRPC status by
+:func:`dpp_server.errors.grpc_status_of`, in one place (:func:`_rpc`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_server import master as master_lib
+from dpp_server.errors import grpc_status_of
+from storage import SplitInfo
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "dpp.v1.MasterService"
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+def _rpc(
+    method: Callable[[Any, _Req, grpc.ServicerContext], _Resp],
+) -> Callable[[Any, _Req, grpc.ServicerContext], _Resp]:
+    """Maps exceptions raised by a servicer method to gRPC statuses."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: _Req, context: grpc.ServicerContext) -> _Resp:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            code, message = grpc_status_of(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                logger.exception("%s failed", method.__name__)
+            context.abort(code, message)
+
+    return wrapper
+
+
+def stage_seconds_to_proto(s: master_lib.StageSeconds) -> master_pb2.StageSeconds:
+    return master_pb2.StageSeconds(
+        read_s=s.read_s,
+        filter_s=s.filter_s,
+        transform_s=s.transform_s,
+        batch_s=s.batch_s,
+        serialize_s=s.serialize_s,
+        wait_consumer_s=s.wait_consumer_s,
+        idle_s=s.idle_s,
+    )
+
+
+def stage_seconds_from_proto(p: master_pb2.StageSeconds) -> master_lib.StageSeconds:
+    return master_lib.StageSeconds(
+        read_s=p.read_s,
+        filter_s=p.filter_s,
+        transform_s=p.transform_s,
+        batch_s=p.batch_s,
+        serialize_s=p.serialize_s,
+        wait_consumer_s=p.wait_consumer_s,
+        idle_s=p.idle_s,
+    )
+
+
+def counters_to_proto(c: master_lib.WorkerCounters) -> master_pb2.WorkerCounters:
+    return master_pb2.WorkerCounters(
+        rows_read=c.rows_read,
+        rows_out=c.rows_out,
+        batches_out=c.batches_out,
+        bytes_out=c.bytes_out,
+        splits_done=c.splits_done,
+    )
+
+
+def counters_from_proto(p: master_pb2.WorkerCounters) -> master_lib.WorkerCounters:
+    return master_lib.WorkerCounters(
+        rows_read=p.rows_read,
+        rows_out=p.rows_out,
+        batches_out=p.batches_out,
+        bytes_out=p.bytes_out,
+        splits_done=p.splits_done,
+    )
+
+
+def split_to_proto(split: SplitInfo) -> master_pb2.Split:
+    return master_pb2.Split(
+        split_id=split.split_id,
+        path=split.path,
+        file_size=split.file_size,
+        row_groups=list(split.row_groups),
+        num_rows=split.num_rows,
+        partition=dict(split.partition),
+    )
+
+
+def split_from_proto(p: master_pb2.Split) -> SplitInfo:
+    return SplitInfo(
+        split_id=p.split_id,
+        path=p.path,
+        file_size=p.file_size,
+        row_groups=tuple(p.row_groups),
+        num_rows=p.num_rows,
+        partition=dict(p.partition),
+    )
+
+
+def _plan_to_proto(plan: Any) -> master_pb2.SessionPlan:
+    return master_pb2.SessionPlan(
+        num_splits=plan.num_splits,
+        num_files=plan.num_files,
+        num_row_groups=plan.num_row_groups,
+        num_rows=plan.num_rows,
+        num_partitions=plan.num_partitions,
+        planning_seconds=plan.planning_seconds,
+    )
+
+
+class MasterServicer(master_pb2_grpc.MasterServiceServicer):
+    """Thin translation layer; thread-safe because :class:`Master` is."""
+
+    def __init__(self, master: master_lib.Master) -> None:
+        self.master = master
+
+    @_rpc
+    def CreateSession(
+        self, request: master_pb2.CreateSessionRequest, context: grpc.ServicerContext
+    ) -> master_pb2.CreateSessionResponse:
+        view, joined = self.master.create_session(request.spec, request.session_name)
+        return master_pb2.CreateSessionResponse(
+            session_id=view.session_id, joined=joined, plan=_plan_to_proto(view.plan)
+        )
+
+    @_rpc
+    def GetSession(
+        self, request: master_pb2.GetSessionRequest, context: grpc.ServicerContext
+    ) -> master_pb2.GetSessionResponse:
+        view, streams = self.master.get_session(request.session_id)
+        response = master_pb2.GetSessionResponse(
+            session_id=view.session_id, plan=_plan_to_proto(view.plan)
+        )
+        response.spec.ParseFromString(view.spec_bytes)
+        for s in streams:
+            response.progress.add(
+                epoch=s.epoch,
+                rank=s.rank,
+                splits_total=s.splits_total,
+                splits_pending=s.splits_pending,
+                splits_leased=s.splits_leased,
+                splits_done=s.splits_done,
+            )
+        return response
+
+    @_rpc
+    def BeginEpoch(
+        self, request: master_pb2.BeginEpochRequest, context: grpc.ServicerContext
+    ) -> master_pb2.BeginEpochResponse:
+        split_ids, epochs = self.master.begin_epoch(
+            request.session_id, request.rank, request.epoch
+        )
+        return master_pb2.BeginEpochResponse(split_ids=split_ids, epochs=epochs)
+
+    @_rpc
+    def RegisterWorker(
+        self, request: master_pb2.RegisterWorkerRequest, context: grpc.ServicerContext
+    ) -> master_pb2.RegisterWorkerResponse:
+        worker_id = self.master.register_worker(request.address, request.pipeline_threads)
+        return master_pb2.RegisterWorkerResponse(
+            worker_id=worker_id,
+            heartbeat_interval_s=self.master.config.heartbeat_interval_s,
+            lease_timeout_s=self.master.config.lease_timeout_s,
+        )
+
+    @_rpc
+    def Heartbeat(
+        self, request: master_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> master_pb2.HeartbeatResponse:
+        known = self.master.heartbeat(
+            request.worker_id,
+            stage_seconds_from_proto(request.stage_seconds),
+            counters_from_proto(request.counters),
+        )
+        return master_pb2.HeartbeatResponse(reregister=not known)
+
+    @_rpc
+    def AcquireSplit(
+        self, request: master_pb2.AcquireSplitRequest, context: grpc.ServicerContext
+    ) -> master_pb2.AcquireSplitResponse:
+        grant = self.master.acquire_split(
+            request.worker_id, [(k.session_id, k.rank) for k in request.skip]
+        )
+        if grant is None:
+            return master_pb2.AcquireSplitResponse(
+                retry_after_ms=self.master.config.acquire_retry_ms
+            )
+        return master_pb2.AcquireSplitResponse(
+            lease=master_pb2.SplitLease(
+                session_id=grant.session_id,
+                epoch=grant.epoch,
+                rank=grant.rank,
+                split=split_to_proto(grant.split),
+                start_batch=grant.start_batch,
+            )
+        )
+
+    @_rpc
+    def ReportSplitProgress(
+        self, request: master_pb2.ReportSplitProgressRequest, context: grpc.ServicerContext
+    ) -> master_pb2.ReportSplitProgressResponse:
+        valid = self.master.report_split_progress(
+            request.worker_id,
+            request.session_id,
+            request.epoch,
+            request.rank,
+            request.split_id,
+            request.batches_produced,
+            request.done,
+            request.error,
+        )
+        return master_pb2.ReportSplitProgressResponse(lease_valid=valid)
+
+    @_rpc
+    def ListWorkers(
+        self, request: master_pb2.ListWorkersRequest, context: grpc.ServicerContext
+    ) -> master_pb2.ListWorkersResponse:
+        response = master_pb2.ListWorkersResponse()
+        for record, since in self.master.list_workers():
+            response.workers.add(
+                worker_id=record.worker_id,
+                address=record.address,
+                seconds_since_heartbeat=since,
+                stage_seconds=stage_seconds_to_proto(record.stage_seconds),
+                counters=counters_to_proto(record.counters),
+                pipeline_threads=record.pipeline_threads,
+            )
+        return response
+
+
+class MasterServer:
+    """A running master: gRPC server, health service and the reaper thread that drops silent
+    workers even when no RPC arrives."""
+
+    def __init__(self, master: master_lib.Master, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.master = master
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="dpp-master-rpc"),
+            options=GRPC_OPTIONS,
+        )
+        master_pb2_grpc.add_MasterServiceServicer_to_server(MasterServicer(master), self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"could not bind the master to {host}:{port}")
+        self.address = f"{host}:{self.port}"
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="dpp-master-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._reaper.start()
+        logger.info("master serving at %s", self.address)
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Marks the service NOT_SERVING, then stops accepting RPCs and lets running ones end."""
+        self._health.enter_graceful_shutdown()
+        self._stop.set()
+        self._server.stop(grace_s).wait()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+    def _reap(self) -> None:
+        while not self._stop.wait(self.master.config.heartbeat_interval_s):
+            try:
+                self.master.expire_workers()
+            except Exception:
+                logger.exception("expiring workers failed")

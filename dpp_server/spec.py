@@ -1,0 +1,411 @@
+"""The session spec: a validated, frozen Python view of ``dpp.v1.SessionSpec``.
+
+Owns: the :class:`Spec` dataclasses, their structural validation (:func:`spec_from_proto`),
+their validation against a table's Arrow schema (:func:`check_against_schema`) and the way
+back to the proto (:func:`spec_to_proto`). Must never import grpc services, storage or torch:
+the master validates a spec before it opens any table, and workers rebuild it from the proto.
+
+Validation runs in two steps because the second needs the table:
+
+1. :func:`spec_from_proto` checks everything the spec alone decides (required fields, ranges,
+   names, ops and their params, op/kind fit) and fills defaults, so that a :class:`Spec` is
+   always complete. Op params are validated and normalised by the op itself (see
+   :mod:`dpp_server.transforms.registry`).
+2. :func:`check_against_schema` checks that every column exists and that its type fits the
+   feature kind and the label, weight and passthrough roles.
+
+Every failure is a :class:`~dpp_server.errors.SpecError` whose ``field`` is the exact path of
+the offending value, e.g. ``features[3].ops[1].max_value``.
+
+Column types accepted (decided here, documented in ``docs/ops.md``):
+
+* dense source: any integer, floating point or boolean column; it becomes float32 (integers
+  beyond 2**24 round, booleans are 1.0/0.0).
+* sparse source: a ``list`` or ``large_list`` of any integer type, or a plain integer column
+  taken as a one-id list (null gives an empty list). uint64 ids keep their bit pattern as
+  int64. Null ids inside a list are dropped before the first op.
+* label and weight: integer, floating point or boolean; they become float32.
+* passthrough: any type; delivered unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+import pyarrow as pa
+from google.protobuf import struct_pb2
+
+from dpp_proto import spec_pb2
+from dpp_server.errors import SpecError
+from dpp_server.transforms.registry import get_op, registered_ops, validate_params
+
+__all__ = [
+    "DEFAULT_TARGET_SPLIT_ROWS",
+    "MAX_BATCH_SIZE",
+    "Feature",
+    "Kind",
+    "OpCall",
+    "Spec",
+    "check_against_schema",
+    "spec_from_proto",
+    "spec_to_proto",
+]
+
+Kind = Literal["dense", "sparse"]
+
+#: Largest batch a session may ask for: 1 Mi rows keeps one wire batch well under gRPC's
+#: message limits for typical widths while still amortising per-batch overhead.
+MAX_BATCH_SIZE = 1_048_576
+#: Rows per split when the spec says 0: large enough that master round trips are rare,
+#: small enough (a few row groups) to balance work across workers.
+DEFAULT_TARGET_SPLIT_ROWS = 262_144
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KIND_OF_PROTO: dict[int, Kind] = {
+    spec_pb2.FEATURE_KIND_DENSE: "dense",
+    spec_pb2.FEATURE_KIND_SPARSE: "sparse",
+}
+_PROTO_OF_KIND: dict[Kind, spec_pb2.FeatureKind] = {
+    "dense": spec_pb2.FEATURE_KIND_DENSE,
+    "sparse": spec_pb2.FEATURE_KIND_SPARSE,
+}
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One op applied to a feature.
+
+    Attributes:
+        op: a registered op name.
+        params: every param of the op, validated and with defaults filled (read-only).
+    """
+
+    op: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One output feature.
+
+    Attributes:
+        name: name in the delivered batch; ``[A-Za-z_][A-Za-z0-9_]*``, unique in the spec.
+        source: input column of the table (defaults to ``name``).
+        kind: ``dense`` (one float32 per row) or ``sparse`` (a list of int64 ids per row).
+        ops: ops applied in order.
+        dedup_group: reserved; always empty (non-empty groups are rejected until supported).
+    """
+
+    name: str
+    source: str
+    kind: Kind
+    ops: tuple[OpCall, ...]
+    dedup_group: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated session spec with every default filled. See ``spec.proto`` for fields.
+
+    Immutable so that one instance can be shared by every thread of a worker without locks.
+    """
+
+    table_uri: str
+    storage_options: Mapping[str, str]
+    partition_filter: str
+    row_filter: str
+    features: tuple[Feature, ...]
+    label: str
+    weight: str
+    passthrough: tuple[str, ...]
+    batch_size: int
+    epochs: int
+    seed: int
+    world_size: int
+    target_split_rows: int
+    shuffle: bool
+
+    @property
+    def dense_features(self) -> tuple[Feature, ...]:
+        """Dense features in spec order (the column order of the wire's ``dense`` block)."""
+        return tuple(f for f in self.features if f.kind == "dense")
+
+    @property
+    def sparse_features(self) -> tuple[Feature, ...]:
+        """Sparse features in spec order."""
+        return tuple(f for f in self.features if f.kind == "sparse")
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Table columns a worker must read: sources, label, weight, passthrough.
+
+        Deduplicated in first-seen order, so the projection is stable across workers.
+        """
+        names: Iterable[str] = (
+            *(f.source for f in self.features),
+            *((self.label,) if self.label else ()),
+            *((self.weight,) if self.weight else ()),
+            *self.passthrough,
+        )
+        return tuple(dict.fromkeys(names))
+
+
+def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
+    """Validates a SessionSpec on its own (no table needed) and fills its defaults.
+
+    Args:
+        msg: the spec as received from a client.
+
+    Returns:
+        The frozen :class:`Spec`.
+
+    Raises:
+        SpecError: the first problem found, with the exact field path.
+    """
+    if not msg.table_uri:
+        raise SpecError(
+            "table_uri", "is required", "set it to the path or s3:// URI of a Parquet table"
+        )
+    if msg.batch_size == 0:
+        raise SpecError(
+            "batch_size",
+            "is 0 (not set); a batch must hold at least one row",
+            f"set batch_size between 1 and {MAX_BATCH_SIZE}",
+        )
+    if msg.batch_size > MAX_BATCH_SIZE:
+        raise SpecError(
+            "batch_size",
+            f"{msg.batch_size} is above the limit of {MAX_BATCH_SIZE}",
+            f"set batch_size between 1 and {MAX_BATCH_SIZE}",
+        )
+    if not msg.features:
+        raise SpecError("features", "at least one feature is required", "add a dense or sparse one")
+
+    features: list[Feature] = []
+    seen: dict[str, int] = {}
+    for i, fmsg in enumerate(msg.features):
+        feature = _feature_from_proto(fmsg, f"features[{i}]")
+        if feature.name in seen:
+            raise SpecError(
+                f"features[{i}].name",
+                f"duplicate feature name {feature.name!r} (also features[{seen[feature.name]}])",
+                "give every feature a unique name",
+            )
+        seen[feature.name] = i
+        features.append(feature)
+
+    for field_name in ("label", "weight"):
+        value = getattr(msg, field_name)
+        if value and not value.strip():
+            raise SpecError(field_name, "is blank", "name a column or leave it empty")
+    passthrough = tuple(msg.passthrough)
+    first_at: dict[str, int] = {}
+    for i, name in enumerate(passthrough):
+        if not name:
+            raise SpecError(f"passthrough[{i}]", "is empty", "name a column or remove the entry")
+        if name in first_at:
+            raise SpecError(
+                f"passthrough[{i}]",
+                f"duplicate column {name!r} (also passthrough[{first_at[name]}])",
+                "list each column once",
+            )
+        first_at[name] = i
+
+    return Spec(
+        table_uri=msg.table_uri,
+        storage_options=MappingProxyType(dict(msg.storage_options)),
+        partition_filter=msg.partition_filter,
+        row_filter=msg.row_filter,
+        features=tuple(features),
+        label=msg.label,
+        weight=msg.weight,
+        passthrough=passthrough,
+        batch_size=msg.batch_size,
+        epochs=msg.epochs or 1,
+        seed=msg.seed,
+        world_size=msg.world_size or 1,
+        target_split_rows=msg.target_split_rows or DEFAULT_TARGET_SPLIT_ROWS,
+        shuffle=msg.shuffle,
+    )
+
+
+def _feature_from_proto(msg: spec_pb2.FeatureSpec, path: str) -> Feature:
+    """Validates one FeatureSpec; ``path`` is its position, e.g. ``features[3]``."""
+    if not msg.name:
+        raise SpecError(f"{path}.name", "is required", "name the feature, e.g. 'dense_0'")
+    if not _NAME_RE.fullmatch(msg.name):
+        raise SpecError(
+            f"{path}.name",
+            f"{msg.name!r} is not a valid feature name",
+            "use letters, digits and '_', not starting with a digit",
+        )
+    if msg.kind == spec_pb2.FEATURE_KIND_UNSPECIFIED:
+        raise SpecError(f"{path}.kind", "is not set", "set kind to dense or sparse")
+    kind = _KIND_OF_PROTO.get(msg.kind)
+    if kind is None:
+        raise SpecError(f"{path}.kind", f"unknown kind {msg.kind}", "set kind to dense or sparse")
+    if msg.dedup_group:
+        raise SpecError(
+            f"{path}.dedup_group",
+            f"dedup groups are reserved and not supported yet (got {msg.dedup_group!r})",
+            "leave dedup_group empty",
+        )
+    ops = tuple(_op_from_proto(o, kind, f"{path}.ops[{j}]") for j, o in enumerate(msg.ops))
+    return Feature(name=msg.name, source=msg.source or msg.name, kind=kind, ops=ops)
+
+
+def _op_from_proto(msg: spec_pb2.OpSpec, kind: Kind, path: str) -> OpCall:
+    """Validates one op call: the op exists, fits the feature's kind, its params are valid."""
+    op = get_op(msg.op)
+    if op is None:
+        raise SpecError(
+            f"{path}.op",
+            f"unknown op {msg.op!r}",
+            f"known ops: {', '.join(registered_ops())}",
+        )
+    _check_op_kind(op.name, op.kinds, kind, path)
+    raw = {key: _from_value(value) for key, value in msg.params.fields.items()}
+    return OpCall(op=op.name, params=validate_params(op, raw, path))
+
+
+def _check_op_kind(name: str, kinds: frozenset[Kind], kind: Kind, path: str) -> None:
+    """Rejects an op applied to a feature kind it does not handle."""
+    if kind not in kinds:
+        accepted = " or ".join(sorted(kinds))
+        raise SpecError(
+            f"{path}.op",
+            f"{name!r} applies to {accepted} features, not {kind}",
+            "remove the op or apply it to a feature of the right kind",
+        )
+
+
+def _from_value(value: struct_pb2.Value) -> Any:
+    """Converts a protobuf Value to plain Python (numbers are floats, as in JSON)."""
+    which = value.WhichOneof("kind")
+    if which == "number_value":
+        return value.number_value
+    if which == "string_value":
+        return value.string_value
+    if which == "bool_value":
+        return value.bool_value
+    if which == "list_value":
+        return [_from_value(v) for v in value.list_value.values]
+    if which == "struct_value":
+        return {k: _from_value(v) for k, v in value.struct_value.fields.items()}
+    return None
+
+
+def spec_to_proto(spec: Spec) -> spec_pb2.SessionSpec:
+    """Encodes a Spec; ``spec_from_proto(spec_to_proto(s)) == s`` for every valid ``s``.
+
+    Defaults are written out (``epochs`` 1, not 0) and op params are written in full, so the
+    proto a worker receives needs no knowledge of defaults to mean the same thing.
+    """
+    msg = spec_pb2.SessionSpec(
+        table_uri=spec.table_uri,
+        storage_options=dict(spec.storage_options),
+        partition_filter=spec.partition_filter,
+        row_filter=spec.row_filter,
+        label=spec.label,
+        weight=spec.weight,
+        passthrough=list(spec.passthrough),
+        batch_size=spec.batch_size,
+        epochs=spec.epochs,
+        seed=spec.seed,
+        world_size=spec.world_size,
+        target_split_rows=spec.target_split_rows,
+        shuffle=spec.shuffle,
+    )
+    for feature in spec.features:
+        fmsg = msg.features.add(
+            name=feature.name,
+            source=feature.source,
+            kind=_PROTO_OF_KIND[feature.kind],
+            dedup_group=feature.dedup_group,
+        )
+        for call in feature.ops:
+            omsg = fmsg.ops.add(op=call.op)
+            omsg.params.update(dict(call.params))
+    return msg
+
+
+def check_against_schema(spec: Spec, schema: pa.Schema) -> None:
+    """Checks that the table has every column the spec reads, with fitting types.
+
+    Args:
+        spec: a spec from :func:`spec_from_proto`.
+        schema: the table's Arrow schema (partition columns included).
+
+    Raises:
+        SpecError: the first problem found, with the exact field path.
+    """
+    available = schema.names
+
+    def column_type(field_path: str, name: str) -> pa.DataType:
+        index = schema.get_field_index(name)
+        if index < 0:
+            shown = ", ".join(available[:50]) + (", ..." if len(available) > 50 else "")
+            raise SpecError(
+                field_path,
+                f"column {name!r} not in table; available: {shown}",
+                "fix the column name or the table_uri",
+            )
+        return schema.field(index).type
+
+    for i, feature in enumerate(spec.features):
+        path = f"features[{i}]"
+        for j, call in enumerate(feature.ops):
+            op = get_op(call.op)
+            if op is None:
+                raise SpecError(
+                    f"{path}.ops[{j}].op",
+                    f"unknown op {call.op!r}",
+                    f"known ops: {', '.join(registered_ops())}",
+                )
+            _check_op_kind(op.name, op.kinds, feature.kind, f"{path}.ops[{j}]")
+        dtype = column_type(f"{path}.source", feature.source)
+        if feature.kind == "dense" and not is_numeric(dtype):
+            raise SpecError(
+                f"{path}.source",
+                f"dense feature {feature.name!r} reads column {feature.source!r} of type "
+                f"{dtype}, which is not numeric",
+                "use an integer, float or boolean column, or make the feature sparse",
+            )
+        if feature.kind == "sparse" and not is_sparse_source(dtype):
+            raise SpecError(
+                f"{path}.source",
+                f"sparse feature {feature.name!r} reads column {feature.source!r} of type "
+                f"{dtype}, which is not a list of integers",
+                "use a list<int> or large_list<int> column (or a plain integer column)",
+            )
+    for field_name in ("label", "weight"):
+        name = getattr(spec, field_name)
+        if not name:
+            continue
+        dtype = column_type(field_name, name)
+        if not is_numeric(dtype):
+            raise SpecError(
+                field_name,
+                f"column {name!r} has type {dtype}, which is not numeric",
+                "use an integer, float or boolean column",
+            )
+    for i, name in enumerate(spec.passthrough):
+        column_type(f"passthrough[{i}]", name)
+
+
+def is_numeric(dtype: pa.DataType) -> bool:
+    """Whether a column can feed a dense feature, a label or a weight (becomes float32)."""
+    return bool(
+        pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
+    )
+
+
+def is_sparse_source(dtype: pa.DataType) -> bool:
+    """Whether a column can feed a sparse feature: a list of integers, or one integer."""
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        return bool(pa.types.is_integer(dtype.value_type))
+    return bool(pa.types.is_integer(dtype))

@@ -1,0 +1,412 @@
+"""The worker: leases splits from the master and turns them into ready frames for ranks.
+
+Owns the pipeline ``acquire split -> read (projection + pushdown + row filter) -> transform ->
+fixed-size batches -> serialize -> bounded buffer``, run by several pipeline threads (pyarrow
+and polars release the GIL, so threads overlap I/O and compute), plus the heartbeat thread.
+Clients drain the buffers through ``worker_service.py``; this module imports no grpc and
+reaches the master only through the :class:`MasterLink` protocol.
+
+Batches of a split are deterministic: the split's rows in file order, transformed, cut into
+``batch_size`` rows from the first row on, numbered from 0. The last batch of a split may be
+partial; after it a row-less end-of-split frame (numbered one past the last batch) tells the
+client the split is complete. The client re-batches partial batches across splits.
+
+No Python loop per row: every step is a vectorized Arrow or polars call.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+import pyarrow as pa
+
+from dpp_proto import worker_pb2
+from dpp_server.frames import FrameEncoder
+from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
+from dpp_server.spec import Spec
+from dpp_server.transforms import FeaturePipeline
+from storage import Filter, parse_filter, read_split, resolve
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerConfig:
+    """Settings of a worker.
+
+    Attributes:
+        pipeline_threads: splits processed at once. More overlaps reads with transforms and
+            uses more cores; each thread holds up to one read chunk and its transformed copy.
+        max_buffer_bytes: frames buffered per (session, rank) before pipeline threads wait for
+            the client. More absorbs consumer jitter; less bounds memory.
+        read_batch_rows: rows per record batch read from storage and transformed at once.
+            Larger amortises per-call overhead; smaller bounds memory per thread.
+        idle_sleep_s: wait before asking the master again when it has no work.
+    """
+
+    pipeline_threads: int = 2
+    max_buffer_bytes: int = 256 << 20
+    read_batch_rows: int = 65_536
+    idle_sleep_s: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    worker_id: str
+    heartbeat_interval_s: float
+    lease_timeout_s: float
+
+
+class MasterLink(Protocol):
+    """How a worker talks to the master; ``worker_service.GrpcMasterLink`` is the real one.
+    Implementations retry transient failures themselves and raise on anything else."""
+
+    def register(self, address: str, pipeline_threads: int) -> Registration: ...
+
+    def heartbeat(
+        self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
+    ) -> bool: ...
+
+    def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None: ...
+
+    def report_split_progress(
+        self, worker_id: str, lease: LeaseGrant, batches_produced: int, done: bool, error: str
+    ) -> bool: ...
+
+    def get_spec(self, session_id: str) -> Spec: ...
+
+
+class FrameBuffer:
+    """Frames ready for one (session, rank), bounded by bytes.
+
+    Thread-safe: ``_cond`` guards ``_frames`` and ``_bytes``. Producers (pipeline threads)
+    block in :meth:`put` while the buffer is full; one consumer (a client stream) takes frames
+    in order with :meth:`get`.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._cond = threading.Condition()
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._bytes = 0
+        self._closed = False
+
+    def put(self, frame: bytes) -> None:
+        """Appends a frame, waiting while the buffer is full. A frame larger than the whole
+        budget is still accepted once the buffer is empty, so progress is always possible."""
+        with self._cond:
+            while self._bytes and self._bytes + len(frame) > self.max_bytes and not self._closed:
+                self._cond.wait()
+            self._frames.append(frame)
+            self._bytes += len(frame)
+            self._cond.notify_all()
+
+    def get(self, timeout_s: float) -> bytes | None:
+        """Takes the oldest frame, or returns None after ``timeout_s`` without one."""
+        with self._cond:
+            if not self._frames:
+                self._cond.wait(timeout_s)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._bytes -= len(frame)
+            self._cond.notify_all()
+            return frame
+
+    def full(self) -> bool:
+        with self._cond:
+            return self._bytes >= self.max_bytes
+
+    def close(self) -> None:
+        """Releases blocked producers (on shutdown)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Session:
+    """What a worker compiles once per session."""
+
+    spec: Spec
+    pipeline: FeaturePipeline
+    encoder: FrameEncoder
+    row_filter: Filter | None
+    filesystem: object
+
+
+class _Stats:
+    """Cumulative stage seconds and counters. Thread-safe: ``_lock`` guards both dicts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds: dict[str, float] = collections.defaultdict(float)
+        self._counts: dict[str, int] = collections.defaultdict(int)
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._seconds[stage] += seconds
+
+    def add_count(self, name: str, n: int) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def snapshot(self) -> tuple[StageSeconds, WorkerCounters]:
+        with self._lock:
+            fields = {f.name for f in dataclasses.fields(StageSeconds)}
+            seconds = StageSeconds(**{k: v for k, v in self._seconds.items() if k in fields})
+            counts = WorkerCounters(**self._counts)
+        return seconds, counts
+
+
+class Worker:
+    """Runs the pipeline threads and the heartbeat thread of one worker process.
+
+    Thread-safe: ``_lock`` guards ``_buffers`` and ``_sessions``; statistics have their own lock.
+    """
+
+    def __init__(self, link: MasterLink, address: str, config: WorkerConfig | None = None) -> None:
+        self.config = config or WorkerConfig()
+        self.address = address
+        self._link = link
+        self._lock = threading.Lock()
+        self._buffers: dict[tuple[str, int], FrameBuffer] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._stats = _Stats()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._registration: Registration | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self._registration.worker_id if self._registration else ""
+
+    def start(self) -> None:
+        """Registers with the master and starts the threads."""
+        self._registration = self._link.register(self.address, self.config.pipeline_threads)
+        logger.info("worker %s serving at %s", self.worker_id, self.address)
+        self._threads = [
+            threading.Thread(target=self._heartbeat_loop, name="dpp-heartbeat", daemon=True)
+        ] + [
+            threading.Thread(target=self._pipeline_loop, name=f"dpp-pipeline-{i}", daemon=True)
+            for i in range(self.config.pipeline_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stops taking splits and releases every thread."""
+        self._stop.set()
+        with self._lock:
+            buffers = list(self._buffers.values())
+        for buffer in buffers:
+            buffer.close()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def buffer(self, session_id: str, rank: int) -> FrameBuffer:
+        """The frame buffer of a (session, rank), created on first use by either side."""
+        with self._lock:
+            key = (session_id, rank)
+            buffer = self._buffers.get(key)
+            if buffer is None:
+                buffer = self._buffers[key] = FrameBuffer(self.config.max_buffer_bytes)
+            return buffer
+
+    def stats(self) -> tuple[StageSeconds, WorkerCounters]:
+        return self._stats.snapshot()
+
+    # -- threads --------------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        assert self._registration is not None  # set in start() before the thread runs
+        while not self._stop.wait(self._registration.heartbeat_interval_s):
+            seconds, counters = self._stats.snapshot()
+            try:
+                if not self._link.heartbeat(self.worker_id, seconds, counters):
+                    logger.warning("master forgot worker %s; registering again", self.worker_id)
+                    self._registration = self._link.register(
+                        self.address, self.config.pipeline_threads
+                    )
+            except Exception:
+                logger.exception("heartbeat to the master failed; will retry")
+
+    def _pipeline_loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                with self._lock:
+                    skip = [key for key, buffer in self._buffers.items() if buffer.full()]
+                lease = self._link.acquire_split(self.worker_id, skip)
+            except Exception:
+                logger.exception("acquiring a split failed; will retry")
+                lease = None
+                self._stop.wait(1.0)
+            if lease is None:
+                self._stop.wait(self.config.idle_sleep_s)
+                self._stats.add_seconds("idle_s", time.perf_counter() - started)
+                continue
+            self._stats.add_seconds("idle_s", time.perf_counter() - started)
+            self._run_lease(lease)
+
+    def _run_lease(self, lease: LeaseGrant) -> None:
+        buffer = self.buffer(lease.session_id, lease.rank)
+        produced = 0
+        try:
+            session = self._session(lease.session_id)
+            for frame in self._frames(session, lease):
+                waited = time.perf_counter()
+                buffer.put(frame)
+                self._stats.add_seconds("wait_consumer_s", time.perf_counter() - waited)
+                produced += 1
+                if self._stop.is_set():
+                    return
+            if not self._link.report_split_progress(self.worker_id, lease, produced, True, ""):
+                # Another worker holds the split now; the client drops whichever copy of a
+                # batch arrives second.
+                logger.warning("lease on split %s was taken back meanwhile", lease.split.split_id)
+            self._stats.add_count("splits_done", 1)
+        except Exception as exc:
+            message = (
+                f"worker {self.worker_id} failed on split {lease.split.split_id} "
+                f"({lease.split.path}, row groups {list(lease.split.row_groups)}): "
+                f"{type(exc).__name__}: {exc}"
+            )
+            logger.exception("%s", message)
+            header = worker_pb2.FrameHeader(
+                session_id=lease.session_id,
+                epoch=lease.epoch,
+                rank=lease.rank,
+                split_id=lease.split.split_id,
+                batch_seq=produced,
+                last_in_split=True,
+                error=message,
+            )
+            buffer.put(FrameEncoder.encode_empty(header))
+            try:
+                self._link.report_split_progress(self.worker_id, lease, produced, True, message)
+            except Exception:
+                logger.exception("reporting the failure of split %s failed", lease.split.split_id)
+
+    def _frames(self, session: _Session, lease: LeaseGrant) -> Iterator[bytes]:
+        """Yields the frames of a split from ``lease.start_batch`` on, then the end frame."""
+        seq = 0
+        for batch in self._batches(session, lease):
+            if seq >= lease.start_batch:
+                yield self._encode(session, lease, seq, batch)
+            seq += 1
+        header = self._header(lease, seq, 0)
+        header.last_in_split = True
+        yield FrameEncoder.encode_empty(header)
+
+    def _batches(self, session: _Session, lease: LeaseGrant) -> Iterator[pa.RecordBatch]:
+        """Cuts the transformed rows of a split into ``batch_size`` batches.
+
+        A batch that lies inside one transformed chunk is a zero-copy slice; only a batch that
+        straddles two chunks is concatenated.
+        """
+        batch_size = session.spec.batch_size
+        pieces: collections.deque[pa.RecordBatch] = collections.deque()
+        held = 0
+        for chunk in self._transformed(session, lease):
+            started = time.perf_counter()
+            pieces.append(chunk)
+            held += chunk.num_rows
+            out = []
+            while held >= batch_size:
+                out.append(_take_rows(pieces, batch_size))
+                held -= batch_size
+            self._stats.add_seconds("batch_s", time.perf_counter() - started)
+            yield from out
+        if held:
+            yield _take_rows(pieces, held)
+
+    def _transformed(self, session: _Session, lease: LeaseGrant) -> Iterator[pa.RecordBatch]:
+        reader = read_split(
+            lease.split,
+            filesystem=session.filesystem,  # type: ignore[arg-type]
+            columns=session.pipeline.input_columns,
+            row_filter=session.row_filter,
+            batch_rows=self.config.read_batch_rows,
+        )
+        while True:
+            started = time.perf_counter()
+            raw = next(reader, None)
+            self._stats.add_seconds("read_s", time.perf_counter() - started)
+            if raw is None:
+                return
+            self._stats.add_count("rows_read", raw.num_rows)
+            if raw.num_rows == 0:
+                continue
+            started = time.perf_counter()
+            wire = session.pipeline.apply(raw)
+            self._stats.add_seconds("transform_s", time.perf_counter() - started)
+            yield wire
+
+    def _encode(self, session: _Session, lease: LeaseGrant, seq: int, batch: pa.RecordBatch) -> bytes:
+        started = time.perf_counter()
+        frame = session.encoder.encode(self._header(lease, seq, batch.num_rows), batch)
+        self._stats.add_seconds("serialize_s", time.perf_counter() - started)
+        self._stats.add_count("rows_out", batch.num_rows)
+        self._stats.add_count("batches_out", 1)
+        self._stats.add_count("bytes_out", len(frame))
+        return frame
+
+    @staticmethod
+    def _header(lease: LeaseGrant, seq: int, num_rows: int) -> worker_pb2.FrameHeader:
+        return worker_pb2.FrameHeader(
+            session_id=lease.session_id,
+            epoch=lease.epoch,
+            rank=lease.rank,
+            split_id=lease.split.split_id,
+            batch_seq=seq,
+            num_rows=num_rows,
+        )
+
+    def _session(self, session_id: str) -> _Session:
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is not None:
+            return session
+        spec = self._link.get_spec(session_id)
+        pipeline = FeaturePipeline(spec)
+        filesystem, _ = resolve(spec.table_uri, spec.storage_options)
+        session = _Session(
+            spec=spec,
+            pipeline=pipeline,
+            encoder=FrameEncoder(),
+            row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
+            filesystem=filesystem,
+        )
+        with self._lock:
+            return self._sessions.setdefault(session_id, session)
+
+
+def _take_rows(pieces: collections.deque[pa.RecordBatch], rows: int) -> pa.RecordBatch:
+    """Removes the first ``rows`` rows from ``pieces`` and returns them as one batch."""
+    first = pieces[0]
+    if first.num_rows >= rows:
+        pieces.popleft()
+        if first.num_rows > rows:
+            pieces.appendleft(first.slice(rows))
+        return first.slice(0, rows)
+    taken = []
+    needed = rows
+    while needed:
+        piece = pieces.popleft()
+        if piece.num_rows > needed:
+            pieces.appendleft(piece.slice(needed))
+            piece = piece.slice(0, needed)
+        taken.append(piece)
+        needed -= piece.num_rows
+    return pa.Table.from_batches(taken).combine_chunks().to_batches()[0]

@@ -1,0 +1,226 @@
+"""The worker's gRPC face: streams frames to clients, and the gRPC link to the master.
+
+Owns translation only: :class:`WorkerServicer` drains a :class:`~dpp_server.worker.FrameBuffer`
+into a StreamBatches response stream (raw-bytes frames, no protobuf copy), and
+:class:`GrpcMasterLink` implements :class:`~dpp_server.worker.MasterLink` over the master's
+gRPC service, retrying UNAVAILABLE with capped backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
+from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
+from dpp_server.master_service import (
+    counters_to_proto,
+    split_from_proto,
+    stage_seconds_to_proto,
+)
+from dpp_server.spec import Spec, spec_from_proto
+from dpp_server.worker import Registration, Worker, WorkerConfig
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "dpp.v1.WorkerService"
+STREAM_METHOD = "StreamBatches"
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 512 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+_T = TypeVar("_T")
+
+
+class GrpcMasterLink:
+    """The worker's connection to the master. Thread-safe (gRPC channels and stubs are)."""
+
+    def __init__(self, address: str, deadline_s: float = 30.0, max_backoff_s: float = 2.0) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
+        self._deadline_s = deadline_s
+        self._max_backoff_s = max_backoff_s
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, what: str, fn: Callable[[], _T]) -> _T:
+        """Retries UNAVAILABLE/ABORTED with capped, jittered backoff until the deadline."""
+        deadline = time.monotonic() + self._deadline_s
+        backoff = 0.05
+        while True:
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code not in _RETRYABLE or time.monotonic() + backoff > deadline:
+                    raise
+                logger.info("%s: master unavailable (%s); retrying in %.2fs", what, code, backoff)
+                time.sleep(backoff * (0.5 + random.random() / 2))
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+    def register(self, address: str, pipeline_threads: int) -> Registration:
+        response = self._call(
+            "RegisterWorker",
+            lambda: self._stub.RegisterWorker(
+                master_pb2.RegisterWorkerRequest(
+                    address=address, pipeline_threads=pipeline_threads
+                ),
+                timeout=10,
+            ),
+        )
+        return Registration(
+            response.worker_id, response.heartbeat_interval_s, response.lease_timeout_s
+        )
+
+    def heartbeat(
+        self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
+    ) -> bool:
+        response = self._call(
+            "Heartbeat",
+            lambda: self._stub.Heartbeat(
+                master_pb2.HeartbeatRequest(
+                    worker_id=worker_id,
+                    stage_seconds=stage_seconds_to_proto(stage_seconds),
+                    counters=counters_to_proto(counters),
+                ),
+                timeout=10,
+            ),
+        )
+        return not response.reregister
+
+    def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None:
+        request = master_pb2.AcquireSplitRequest(
+            worker_id=worker_id,
+            skip=[master_pb2.StreamKey(session_id=s, rank=r) for s, r in skip],
+        )
+        try:
+            response = self._call("AcquireSplit", lambda: self._stub.AcquireSplit(request, timeout=10))
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None  # the heartbeat thread re-registers
+            raise
+        if not response.HasField("lease"):
+            return None
+        lease = response.lease
+        return LeaseGrant(
+            session_id=lease.session_id,
+            epoch=lease.epoch,
+            rank=lease.rank,
+            split=split_from_proto(lease.split),
+            start_batch=lease.start_batch,
+        )
+
+    def report_split_progress(
+        self, worker_id: str, lease: LeaseGrant, batches_produced: int, done: bool, error: str
+    ) -> bool:
+        request = master_pb2.ReportSplitProgressRequest(
+            worker_id=worker_id,
+            session_id=lease.session_id,
+            epoch=lease.epoch,
+            rank=lease.rank,
+            split_id=lease.split.split_id,
+            batches_produced=batches_produced,
+            done=done,
+            error=error,
+        )
+        response = self._call(
+            "ReportSplitProgress", lambda: self._stub.ReportSplitProgress(request, timeout=10)
+        )
+        return response.lease_valid
+
+    def get_spec(self, session_id: str) -> Spec:
+        response = self._call(
+            "GetSession",
+            lambda: self._stub.GetSession(
+                master_pb2.GetSessionRequest(session_id=session_id), timeout=10
+            ),
+        )
+        return spec_from_proto(response.spec)
+
+
+class WorkerServicer:
+    """Serves StreamBatches from the worker's frame buffers. Thread-safe: each stream runs in
+    its own server thread and only touches its (session, rank) buffer."""
+
+    def __init__(self, worker: Worker, poll_s: float = 0.25) -> None:
+        self.worker = worker
+        self.poll_s = poll_s
+
+    def stream_batches(
+        self, request: worker_pb2.StreamBatchesRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        buffer = self.worker.buffer(request.session_id, request.rank)
+        logger.info("client streaming session %s rank %d", request.session_id, request.rank)
+        while context.is_active() and not self.worker.stopping:
+            frame = buffer.get(self.poll_s)
+            if frame is not None:
+                yield frame
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The StreamBatches handler with raw-bytes responses (no response serializer)."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                STREAM_METHOD: grpc.unary_stream_rpc_method_handler(
+                    self.stream_batches,
+                    request_deserializer=worker_pb2.StreamBatchesRequest.FromString,
+                    response_serializer=None,
+                )
+            },
+        )
+
+
+class WorkerServer:
+    """A running worker: gRPC server (StreamBatches + health) around a :class:`Worker`."""
+
+    def __init__(
+        self,
+        master_address: str,
+        config: WorkerConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        advertise_host: str | None = None,
+    ) -> None:
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="dpp-worker-rpc"),
+            options=GRPC_OPTIONS,
+        )
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"could not bind the worker to {host}:{port}")
+        self.address = f"{advertise_host or host}:{self.port}"
+        self.link = GrpcMasterLink(master_address)
+        self.worker = Worker(self.link, self.address, config)
+        self._server.add_generic_rpc_handlers([WorkerServicer(self.worker).handler()])
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        self._server.start()
+        self.worker.start()
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Marks NOT_SERVING, stops the pipeline, then the server."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._health.enter_graceful_shutdown()
+        self.worker.stop()
+        self._server.stop(grace_s).wait()
+        self.link.close()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()

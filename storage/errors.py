@@ -1,0 +1,31 @@
+"""Exceptions of the storage layer. Knows nothing of gRPC or torch: the server maps these."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base of every deliberate storage error."""
+
+
+class TableNotFoundError(StorageError):
+    """The table URI names nothing, or a folder holding no Parquet files."""
+
+
+class FilterError(StorageError):
+    """A partition or row filter could not be parsed or does not fit the table.
+
+    Attributes:
+        field: which spec field held the filter (``row_filter`` or ``partition_filter``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class SplitChangedError(StorageError):
+    """A split's file changed (size differs, or it is gone) since the split was planned.
+
+    Reading on would return rows of other row groups than the ones leased, so the reader
+    refuses; the session must be replanned over the current files.
+    """

@@ -1,0 +1,135 @@
+"""Turns a table URI into a pyarrow file system and the table's root path inside it.
+
+Owns: the one place where URIs, protocols and storage options become file systems. Every
+other storage module (planning, reading, the synthetic generator) goes through
+:func:`resolve`, so ``memory://``, ``s3://`` and local paths behave the same everywhere.
+
+Local paths get pyarrow's native ``LocalFileSystem``: it is the fastest (no Python in the I/O
+path). Every other protocol goes through fsspec wrapped in ``pyarrow.fs.PyFileSystem``, so any
+fsspec implementation works without dpp knowing it.
+
+Must never import: grpc, torch, ``dpp_server``, ``dpp_client``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+import pyarrow.fs as pafs
+
+from storage.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["fsspec_filesystem_of", "resolve"]
+
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
+# s3fs options that are booleans; storage options arrive as strings (from a spec or a CLI flag).
+_S3_BOOL_OPTIONS = frozenset({"anon", "use_ssl", "requester_pays", "version_aware"})
+# s3fs takes these inside ``client_kwargs`` (they go to the botocore client), not at top level.
+_S3_CLIENT_OPTIONS = {"endpoint_url": "endpoint_url", "region": "region_name"}
+
+
+def _split_protocol(uri: str) -> tuple[str, str]:
+    """Splits ``proto://rest`` into ``(proto, rest)``; a plain path has protocol ``""``."""
+    if "://" not in uri:
+        return "", uri
+    protocol, rest = uri.split("://", 1)
+    return protocol.lower(), rest
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    """Parses a string storage option that s3fs wants as a bool."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise StorageError(f"storage option {name}={value!r} is not a boolean; use 'true' or 'false'")
+
+
+def _s3_options(options: Mapping[str, str]) -> dict[str, Any]:
+    """Maps flat string options onto the nested keyword arguments s3fs expects.
+
+    Specs carry storage options as a flat ``str -> str`` map; s3fs wants ``endpoint_url`` and
+    ``region_name`` inside ``client_kwargs`` and booleans as bools.
+    """
+    kwargs: dict[str, Any] = {}
+    client_kwargs: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _S3_CLIENT_OPTIONS:
+            client_kwargs[_S3_CLIENT_OPTIONS[name]] = value
+        elif name in _S3_BOOL_OPTIONS and isinstance(value, str):
+            kwargs[name] = _parse_bool(name, value)
+        else:
+            kwargs[name] = value
+    if client_kwargs:
+        kwargs["client_kwargs"] = client_kwargs
+    return kwargs
+
+
+def resolve(
+    uri: str, storage_options: Mapping[str, str] | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """Returns the file system that holds ``uri`` and the path of ``uri`` inside it.
+
+    fsspec caches file system instances per (protocol, options) itself, so calling this for
+    every split does not open a new S3 client each time.
+
+    Args:
+        uri: a plain path, ``file://`` URI, or any fsspec URI (``memory://t``, ``s3://b/k``).
+        storage_options: fsspec options as strings. For ``s3`` these are s3fs options
+            (``key``, ``secret``, ``token``, ``anon``, ``endpoint_url``, ``region``, ...);
+            ignored for local paths.
+
+    Returns:
+        ``(filesystem, path)``: a pyarrow file system and the root path to hand it.
+
+    Raises:
+        StorageError: the protocol is unknown, its fsspec package is not installed, or an
+            option is malformed.
+    """
+    protocol, rest = _split_protocol(uri)
+    options = dict(storage_options or {})
+    if protocol in _LOCAL_PROTOCOLS:
+        if options:
+            logger.debug("ignoring storage options %s for local uri %s", sorted(options), uri)
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(rest))
+    kwargs: dict[str, Any] = _s3_options(options) if protocol in ("s3", "s3a") else dict(options)
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **kwargs)
+    except ImportError as exc:
+        raise StorageError(
+            f"opening {uri!r}: the fsspec implementation for protocol {protocol!r} is not "
+            f"installed ({exc}); install it (e.g. `pip install s3fs` for s3://)"
+        ) from exc
+    except ValueError as exc:
+        raise StorageError(
+            f"opening {uri!r}: protocol {protocol!r} is not known to fsspec ({exc}); use a "
+            "local path, file://, memory://, s3:// or another fsspec protocol"
+        ) from exc
+    except TypeError as exc:
+        raise StorageError(
+            f"opening {uri!r}: storage options {sorted(options)} were rejected by the "
+            f"{protocol!r} file system ({exc}); check the option names"
+        ) from exc
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), str(path)
+
+
+def fsspec_filesystem_of(filesystem: pafs.FileSystem) -> fsspec.AbstractFileSystem | None:
+    """Returns the fsspec file system behind ``filesystem``, or None if it is native pyarrow.
+
+    Listing needs it: fsspec reports object etags (S3 ``ETag``) that pyarrow's ``FileInfo``
+    drops.
+    """
+    if isinstance(filesystem, pafs.PyFileSystem):
+        handler = filesystem.handler
+        if isinstance(handler, pafs.FSSpecHandler):
+            inner: fsspec.AbstractFileSystem = handler.fs
+            return inner
+    return None

@@ -1,0 +1,139 @@
+"""Reads one split as a stream of bounded Arrow record batches.
+
+Owns: turning a :class:`~storage.table.SplitInfo` into record batches: exactly the split's row
+groups, only the requested columns (partition columns materialized from the split's partition
+values), the row filter applied exactly. Workers call this; it keeps no state between calls.
+
+Memory stays bounded whatever the split size: the scan holds one row group's column chunks
+plus a couple of decoded batches of at most ``batch_rows`` rows; the split is never
+materialized whole.
+
+Must never import: grpc, torch, ``dpp_server``, ``dpp_client``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from storage.errors import SplitChangedError, StorageError
+from storage.filters import Filter, validate_types
+from storage.table import SplitInfo, partition_expression
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["read_split"]
+
+# Batches decoded ahead of the consumer: enough to overlap decode with the caller's transform,
+# small enough that a wide table's batches do not pile up.
+_BATCH_READAHEAD = 2
+
+_PARQUET_FORMAT = pads.ParquetFileFormat()
+
+
+def read_split(
+    split: SplitInfo,
+    *,
+    filesystem: pafs.FileSystem,
+    columns: Sequence[str],
+    row_filter: Filter | None,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """Yields the split's rows that pass ``row_filter``, ``columns`` only, in file order.
+
+    Args:
+        split: what to read, as planned by :meth:`storage.table.Table.plan_splits`.
+        filesystem: the table's file system (:func:`storage.filesystem.resolve`).
+        columns: columns to yield, in this order; may include partition columns.
+        row_filter: applied exactly; may use columns that are not yielded.
+        batch_rows: the most rows a yielded batch holds (at least 1). Empty batches are
+            never yielded.
+
+    Raises:
+        SplitChangedError: the file is gone or its size differs from planning time.
+        StorageError: a column is unknown, or the file cannot be read.
+        FilterError: the row filter names a column the file lacks.
+        ValueError: ``batch_rows`` is below 1.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    _check_unchanged(split, filesystem)
+    whole_file = _PARQUET_FORMAT.make_fragment(
+        split.path,
+        filesystem,
+        partition_expression=partition_expression(split.partition),
+        file_size=split.file_size,
+    )
+    try:
+        schema = whole_file.physical_schema
+        # Not make_fragment(row_groups=...): pyarrow passes those through set(), which loses
+        # their order (row groups [7, 8] come back as [8, 7]); subset() keeps it.
+        fragment = whole_file.subset(row_group_ids=list(split.row_groups))
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(
+            f"split {split.split_id}: reading the footer of {split.path!r} or selecting row "
+            f"groups {list(split.row_groups)} failed ({exc}); the file may be corrupt or "
+            "rewritten: replan the table"
+        ) from exc
+    for name in split.partition:
+        if name not in schema.names:
+            schema = schema.append(pa.field(name, pa.string()))
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise StorageError(
+            f"split {split.split_id} ({split.path!r}): unknown column(s) {missing}; the file "
+            f"has {schema.names}: fix the projection"
+        )
+    if row_filter is not None:
+        # Type errors surface here as FilterError, not mid-scan as an I/O-looking failure.
+        validate_types(row_filter, schema, "row_filter")
+    batches = fragment.to_batches(
+        schema=schema,
+        columns=list(columns),
+        filter=row_filter.expression if row_filter is not None else None,
+        batch_size=batch_rows,
+        batch_readahead=_BATCH_READAHEAD,
+        fragment_readahead=1,
+        use_threads=True,
+        fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True),
+    )
+    yield from _bounded(batches, batch_rows, split)
+
+
+def _check_unchanged(split: SplitInfo, filesystem: pafs.FileSystem) -> None:
+    """Refuses a file rewritten since planning: its row groups would no longer be the split."""
+    info = filesystem.get_file_info(split.path)
+    if info.type != pafs.FileType.File:
+        raise SplitChangedError(
+            f"split {split.split_id}: file {split.path!r} no longer exists; the table changed "
+            "since planning: start a new session (or replan) over the current files"
+        )
+    if info.size != split.file_size:
+        raise SplitChangedError(
+            f"split {split.split_id}: file {split.path!r} is {info.size} bytes but was "
+            f"{split.file_size} when planned; it was rewritten: start a new session (or replan)"
+        )
+
+
+def _bounded(
+    batches: Iterator[pa.RecordBatch], batch_rows: int, split: SplitInfo
+) -> Iterator[pa.RecordBatch]:
+    """Skips empty batches and slices (zero-copy) any batch above ``batch_rows``."""
+    try:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            if batch.num_rows <= batch_rows:
+                yield batch
+                continue
+            for offset in range(0, batch.num_rows, batch_rows):
+                yield batch.slice(offset, batch_rows)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(
+            f"split {split.split_id}: reading row groups {list(split.row_groups)} of "
+            f"{split.path!r} failed ({exc}); the file may be corrupt or rewritten: replan"
+        ) from exc

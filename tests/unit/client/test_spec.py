@@ -1,0 +1,145 @@
+"""SessionSpec: YAML/dict/proto conversions with exact field values, and local checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dpp_proto import spec_pb2
+
+from dpp_client.errors import SpecRejectedError
+from dpp_client.spec import Feature, Op, SessionSpec, coerce_spec
+
+YAML = """
+table_uri: s3://bucket/ctr
+storage_options: {endpoint_url: "http://127.0.0.1:9000", key: k}
+partition_filter: "ds >= '2026-01-02'"
+row_filter: "label IS NOT NULL"
+batch_size: 2048
+label: label
+weight: w
+passthrough: [row_id]
+epochs: 3
+seed: 42
+world_size: 2
+target_split_rows: 100000
+shuffle: true
+features:
+  - name: dense_0
+    kind: dense
+    ops:
+      - {op: fill_null, value: 0.0}
+      - {op: clamp, min: 0}
+      - {op: log1p}
+  - name: ids
+    source: sparse_0
+    kind: sparse
+    ops:
+      - {op: first_x, x: 20}
+      - {op: sigrid_hash, max_value: 100000, salt: 7}
+"""
+
+
+def test_yaml_to_proto_exact_fields() -> None:
+    msg = SessionSpec.from_yaml(YAML).to_proto()
+    assert msg.table_uri == "s3://bucket/ctr"
+    assert dict(msg.storage_options) == {"endpoint_url": "http://127.0.0.1:9000", "key": "k"}
+    assert msg.partition_filter == "ds >= '2026-01-02'"
+    assert msg.row_filter == "label IS NOT NULL"
+    assert msg.batch_size == 2048
+    assert (msg.label, msg.weight) == ("label", "w")
+    assert list(msg.passthrough) == ["row_id"]
+    assert (msg.epochs, msg.seed, msg.world_size) == (3, 42, 2)
+    assert msg.target_split_rows == 100000
+    assert msg.shuffle is True
+    assert len(msg.features) == 2
+    dense, sparse = msg.features
+    assert (dense.name, dense.source, dense.kind) == ("dense_0", "", spec_pb2.FEATURE_KIND_DENSE)
+    assert [o.op for o in dense.ops] == ["fill_null", "clamp", "log1p"]
+    assert dict(dense.ops[0].params) == {"value": 0.0}
+    assert dict(dense.ops[1].params) == {"min": 0.0}
+    assert len(dense.ops[2].params) == 0
+    assert (sparse.name, sparse.source, sparse.kind) == (
+        "ids",
+        "sparse_0",
+        spec_pb2.FEATURE_KIND_SPARSE,
+    )
+    assert dict(sparse.ops[0].params) == {"x": 20.0}
+    assert dict(sparse.ops[1].params) == {"max_value": 100000.0, "salt": 7.0}
+
+
+def test_proto_round_trip() -> None:
+    spec = SessionSpec.from_yaml(YAML)
+    again = SessionSpec.from_proto(
+        spec_pb2.SessionSpec.FromString(spec.to_proto().SerializeToString())
+    )
+    assert again.to_proto() == spec.to_proto()
+    assert again.features[1].ops[1] == Op("sigrid_hash", {"max_value": 100000.0, "salt": 7.0})
+
+
+def test_dict_round_trip() -> None:
+    spec = SessionSpec.from_yaml(YAML)
+    assert SessionSpec.from_dict(spec.to_dict()) == spec
+    assert spec.to_dict()["features"][0]["ops"][0] == {"op": "fill_null", "value": 0.0}
+
+
+def test_from_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(YAML)
+    assert SessionSpec.from_yaml(path) == SessionSpec.from_yaml(str(path))
+    assert coerce_spec(str(path)).batch_size == 2048
+
+
+def test_defaults_and_names() -> None:
+    spec = SessionSpec(
+        table_uri="/t",
+        features=[Feature("d", "dense"), Feature("s", "sparse"), Feature("e", "dense")],
+    )
+    assert spec.batch_size == 4096 and spec.epochs == 1 and spec.world_size == 1
+    assert spec.dense_names == ["d", "e"]
+    assert spec.sparse_names == ["s"]
+    assert isinstance(spec.features, tuple)
+
+
+def test_nested_params_form_is_accepted() -> None:
+    op = Op.from_dict({"op": "clamp", "params": {"min": 0.0, "max": 1.0}})
+    assert op == Op("clamp", {"min": 0.0, "max": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "text"),
+    [
+        ({"features": []}, "table_uri", "missing"),
+        ({"table_uri": "/t", "batchsize": 3}, "batchsize", "unknown spec field"),
+        ({"table_uri": "/t", "batch_size": "big"}, "batch_size", "expected"),
+        ({"table_uri": "/t", "batch_size": 0}, "batch_size", "must be > 0"),
+        ({"table_uri": "/t", "epochs": -1}, "epochs", "must be >= 0"),
+        ({"table_uri": "/t", "shuffle": 1}, "shuffle", "expected"),
+        ({"table_uri": "/t", "seed": True}, "seed", "got bool"),
+        (
+            {"table_uri": "/t", "features": [{"name": "a", "kind": "wide"}]},
+            "features[0].kind",
+            "expected 'dense' or 'sparse'",
+        ),
+        (
+            {"table_uri": "/t", "features": [{"name": "a", "kind": "dense", "ops": [{"x": 1}]}]},
+            "features[0].ops[0].op",
+            "missing op name",
+        ),
+        (
+            {"table_uri": "/t", "features": [{"name": "a", "kind": "dense", "opz": []}]},
+            "features[0].opz",
+            "unknown feature field",
+        ),
+    ],
+)
+def test_local_checks_name_the_field(data: dict[str, object], field: str, text: str) -> None:
+    with pytest.raises(SpecRejectedError, match=text) as info:
+        SessionSpec.from_dict(data)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_yaml_must_be_a_mapping() -> None:
+    with pytest.raises(SpecRejectedError, match="YAML must hold a mapping"):
+        SessionSpec.from_yaml("- a\n- b\n")
