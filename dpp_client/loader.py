@@ -165,6 +165,31 @@ class _WorkerStream:
                 self.call.cancel()
 
 
+class _EpochIterator(Iterator[Batch]):
+    """The iterator of one epoch, returned by ``iter(loader)``.
+
+    A separate object (rather than the loader itself) so that ``iter()`` on it does not begin
+    another epoch, and an iterator kept past its epoch simply ends.
+    """
+
+    def __init__(self, loader: DppLoader, epoch: int | None) -> None:
+        self._loader = loader
+        self.epoch = epoch
+
+    def __iter__(self) -> _EpochIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        """Returns the epoch's next batch; runs in the trainer's thread.
+
+        Raises:
+            StopIteration: the epoch is complete (call ``iter(loader)`` for the next one).
+            WorkerDataError: a worker failed a split of this epoch.
+            DppClientError: a stream failed for another reason (re-raised from its thread).
+        """
+        return self._loader._next_of(self.epoch)
+
+
 class DppLoader(torch.utils.data.IterableDataset[Batch]):
     """Streams one rank's batches of a dpp session; each ``iter()`` is the next epoch.
 
@@ -285,7 +310,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 exc.details() if isinstance(exc, grpc.Call) else exc,
             )
             self._epoch_active = False
-            return self
+            return _EpochIterator(self, None)
         self._next_epoch = epoch + 1
         self.epochs = resp.epochs
         self.epoch = epoch
@@ -300,10 +325,10 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             self.session_id,
             len(resp.split_ids),
         )
-        return self
+        return _EpochIterator(self, epoch)
 
-    def __next__(self) -> Batch:
-        """Returns the epoch's next batch, blocking until one is ready.
+    def _next_of(self, epoch: int | None) -> Batch:
+        """Returns the next batch of ``epoch``, blocking until one is ready.
 
         Raises:
             StopIteration: the epoch is complete (call ``iter()`` for the next one).
@@ -315,6 +340,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             if self._counters.first_next is None:
                 self._counters.first_next = start
         try:
+            if epoch is None or epoch != self.epoch:
+                raise StopIteration  # an iterator of an epoch the loader has moved past
             return self._next_batch()
         finally:
             self._counters.add(stall_s=time.monotonic() - start)

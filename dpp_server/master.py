@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dpp_proto import spec_pb2
 from dpp_server import state
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError
-from dpp_server.spec import Spec, check_against_schema, spec_from_proto
+from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
 from storage import SplitInfo, Table, check_columns, parse_filter
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,8 @@ class Master:
             ConflictError: ``session_name`` is taken by a session with another spec.
         """
         spec = spec_from_proto(spec_proto)
-        spec_bytes = spec_proto.SerializeToString(deterministic=True)
+        # The canonical form (defaults written out), so equivalent specs join the same session.
+        spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
         if session_name:
             with self._lock:
                 joined = self._join(session_name, spec_bytes)
@@ -419,14 +420,22 @@ class Master:
             session = self._session(session_id)
             stream = session.streams.get((epoch, rank))
             if stream is None:
-                raise NotFoundError(f"session {session_id} has not begun epoch {epoch} for rank {rank}")
+                raise NotFoundError(
+                    f"session {session_id} has not begun epoch {epoch} for rank {rank}"
+                )
             split_index = self._split_index(session, split_id)
             lease = stream.leased.get(split_index)
             if lease is None or lease.worker_id != worker_id:
                 return False
             if error:
                 # The worker delivered an error frame to the client; the split ends there.
-                logger.error("split %s of session %s failed on %s: %s", split_id, session_id, worker_id, error)
+                logger.error(
+                    "split %s of session %s failed on %s: %s",
+                    split_id,
+                    session_id,
+                    worker_id,
+                    error,
+                )
             self._record(
                 state.SplitProgressed(session_id, epoch, rank, split_index, batches_produced)
             )

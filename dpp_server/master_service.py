@@ -168,9 +168,7 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     def BeginEpoch(
         self, request: master_pb2.BeginEpochRequest, context: grpc.ServicerContext
     ) -> master_pb2.BeginEpochResponse:
-        split_ids, epochs = self.master.begin_epoch(
-            request.session_id, request.rank, request.epoch
-        )
+        split_ids, epochs = self.master.begin_epoch(request.session_id, request.rank, request.epoch)
         return master_pb2.BeginEpochResponse(split_ids=split_ids, epochs=epochs)
 
     @_rpc

@@ -334,7 +334,7 @@ class Worker:
     def _transformed(self, session: _Session, lease: LeaseGrant) -> Iterator[pa.RecordBatch]:
         reader = read_split(
             lease.split,
-            filesystem=session.filesystem,  # type: ignore[arg-type]
+            filesystem=session.filesystem,
             columns=session.pipeline.input_columns,
             row_filter=session.row_filter,
             batch_rows=self.config.read_batch_rows,
@@ -353,7 +353,9 @@ class Worker:
             self._stats.add_seconds("transform_s", time.perf_counter() - started)
             yield wire
 
-    def _encode(self, session: _Session, lease: LeaseGrant, seq: int, batch: pa.RecordBatch) -> bytes:
+    def _encode(
+        self, session: _Session, lease: LeaseGrant, seq: int, batch: pa.RecordBatch
+    ) -> bytes:
         started = time.perf_counter()
         frame = session.encoder.encode(self._header(lease, seq, batch.num_rows), batch)
         self._stats.add_seconds("serialize_s", time.perf_counter() - started)

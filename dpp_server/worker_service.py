@@ -104,7 +104,9 @@ class GrpcMasterLink:
             skip=[master_pb2.StreamKey(session_id=s, rank=r) for s, r in skip],
         )
         try:
-            response = self._call("AcquireSplit", lambda: self._stub.AcquireSplit(request, timeout=10))
+            response = self._call(
+                "AcquireSplit", lambda: self._stub.AcquireSplit(request, timeout=10)
+            )
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None  # the heartbeat thread re-registers
@@ -166,7 +168,7 @@ class WorkerServicer:
             if frame is not None:
                 yield frame
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The StreamBatches handler with raw-bytes responses (no response serializer)."""
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,

@@ -34,23 +34,45 @@ def _alive(pid: int) -> bool:
 def test_gen_writes_a_partitioned_table(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     result = subprocess.run(
-        [sys.executable, "-m", "dpp_server", "gen", uri, "--rows", "5000", "--days", "2",
-         "--dense", "2", "--sparse", "3", "--seed", "1", "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dpp_server",
+            "gen",
+            uri,
+            "--rows",
+            "5000",
+            "--days",
+            "2",
+            "--dense",
+            "2",
+            "--sparse",
+            "3",
+            "--seed",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "wrote 5000 rows" in result.stdout
     table = ds.dataset(uri, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 5000
     assert sorted(set(table.column("ds").to_pylist())) == ["2026-01-01", "2026-01-02"]
-    assert {"row_id", "user_id", "session_id", "label", "dense_1", "sparse_2"} <= set(table.column_names)
+    assert {"row_id", "user_id", "session_id", "label", "dense_1", "sparse_2"} <= set(
+        table.column_names
+    )
 
 
 def test_up_prints_its_address_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     up = subprocess.Popen(
         [sys.executable, "-m", "dpp_server", "up", "--workers", "2", "--ready-file", str(ready)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60

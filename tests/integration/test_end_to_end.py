@@ -131,7 +131,9 @@ def collect(loader: DppLoader) -> dict[int, tuple[object, ...]]:
     return got
 
 
-def assert_rows_equal(got: dict[int, tuple[object, ...]], want: dict[int, tuple[object, ...]]) -> None:
+def assert_rows_equal(
+    got: dict[int, tuple[object, ...]], want: dict[int, tuple[object, ...]]
+) -> None:
     assert got.keys() == want.keys(), (
         f"missing {len(want.keys() - got.keys())} rows, unexpected {len(got.keys() - want.keys())}"
     )
@@ -191,7 +193,10 @@ def test_bad_spec_is_rejected_with_the_field_named(cluster: LocalCluster, small_
             Feature(name="oops", kind="dense", source="no_such_column"),
         ),
     )
-    with pytest.raises(SpecRejectedError) as info, DppLoader(cluster.master_address, spec) as loader:
+    with (
+        pytest.raises(SpecRejectedError) as info,
+        DppLoader(cluster.master_address, spec) as loader,
+    ):
         next(iter(loader))
     assert "features[1].source" in str(info.value)
     assert "no_such_column" in str(info.value)
@@ -200,7 +205,10 @@ def test_bad_spec_is_rejected_with_the_field_named(cluster: LocalCluster, small_
         small_table,
         features=(Feature(name="d0", kind="dense", source="dense_0", ops=(Op("nope"),)),),
     )
-    with pytest.raises(SpecRejectedError) as info, DppLoader(cluster.master_address, bad_op) as loader:
+    with (
+        pytest.raises(SpecRejectedError) as info,
+        DppLoader(cluster.master_address, bad_op) as loader,
+    ):
         next(iter(loader))
     assert "features[0].ops[0].op" in str(info.value)
 

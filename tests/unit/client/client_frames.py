@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 import pyarrow as pa
+
 from dpp_proto import worker_pb2
 
 ALIGN = 64
@@ -33,7 +34,7 @@ def make_rows(
     names: list[str] = []
     if dense_dim:
         flat = pa.array(
-            (np.arange(num_rows * dense_dim, dtype=np.float32) + row_id_start * dense_dim)
+            np.arange(num_rows * dense_dim, dtype=np.float32) + row_id_start * dense_dim
         )
         arrays.append(pa.FixedSizeListArray.from_arrays(flat, dense_dim))
         names.append("dense")

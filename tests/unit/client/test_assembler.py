@@ -22,6 +22,10 @@ def ids(out: list[ReadyBatch[object]]) -> list[list[int]]:
     return [b.rb.column("extra.row_id").to_pylist() for b in out]
 
 
+def flat(out: list[ReadyBatch[object]]) -> list[int]:
+    return [i for batch in ids(out) for i in batch]
+
+
 def make(bs: int = 4, drop_last: bool = False) -> EpochAssembler[object]:
     return EpochAssembler(bs, drop_last=drop_last, session_id="s1", rank=0)
 
@@ -73,7 +77,7 @@ def test_partials_rebatch_to_exact_batch_size() -> None:
         start += 3
     sizes = [b.rb.num_rows for b in out]
     assert sizes == [5, 5, 5, 3]
-    assert sum(ids(out), []) == list(range(18))
+    assert flat(out) == list(range(18))
 
 
 def test_drop_last_drops_only_the_remainder() -> None:
@@ -220,7 +224,7 @@ def test_every_row_exactly_once_under_duplicates_and_shuffling(
     for h, rb in frames:
         out += asm.push(h, rb)
     assert asm.done
-    got = sorted(sum(ids(out), []))
+    got = sorted(flat(out))
     sizes = [b.rb.num_rows for b in out]
     assert all(s == bs for s in sizes[:-1])
     if drop_last:

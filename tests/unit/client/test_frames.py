@@ -7,10 +7,10 @@ import struct
 import pyarrow as pa
 import pytest
 from client_frames import encode_frame, header, ipc_bytes, make_rows
-from dpp_proto import worker_pb2
 
 from dpp_client.errors import FrameError
 from dpp_client.frames import decode_frame
+from dpp_proto import worker_pb2
 
 
 def test_round_trip_header_and_rows() -> None:

@@ -11,12 +11,12 @@ import grpc
 import pytest
 import torch
 from client_frames import encode_frame, header, make_rows
-from dpp_proto import master_pb2
+from test_errors import FakeRpcError
 
 from dpp_client import DppLoader, Feature, SessionSpec, SpecRejectedError, WorkerDataError
 from dpp_client.errors import DppClientError
 from dpp_client.loader import _Failure, _WorkerStream
-from test_errors import FakeRpcError
+from dpp_proto import master_pb2
 
 pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable:UserWarning")
 
@@ -107,12 +107,12 @@ def test_two_epochs_then_empty() -> None:
 def test_full_batches_are_converted_off_the_trainer_thread() -> None:
     master = FakeMaster(["A"])
     with make_loader(master) as loader:
-        iter(loader)
+        it = iter(loader)
         feed(loader, encode_frame(header("A", 0, last=True), rows(4, 0)))
         item = loader._queue.get_nowait()
         assert not isinstance(item, _Failure) and item.prepared is not None
         loader._queue.put(item)
-        batch = next(loader)
+        batch = next(it)
         assert batch is item.prepared
         assert batch.dense.dtype == torch.float32 and batch.dense.shape == (4, 1)
 
@@ -120,27 +120,27 @@ def test_full_batches_are_converted_off_the_trainer_thread() -> None:
 def test_drop_last() -> None:
     master = FakeMaster(["A"])
     with make_loader(master, drop_last=True) as loader:
-        iter(loader)
+        it = iter(loader)
         feed(loader, encode_frame(header("A", 0, last=True), rows(3, 0)))
-        assert list(loader) == []
+        assert list(it) == []
 
 
 def test_error_frame_raises_in_the_trainer_thread() -> None:
     master = FakeMaster(["A"])
     with make_loader(master) as loader:
-        iter(loader)
+        it = iter(loader)
         feed(loader, encode_frame(header("A", 0, error="corrupt parquet page"), None))
         with pytest.raises(WorkerDataError, match="corrupt parquet page"):
-            next(loader)
+            next(it)
 
 
 def test_background_failure_reraises() -> None:
     master = FakeMaster(["A"])
     with make_loader(master) as loader:
-        iter(loader)
+        it = iter(loader)
         loader._fail(DppClientError("stream broke"))
         with pytest.raises(DppClientError, match="stream broke"):
-            next(loader)
+            next(it)
 
 
 def test_spec_rejection_surfaces_with_the_field() -> None:
@@ -159,6 +159,16 @@ def test_unavailable_master_is_retried() -> None:
     with make_loader(master) as loader:
         iter(loader)
         assert loader.session_id == "s1"
+
+
+def test_stale_epoch_iterator_ends() -> None:
+    master = FakeMaster(["A"])
+    with make_loader(master) as loader:
+        first = iter(loader)
+        feed(loader, encode_frame(header("A", 0, epoch=1, last=True), rows(4, 0)))
+        second = iter(loader)
+        assert list(first) == []
+        assert [b.num_rows for b in second] == [4]
 
 
 def test_closed_loader_refuses_to_iterate() -> None:

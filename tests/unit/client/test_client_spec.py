@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dpp_proto import spec_pb2
 
 from dpp_client.errors import SpecRejectedError
 from dpp_client.spec import Feature, Op, SessionSpec, coerce_spec
+from dpp_proto import spec_pb2
 
 YAML = """
 table_uri: s3://bucket/ctr

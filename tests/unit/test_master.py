@@ -1,0 +1,182 @@
+"""The master's logic without any transport: planning, epochs, leases, expiry, joining."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import struct_pb2
+
+from dpp_proto import spec_pb2
+from dpp_server import state
+from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
+from dpp_server.master import Master, MasterConfig, StageSeconds, WorkerCounters
+from storage import TableNotFoundError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_spec(table: str, **fields: object) -> spec_pb2.SessionSpec:
+    spec = spec_pb2.SessionSpec(
+        table_uri=table,
+        batch_size=1000,
+        target_split_rows=4000,
+        passthrough=["row_id"],
+        label="label",
+    )
+    feature = spec.features.add(name="d0", source="dense_0", kind=spec_pb2.FEATURE_KIND_DENSE)
+    params = struct_pb2.Struct()
+    params.update({"value": 0.0})
+    feature.ops.add(op="fill_null", params=params)
+    for key, value in fields.items():
+        if isinstance(value, list):
+            getattr(spec, key).extend(value)
+        else:
+            setattr(spec, key, value)
+    return spec
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def master(clock: FakeClock) -> Master:
+    return Master(MasterConfig(lease_timeout_s=5.0), clock=clock)
+
+
+def test_create_session_plans_every_row(master: Master, small_table: str) -> None:
+    view, joined = master.create_session(make_spec(small_table))
+    assert not joined
+    # 24k rows, 4 files of 3 row groups (2k rows); toward 4k rows: runs of 2 + 1 row groups.
+    assert view.plan.num_rows == 24_000
+    assert view.plan.num_files == 4
+    assert view.plan.num_splits == 8
+    assert view.spec.batch_size == 1000
+
+
+def test_partition_filter_prunes_before_planning(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table, partition_filter="ds = '2026-01-01'"))
+    assert view.plan.num_rows == 12_000
+    assert view.plan.num_partitions == 1
+
+
+def test_bad_specs_name_the_field(master: Master, small_table: str) -> None:
+    with pytest.raises(SpecError) as info:
+        master.create_session(make_spec(small_table, batch_size=0))
+    assert info.value.field == "batch_size"
+    bad = make_spec(small_table)
+    bad.features[0].source = "nope"
+    with pytest.raises(SpecError) as info:
+        master.create_session(bad)
+    assert info.value.field == "features[0].source"
+    with pytest.raises(TableNotFoundError):
+        master.create_session(make_spec(small_table + "-missing"))
+
+
+def test_join_by_name_and_conflict(master: Master, small_table: str) -> None:
+    first, joined = master.create_session(make_spec(small_table), "job")
+    second, joined_again = master.create_session(make_spec(small_table), "job")
+    assert (joined, joined_again) == (False, True)
+    assert first.session_id == second.session_id
+    with pytest.raises(ConflictError, match="different spec"):
+        master.create_session(make_spec(small_table, seed=9), "job")
+
+
+def test_epochs_leases_and_completion(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table, epochs=2))
+    sid = view.session_id
+    split_ids, epochs = master.begin_epoch(sid, 0, 0)
+    assert epochs == 2 and len(split_ids) == 8 and len(set(split_ids)) == 8
+    assert master.begin_epoch(sid, 0, 0)[0] == split_ids  # idempotent
+    worker = master.register_worker("127.0.0.1:1", 2)
+    leased = []
+    while (grant := master.acquire_split(worker)) is not None:
+        leased.append(grant.split.split_id)
+        assert master.report_split_progress(
+            worker, sid, grant.epoch, grant.rank, grant.split.split_id, 4, done=True
+        )
+    assert leased == split_ids
+    _, streams = master.get_session(sid)
+    assert [(s.epoch, s.splits_done, s.splits_pending) for s in streams] == [(0, 8, 0)]
+    with pytest.raises(OutOfRangeError, match="epoch 2 is past the last"):
+        master.begin_epoch(sid, 0, 2)
+    with pytest.raises(OutOfRangeError, match="rank 1"):
+        master.begin_epoch(sid, 1, 0)
+    with pytest.raises(NotFoundError, match="create it with CreateSession"):
+        master.begin_epoch("s-nope", 0, 0)
+
+
+def test_shuffled_epochs_differ_but_are_seeded(master: Master, small_table: str) -> None:
+    a, _ = master.create_session(make_spec(small_table, epochs=2, shuffle=True, seed=3))
+    b, _ = master.create_session(make_spec(small_table, epochs=2, shuffle=True, seed=3))
+    a0, a1 = master.begin_epoch(a.session_id, 0, 0)[0], master.begin_epoch(a.session_id, 0, 1)[0]
+    b0 = master.begin_epoch(b.session_id, 0, 0)[0]
+    assert a0 == b0
+    assert a0 != a1 and sorted(a0) == sorted(a1)
+
+
+def test_ranks_are_disjoint_and_cover_all(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table, world_size=3))
+    shares = [set(master.begin_epoch(view.session_id, r, 0)[0]) for r in range(3)]
+    assert all(shares)
+    assert not (shares[0] & shares[1] or shares[0] & shares[2] or shares[1] & shares[2])
+    assert len(shares[0] | shares[1] | shares[2]) == view.plan.num_splits
+
+
+def test_silent_worker_loses_its_leases(master: Master, clock: FakeClock, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    sid = view.session_id
+    split_ids, _ = master.begin_epoch(sid, 0, 0)
+    w1 = master.register_worker("127.0.0.1:1", 1)
+    w2 = master.register_worker("127.0.0.1:2", 1)
+    grant = master.acquire_split(w1)
+    assert grant is not None and grant.split.split_id == split_ids[0]
+    clock.now += 3
+    assert master.heartbeat(w2, StageSeconds(read_s=1.0), WorkerCounters(rows_out=5))
+    clock.now += 3  # w1 silent for 6 s > 5 s timeout; w2 heard from 3 s ago
+    assert master.expire_workers() == [w1]
+    assert not master.heartbeat(w1, StageSeconds(), WorkerCounters())
+    # The released split goes back to the front: w2 gets it next.
+    again = master.acquire_split(w2)
+    assert again is not None and again.split.split_id == split_ids[0]
+    # w1's late report is refused: the lease is w2's now.
+    assert not master.report_split_progress(w1, sid, 0, 0, split_ids[0], 1, done=True)
+    with pytest.raises(NotFoundError, match="register again"):
+        master.acquire_split(w1)
+    workers = master.list_workers()
+    assert [(w.worker_id, w.counters.rows_out) for w, _ in workers] == [(w2, 5)]
+
+
+def test_full_streams_are_skipped(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    master.begin_epoch(view.session_id, 0, 0)
+    worker = master.register_worker("127.0.0.1:1", 1)
+    assert master.acquire_split(worker, skip=[(view.session_id, 0)]) is None
+    assert master.acquire_split(worker) is not None
+
+
+def test_journal_replay_rebuilds_the_ledger(clock: FakeClock, small_table: str) -> None:
+    journal = state.MemoryJournal()
+    master = Master(journal=journal, clock=clock)
+    view, _ = master.create_session(make_spec(small_table), "job")
+    master.begin_epoch(view.session_id, 0, 0)
+    worker = master.register_worker("127.0.0.1:1", 1)
+    grant = master.acquire_split(worker)
+    assert grant is not None
+    master.report_split_progress(worker, view.session_id, 0, 0, grant.split.split_id, 4, True)
+    rebuilt = Master(journal=journal, clock=clock)
+    _, streams = rebuilt.get_session(view.session_id)
+    assert [(s.splits_done, s.splits_pending, s.splits_leased) for s in streams] == [(1, 7, 0)]
+    assert rebuilt.create_session(make_spec(small_table), "job")[1] is True
+
+
+def test_equivalent_specs_join_the_same_session(master: Master, small_table: str) -> None:
+    first, _ = master.create_session(make_spec(small_table, epochs=0), "job")
+    second, joined = master.create_session(make_spec(small_table, epochs=1), "job")
+    assert joined and first.session_id == second.session_id

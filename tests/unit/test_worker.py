@@ -1,0 +1,174 @@
+"""The worker pipeline without transport: a real Master behind an in-process link."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import pyarrow as pa
+import pytest
+
+from dpp_client.frames import decode_frame
+from dpp_proto import worker_pb2
+from dpp_server.frames import FrameEncoder
+from dpp_server.master import LeaseGrant, Master, StageSeconds, WorkerCounters
+from dpp_server.spec import Spec
+from dpp_server.worker import FrameBuffer, Registration, Worker, WorkerConfig, _take_rows
+from tests.unit.test_master import make_spec
+
+
+class InProcessLink:
+    """A MasterLink calling a Master object directly."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    def register(self, address: str, pipeline_threads: int) -> Registration:
+        worker_id = self.master.register_worker(address, pipeline_threads)
+        return Registration(worker_id, 0.05, self.master.config.lease_timeout_s)
+
+    def heartbeat(self, worker_id: str, s: StageSeconds, c: WorkerCounters) -> bool:
+        return self.master.heartbeat(worker_id, s, c)
+
+    def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None:
+        return self.master.acquire_split(worker_id, skip)
+
+    def report_split_progress(
+        self, worker_id: str, lease: LeaseGrant, batches_produced: int, done: bool, error: str
+    ) -> bool:
+        return self.master.report_split_progress(
+            worker_id,
+            lease.session_id,
+            lease.epoch,
+            lease.rank,
+            lease.split.split_id,
+            batches_produced,
+            done,
+            error,
+        )
+
+    def get_spec(self, session_id: str) -> Spec:
+        view, _ = self.master.get_session(session_id)
+        return view.spec
+
+
+def test_take_rows_slices_within_a_piece_and_joins_across() -> None:
+    pieces = collections.deque(
+        [pa.record_batch({"x": list(range(0, 5))}), pa.record_batch({"x": list(range(5, 8))})]
+    )
+    first = _take_rows(pieces, 3)
+    second = _take_rows(pieces, 4)
+    assert first.column("x").to_pylist() == [0, 1, 2]
+    assert second.column("x").to_pylist() == [3, 4, 5, 6]
+    assert [p.column("x").to_pylist() for p in pieces] == [[7]]
+
+
+def test_frame_buffer_blocks_producers_when_full() -> None:
+    buffer = FrameBuffer(max_bytes=10)
+    buffer.put(b"x" * 8)
+    assert buffer.full() is False
+    done = threading.Event()
+
+    def produce() -> None:
+        buffer.put(b"y" * 8)  # 16 > 10: waits until the first frame is taken
+        done.set()
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    assert not done.wait(0.2)
+    assert buffer.get(1.0) == b"x" * 8
+    assert done.wait(2.0)
+    assert buffer.get(1.0) == b"y" * 8
+    assert buffer.get(0.01) is None
+    thread.join()
+
+
+def test_encoded_frames_decode_with_header_and_rows() -> None:
+    batch = pa.record_batch({"label": pa.array([1.0, 0.0], pa.float32())})
+    encoder = FrameEncoder()
+    header = worker_pb2.FrameHeader(session_id="s", split_id="a", batch_seq=2, num_rows=2)
+    decoded_header, rows = decode_frame(encoder.encode(header, batch))
+    assert decoded_header.batch_seq == 2 and decoded_header.sections[0].offset % 64 == 0
+    assert rows is not None and rows.column("label").to_pylist() == [1.0, 0.0]
+    end = worker_pb2.FrameHeader(split_id="a", batch_seq=3, last_in_split=True)
+    end_header, no_rows = decode_frame(FrameEncoder.encode_empty(end))
+    assert end_header.last_in_split and no_rows is None
+
+
+@pytest.mark.parametrize("batch_size", [1000, 1500, 7000])
+def test_worker_produces_every_row_once_in_numbered_batches(
+    small_table: str, batch_size: int
+) -> None:
+    master = Master()
+    view, _ = master.create_session(make_spec(small_table, batch_size=batch_size))
+    split_ids, _ = master.begin_epoch(view.session_id, 0, 0)
+    worker = Worker(InProcessLink(master), "inproc:0", WorkerConfig(pipeline_threads=2))
+    worker.start()
+    try:
+        buffer = worker.buffer(view.session_id, 0)
+        seqs: dict[str, list[int]] = collections.defaultdict(list)
+        ended: dict[str, int] = {}
+        row_ids: list[int] = []
+        while len(ended) < len(split_ids):
+            frame = buffer.get(10.0)
+            assert frame is not None, "the worker stalled"
+            header, rows = decode_frame(frame)
+            assert not header.error
+            if header.last_in_split:
+                ended[header.split_id] = header.batch_seq
+                assert rows is None
+                continue
+            assert rows is not None and rows.num_rows == header.num_rows <= batch_size
+            seqs[header.split_id].append(header.batch_seq)
+            row_ids.extend(rows.column("extra.row_id").to_pylist())
+    finally:
+        worker.stop()
+    assert sorted(row_ids) == list(range(24_000))
+    for split_id, last in ended.items():
+        assert seqs[split_id] == list(range(last))  # numbered 0..n-1 in order, then the end
+    _, streams = master.get_session(view.session_id)
+    assert streams[0].splits_done == len(split_ids)
+    seconds, counters = worker.stats()
+    assert counters.rows_out == 24_000 and counters.splits_done == len(split_ids)
+    assert seconds.read_s > 0 and seconds.transform_s > 0 and seconds.serialize_s > 0
+
+
+def test_a_failing_split_sends_an_error_frame_and_the_worker_goes_on(
+    small_table: str,
+) -> None:
+    master = Master()
+    view, _ = master.create_session(make_spec(small_table, batch_size=1000))
+    split_ids, _ = master.begin_epoch(view.session_id, 0, 0)
+    link = InProcessLink(master)
+    # Sabotage one split: pretend planning saw a different file size.
+    session = master._ledger.sessions[view.session_id]
+    broken = session.splits[0]
+    session.splits = (
+        type(broken)(
+            split_id=broken.split_id,
+            path=broken.path,
+            file_size=broken.file_size + 1,
+            row_groups=broken.row_groups,
+            num_rows=broken.num_rows,
+            partition=broken.partition,
+        ),
+        *session.splits[1:],
+    )
+    worker = Worker(link, "inproc:0", WorkerConfig(pipeline_threads=1))
+    worker.start()
+    try:
+        buffer = worker.buffer(view.session_id, 0)
+        errors, ended = [], set()
+        while len(ended) < len(split_ids):
+            frame = buffer.get(10.0)
+            assert frame is not None
+            header, _ = decode_frame(frame)
+            if header.last_in_split:
+                ended.add(header.split_id)
+            if header.error:
+                errors.append(header.error)
+    finally:
+        worker.stop()
+    assert len(errors) == 1
+    assert broken.split_id in errors[0] and broken.path in errors[0]
+    assert "was rewritten" in errors[0]
