@@ -7,6 +7,50 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SplitAck(_message.Message):
+    __slots__ = ("split_id", "batches_consumed", "done")
+    SPLIT_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    split_id: str
+    batches_consumed: int
+    done: bool
+    def __init__(self, split_id: _Optional[str] = ..., batches_consumed: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class AckBatchesRequest(_message.Message):
+    __slots__ = ("session_id", "rank", "epoch", "acks", "batches_received", "received_all")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_ALL_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    rank: int
+    epoch: int
+    acks: _containers.RepeatedCompositeFieldContainer[SplitAck]
+    batches_received: int
+    received_all: bool
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[SplitAck, _Mapping]]] = ..., batches_received: _Optional[int] = ..., received_all: _Optional[bool] = ...) -> None: ...
+
+class AckBatchesResponse(_message.Message):
+    __slots__ = ("batch_limit", "limit_final")
+    BATCH_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FINAL_FIELD_NUMBER: _ClassVar[int]
+    batch_limit: int
+    limit_final: bool
+    def __init__(self, batch_limit: _Optional[int] = ..., limit_final: _Optional[bool] = ...) -> None: ...
+
+class UnregisterWorkerRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class UnregisterWorkerResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class CreateSessionRequest(_message.Message):
     __slots__ = ("spec", "session_name")
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -76,14 +120,18 @@ class RankProgress(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., rank: _Optional[int] = ..., splits_total: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ...) -> None: ...
 
 class BeginEpochRequest(_message.Message):
-    __slots__ = ("session_id", "rank", "epoch")
+    __slots__ = ("session_id", "rank", "epoch", "restore", "consumed")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     rank: int
     epoch: int
-    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+    restore: bool
+    consumed: _containers.RepeatedCompositeFieldContainer[SplitAck]
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ..., restore: _Optional[bool] = ..., consumed: _Optional[_Iterable[_Union[SplitAck, _Mapping]]] = ...) -> None: ...
 
 class BeginEpochResponse(_message.Message):
     __slots__ = ("split_ids", "epochs")

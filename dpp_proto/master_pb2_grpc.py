@@ -74,6 +74,16 @@ class MasterServiceStub:
                 request_serializer=dpp__proto_dot_master__pb2.ListWorkersRequest.SerializeToString,
                 response_deserializer=dpp__proto_dot_master__pb2.ListWorkersResponse.FromString,
                 _registered_method=True)
+        self.AckBatches = channel.unary_unary(
+                '/dpp.v1.MasterService/AckBatches',
+                request_serializer=dpp__proto_dot_master__pb2.AckBatchesRequest.SerializeToString,
+                response_deserializer=dpp__proto_dot_master__pb2.AckBatchesResponse.FromString,
+                _registered_method=True)
+        self.UnregisterWorker = channel.unary_unary(
+                '/dpp.v1.MasterService/UnregisterWorker',
+                request_serializer=dpp__proto_dot_master__pb2.UnregisterWorkerRequest.SerializeToString,
+                response_deserializer=dpp__proto_dot_master__pb2.UnregisterWorkerResponse.FromString,
+                _registered_method=True)
 
 
 class MasterServiceServicer:
@@ -140,6 +150,21 @@ class MasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AckBatches(self, request, context):
+        """A client acknowledges the batches its trainer consumed. Journaled before the reply: a
+        split re-produced after its worker died resumes after the last acknowledged batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterWorker(self, request, context):
+        """A draining worker leaves: its remaining leases go back to the queue at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +207,16 @@ def add_MasterServiceServicer_to_server(servicer, server):
                     servicer.ListWorkers,
                     request_deserializer=dpp__proto_dot_master__pb2.ListWorkersRequest.FromString,
                     response_serializer=dpp__proto_dot_master__pb2.ListWorkersResponse.SerializeToString,
+            ),
+            'AckBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckBatches,
+                    request_deserializer=dpp__proto_dot_master__pb2.AckBatchesRequest.FromString,
+                    response_serializer=dpp__proto_dot_master__pb2.AckBatchesResponse.SerializeToString,
+            ),
+            'UnregisterWorker': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterWorker,
+                    request_deserializer=dpp__proto_dot_master__pb2.UnregisterWorkerRequest.FromString,
+                    response_serializer=dpp__proto_dot_master__pb2.UnregisterWorkerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +435,60 @@ class MasterService:
             '/dpp.v1.MasterService/ListWorkers',
             dpp__proto_dot_master__pb2.ListWorkersRequest.SerializeToString,
             dpp__proto_dot_master__pb2.ListWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dpp.v1.MasterService/AckBatches',
+            dpp__proto_dot_master__pb2.AckBatchesRequest.SerializeToString,
+            dpp__proto_dot_master__pb2.AckBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterWorker(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dpp.v1.MasterService/UnregisterWorker',
+            dpp__proto_dot_master__pb2.UnregisterWorkerRequest.SerializeToString,
+            dpp__proto_dot_master__pb2.UnregisterWorkerResponse.FromString,
             options,
             channel_credentials,
             insecure,

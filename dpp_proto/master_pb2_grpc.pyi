@@ -60,6 +60,12 @@ class MasterServiceStub:
     """A worker reports batches produced for a leased split, and its end."""
     ListWorkers: _grpc.UnaryUnaryMultiCallable[_master_pb2.ListWorkersRequest, _master_pb2.ListWorkersResponse]
     """Lists live workers with their addresses and stage timings."""
+    AckBatches: _grpc.UnaryUnaryMultiCallable[_master_pb2.AckBatchesRequest, _master_pb2.AckBatchesResponse]
+    """A client acknowledges the batches its trainer consumed. Journaled before the reply: a
+    split re-produced after its worker died resumes after the last acknowledged batch.
+    """
+    UnregisterWorker: _grpc.UnaryUnaryMultiCallable[_master_pb2.UnregisterWorkerRequest, _master_pb2.UnregisterWorkerResponse]
+    """A draining worker leaves: its remaining leases go back to the queue at once."""
 
 @_typing.type_check_only
 class MasterServiceAsyncStub(MasterServiceStub):
@@ -88,6 +94,12 @@ class MasterServiceAsyncStub(MasterServiceStub):
     """A worker reports batches produced for a leased split, and its end."""
     ListWorkers: _aio.UnaryUnaryMultiCallable[_master_pb2.ListWorkersRequest, _master_pb2.ListWorkersResponse]  # type: ignore[assignment]
     """Lists live workers with their addresses and stage timings."""
+    AckBatches: _aio.UnaryUnaryMultiCallable[_master_pb2.AckBatchesRequest, _master_pb2.AckBatchesResponse]  # type: ignore[assignment]
+    """A client acknowledges the batches its trainer consumed. Journaled before the reply: a
+    split re-produced after its worker died resumes after the last acknowledged batch.
+    """
+    UnregisterWorker: _aio.UnaryUnaryMultiCallable[_master_pb2.UnregisterWorkerRequest, _master_pb2.UnregisterWorkerResponse]  # type: ignore[assignment]
+    """A draining worker leaves: its remaining leases go back to the queue at once."""
 
 class MasterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -161,5 +173,23 @@ class MasterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_master_pb2.ListWorkersResponse, _abc.Awaitable[_master_pb2.ListWorkersResponse]]:
         """Lists live workers with their addresses and stage timings."""
+
+    @_abc_1.abstractmethod
+    def AckBatches(
+        self,
+        request: _master_pb2.AckBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_master_pb2.AckBatchesResponse, _abc.Awaitable[_master_pb2.AckBatchesResponse]]:
+        """A client acknowledges the batches its trainer consumed. Journaled before the reply: a
+        split re-produced after its worker died resumes after the last acknowledged batch.
+        """
+
+    @_abc_1.abstractmethod
+    def UnregisterWorker(
+        self,
+        request: _master_pb2.UnregisterWorkerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_master_pb2.UnregisterWorkerResponse, _abc.Awaitable[_master_pb2.UnregisterWorkerResponse]]:
+        """A draining worker leaves: its remaining leases go back to the queue at once."""
 
 def add_MasterServiceServicer_to_server(servicer: MasterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -40,7 +40,7 @@ class FeatureSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., kind: _Optional[_Union[FeatureKind, str]] = ..., ops: _Optional[_Iterable[_Union[OpSpec, _Mapping]]] = ..., dedup_group: _Optional[str] = ...) -> None: ...
 
 class SessionSpec(_message.Message):
-    __slots__ = ("table_uri", "storage_options", "partition_filter", "row_filter", "features", "label", "weight", "passthrough", "batch_size", "epochs", "seed", "world_size", "target_split_rows", "shuffle")
+    __slots__ = ("table_uri", "storage_options", "partition_filter", "row_filter", "features", "label", "weight", "passthrough", "batch_size", "epochs", "seed", "world_size", "target_split_rows", "shuffle", "deterministic", "max_splits_in_flight")
     class StorageOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,8 @@ class SessionSpec(_message.Message):
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     TARGET_SPLIT_ROWS_FIELD_NUMBER: _ClassVar[int]
     SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    DETERMINISTIC_FIELD_NUMBER: _ClassVar[int]
+    MAX_SPLITS_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     table_uri: str
     storage_options: _containers.ScalarMap[str, str]
     partition_filter: str
@@ -76,4 +78,6 @@ class SessionSpec(_message.Message):
     world_size: int
     target_split_rows: int
     shuffle: bool
-    def __init__(self, table_uri: _Optional[str] = ..., storage_options: _Optional[_Mapping[str, str]] = ..., partition_filter: _Optional[str] = ..., row_filter: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., label: _Optional[str] = ..., weight: _Optional[str] = ..., passthrough: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., world_size: _Optional[int] = ..., target_split_rows: _Optional[int] = ..., shuffle: _Optional[bool] = ...) -> None: ...
+    deterministic: bool
+    max_splits_in_flight: int
+    def __init__(self, table_uri: _Optional[str] = ..., storage_options: _Optional[_Mapping[str, str]] = ..., partition_filter: _Optional[str] = ..., row_filter: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., label: _Optional[str] = ..., weight: _Optional[str] = ..., passthrough: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., world_size: _Optional[int] = ..., target_split_rows: _Optional[int] = ..., shuffle: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., max_splits_in_flight: _Optional[int] = ...) -> None: ...
