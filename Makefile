@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto check-proto bench clean
+.PHONY: demo test lint typecheck proto check-proto check-deploy bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dpp needs Python >= 3.11"'
@@ -12,12 +12,14 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build lies in the local wheel store; any other spec pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	# Prometheus (promtool and the server) for the deploy/ checks and tests/integration/test_prometheus.py.
+	command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m dpp_client.demo $(DEMO_ARGS)
 
-test: $(STAMP) check-proto lint typecheck
+test: $(STAMP) check-proto lint typecheck check-deploy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -32,6 +34,13 @@ proto: $(STAMP)
 
 check-proto: $(STAMP)
 	PYTHON=$(PY) scripts/check_proto.sh
+
+# deploy/: Prometheus config, alert rules and their unit tests, Kubernetes manifests (offline).
+check-deploy: $(STAMP)
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,32 +1,47 @@
-"""Turns one rank's stream of frames into the epoch's batches: dedup, completion, re-batching.
+"""Turns one rank's stream of frames into the epoch's batches, and tracks what was consumed.
 
 Owns: :class:`EpochAssembler`, the pure (no threads, no gRPC, no torch) heart of the loader's
-consumer side, so the exactly-once and re-batching rules are unit-testable frame by frame.
-Must never import ``dpp_server`` or ``storage``.
+consumer side, so that the exactly-once, ordering, re-batching and resume rules are
+unit-testable frame by frame. Must never import ``dpp_server`` or ``storage``.
 
-Protocol, worked example (batch_size 4, rank 0, epoch 0 holds splits A and B):
+Rules:
 
-1. ``begin_epoch(0, ["A", "B"])``: both splits pending; frames of epoch 1 that arrived early
-   stay aside until ``begin_epoch(1, ...)``; frames of an older epoch are dropped.
-2. Worker W1 streams A seq 0 (4 rows): a full batch, returned at once.
-3. W1 streams A seq 1 (3 rows, ``last_in_split``): A's last seq is 1 and seqs {0, 1} arrived,
-   so A is complete. The 3 rows are a partial batch: held.
-4. W1 dies mid-way through B after sending B seq 0 (4 rows, returned). The master re-leases B
-   to W2, which may re-send B seq 0: a duplicate (same split and seq), dropped.
-5. W2 sends B seq 1 (2 rows, ``last_in_split``): held partials now hold 5 rows, so one full
-   batch of 4 is cut from their concatenation and returned; 1 row is held.
-6. B is complete, so every split is: the 1-row remainder is returned (unless ``drop_last``)
-   and :attr:`done` becomes true.
+* Batches of a split are numbered 0..n-1; a row-less end frame numbered n closes the split.
+  Frames are released per split in number order (a frame that arrives early waits for the
+  ones before it), and a frame whose number was already released is a duplicate (a split
+  re-produced after its worker died) and is dropped.
+* Deterministic mode releases splits in the epoch's order: the frames of later splits wait
+  until every earlier split is complete, so the batch sequence does not depend on which worker
+  sent what when. The default mode releases every split as its frames arrive.
+* Full batches (``batch_size`` rows) are handed out unchanged. Only a split's last batch may be
+  short; short batches are held and concatenated, in release order, into full batches. When
+  every split is complete the remainder is handed out (unless ``drop_last``).
+* Every :class:`ReadyBatch` lists the parts of frames it holds. When the trainer takes it, the
+  loader calls :meth:`EpochAssembler.consume`, which advances each split's consumption: how many
+  of its batches were consumed and how many rows of the next one. That consumption is what the
+  loader acknowledges to the master and saves in ``state_dict``; ``begin_epoch(..., consumed)``
+  resumes from it, dropping the consumed batches and rows when they arrive again.
 
-A split whose rows were all filtered out sends one frame with ``num_rows == 0`` and
-``last_in_split``; it completes the split and contributes no rows. An error frame of the
-current epoch raises :class:`WorkerDataError`.
+Worked example (batch_size 4, epoch 0 holds splits A and B, default mode):
+
+1. ``begin_epoch(0, ["A", "B"])``: both splits open.
+2. A#0 (4 rows) arrives: a full batch, returned at once. A#1 (3 rows) is short: held.
+3. A#2, the end frame, arrives: A is complete.
+4. B#1 (2 rows) arrives before B#0: it waits. B#0 (4 rows) arrives: returned, then B#1 is
+   released into the held rows: 5 rows, so one batch of 4 is cut (A#1's 3 rows and B#1's first
+   row) and 1 row of B#1 stays held.
+5. A worker re-sends B#0 after a failure: a duplicate, dropped. B#2 (end) completes B: every
+   split is complete, so the 1-row remainder is returned and :attr:`done` becomes true.
+6. Had the trainer checkpointed after step 4, the consumption would read A: 1 batch and 3 rows
+   into the next (A#1 was partly consumed... here wholly: A: 2 batches) and B: 1 batch and 1
+   row of B#1; a restored assembler drops B#0 and B#1's first row when they arrive again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -36,11 +51,38 @@ from dpp_client.batch import concat_batches
 from dpp_client.errors import WorkerDataError
 from dpp_proto import worker_pb2
 
-__all__ = ["EpochAssembler", "ReadyBatch"]
+__all__ = ["Consumption", "EpochAssembler", "Part", "ReadyBatch"]
 
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Consumption:
+    """How much of one split the trainer consumed.
+
+    Attributes:
+        batches: batches consumed, counted from batch 0.
+        rows_into_next: rows of batch ``batches`` already consumed (only a short last batch
+            is ever split across trainer batches).
+        done: every batch of the split was consumed.
+    """
+
+    batches: int = 0
+    rows_into_next: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows ``[start, end)`` of batch ``seq`` of a split, of ``frame_rows`` rows in all."""
+
+    split_id: str
+    seq: int
+    start: int
+    end: int
+    frame_rows: int
 
 
 @dataclass
@@ -49,28 +91,37 @@ class ReadyBatch(Generic[T]):
 
     Attributes:
         rb: the Arrow rows (exactly ``batch_size`` of them, except an epoch's remainder).
+        parts: the frame rows it holds, for consumption tracking.
         prepared: what the caller attached to the frame when the batch is that frame
             unchanged (e.g. tensors converted in a background thread); None for batches cut
-            from concatenated partials, which the caller must convert itself.
+            from concatenated short batches, which the caller must convert itself.
+        dropped: the epoch's short remainder under ``drop_last``: not for the trainer, but
+            consumed (acknowledged) when the trainer reaches it, like any other batch.
     """
 
     rb: pa.RecordBatch
+    parts: tuple[Part, ...] = ()
     prepared: T | None = None
-
-
-@dataclass
-class _SplitProgress:
-    seqs: set[int] = field(default_factory=set)
-    last_seq: int | None = None
-
-    def complete(self) -> bool:
-        last = self.last_seq
-        if last is None or len(self.seqs) < last + 1:
-            return False
-        return all(s in self.seqs for s in range(last + 1))
+    dropped: bool = False
 
 
 _Held = tuple[worker_pb2.FrameHeader, pa.RecordBatch | None, T | None]
+
+
+@dataclass
+class _Split(Generic[T]):
+    position: int
+    next_seq: int = 0
+    skip_rows: int = 0
+    end_seq: int | None = None
+    waiting: dict[int, _Held[T]] = field(default_factory=dict)
+    consumed: Consumption = field(default_factory=Consumption)
+
+    @property
+    def complete(self) -> bool:
+        """Every batch was released and the end is known (``end_seq``: the number of
+        batches, learnt from the end frame or from a batch marked last)."""
+        return self.end_seq is not None and self.next_seq >= self.end_seq
 
 
 class EpochAssembler(Generic[T]):
@@ -81,13 +132,20 @@ class EpochAssembler(Generic[T]):
 
     Args:
         batch_size: rows per delivered batch (the spec's).
-        drop_last: drop the epoch's final short batch instead of delivering it.
+        drop_last: drop the epoch's final short batch instead of delivering it (its rows count
+            as consumed).
         session_id: when set, frames of another session are dropped (with a warning).
         rank: frames addressed to another rank are dropped (with a warning).
+        deterministic: release splits in the epoch's order (see the module docstring).
     """
 
     def __init__(
-        self, batch_size: int, drop_last: bool = False, session_id: str = "", rank: int = 0
+        self,
+        batch_size: int,
+        drop_last: bool = False,
+        session_id: str = "",
+        rank: int = 0,
+        deterministic: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
@@ -95,19 +153,24 @@ class EpochAssembler(Generic[T]):
         self.drop_last = drop_last
         self.session_id = session_id
         self.rank = rank
+        self.deterministic = deterministic
         self.epoch: int | None = None
         self.duplicates_dropped = 0
         self.stale_dropped = 0
-        self._splits: dict[str, _SplitProgress] = {}
+        self.batches_assembled = 0
+        self._order: list[str] = []
+        self._splits: dict[str, _Split[T]] = {}
+        self._cursor = 0
         self._incomplete: set[str] = set()
-        self._partials: list[pa.RecordBatch] = []
-        self._partial_rows = 0
+        self._short: list[tuple[pa.RecordBatch, Part]] = []
+        self._short_rows = 0
         self._done = False
         self._aside: dict[int, list[_Held[T]]] = {}
+        self._dirty: set[str] = set()
 
     @property
     def done(self) -> bool:
-        """True once every split of the current epoch is complete and the rest delivered."""
+        """True once every split of the current epoch is complete and the rest handed out."""
         return self._done
 
     @property
@@ -115,18 +178,32 @@ class EpochAssembler(Generic[T]):
         """Splits of the current epoch not yet complete."""
         return len(self._incomplete)
 
+    def incomplete_splits(self) -> list[str]:
+        """Ids of the splits not yet complete, in the epoch's order."""
+        return [s for s in self._order if s in self._incomplete]
+
     @property
     def held_rows(self) -> int:
-        """Rows held in partial batches, waiting for more rows or the epoch's end."""
-        return self._partial_rows
+        """Rows held in short batches, waiting for more rows or the epoch's end."""
+        return self._short_rows
 
     @property
     def frames_aside(self) -> int:
         """Frames of later epochs kept for when those epochs begin."""
         return sum(len(v) for v in self._aside.values())
 
-    def begin_epoch(self, epoch: int, split_ids: Iterable[str]) -> list[ReadyBatch[T]]:
-        """Starts ``epoch`` for the given splits and replays frames kept aside for it.
+    def begin_epoch(
+        self,
+        epoch: int,
+        split_ids: Iterable[str],
+        consumed: Mapping[str, Consumption] | None = None,
+    ) -> list[ReadyBatch[T]]:
+        """Starts ``epoch`` for the given splits (in the epoch's order) and replays frames kept
+        aside for it.
+
+        Args:
+            consumed: the consumption to resume from (a restored checkpoint): those batches and
+                rows are dropped when they arrive again; splits marked done are complete.
 
         Returns:
             Batches already deliverable from frames that arrived early.
@@ -138,21 +215,36 @@ class EpochAssembler(Generic[T]):
                 self.epoch,
                 len(self._incomplete),
                 len(self._splits),
-                self._partial_rows,
+                self._short_rows,
                 epoch,
             )
         self.epoch = epoch
-        self._splits = {s: _SplitProgress() for s in split_ids}
+        self._order = list(split_ids)
+        self._splits = {s: _Split(position=i) for i, s in enumerate(self._order)}
         self._incomplete = set(self._splits)
-        self._partials = []
-        self._partial_rows = 0
+        self._cursor = 0
+        self._short = []
+        self._short_rows = 0
         self._done = False
+        self._dirty = set()
+        self.batches_assembled = 0
+        for split_id, c in (consumed or {}).items():
+            split = self._splits.get(split_id)
+            if split is None:
+                continue
+            split.consumed = c
+            split.next_seq = c.batches
+            split.skip_rows = c.rows_into_next
+            if c.done:
+                split.end_seq = c.batches
+                split.next_seq = c.batches + 1
+                self._incomplete.discard(split_id)
         for old in [e for e in self._aside if e < epoch]:
             self.stale_dropped += len(self._aside.pop(old))
         out: list[ReadyBatch[T]] = []
         for header, rb, prepared in self._aside.pop(epoch, []):
             out.extend(self._accept(header, rb, prepared))
-        out.extend(self._maybe_finish())
+        out.extend(self._advance())
         return out
 
     def push(
@@ -161,16 +253,7 @@ class EpochAssembler(Generic[T]):
         rb: pa.RecordBatch | None,
         prepared: T | None = None,
     ) -> list[ReadyBatch[T]]:
-        """Feeds one decoded frame.
-
-        Args:
-            header: the frame's header.
-            rb: its rows, or None for an end marker / error frame.
-            prepared: anything the caller derived from ``rb`` (returned with it when ``rb`` is
-                delivered unchanged).
-
-        Returns:
-            Batches now deliverable, in order (possibly none).
+        """Feeds one decoded frame; returns the batches now deliverable, in order.
 
         Raises:
             WorkerDataError: the frame reports a failed split of the current epoch.
@@ -190,25 +273,47 @@ class EpochAssembler(Generic[T]):
             self.stale_dropped += 1
             return []
         out = self._accept(header, rb, prepared)
-        out.extend(self._maybe_finish())
+        out.extend(self._advance())
         return out
+
+    def consume(self, ready: ReadyBatch[T]) -> None:
+        """Records that the trainer took ``ready``: its parts are consumed."""
+        for part in ready.parts:
+            split = self._splits.get(part.split_id)
+            if split is None:
+                continue
+            if part.end >= part.frame_rows:
+                batches, rows = part.seq + 1, 0
+            else:
+                batches, rows = part.seq, part.end
+            if (batches, rows) <= (split.consumed.batches, split.consumed.rows_into_next):
+                continue
+            done = split.end_seq is not None and batches >= split.end_seq
+            split.consumed = Consumption(batches, rows, done)
+            self._dirty.add(part.split_id)
+
+    def consumption(self) -> dict[str, Consumption]:
+        """The consumption of every split of the epoch that has any (for ``state_dict``)."""
+        return {s: p.consumed for s, p in self._splits.items() if p.consumed != Consumption()}
+
+    def take_dirty(self) -> dict[str, Consumption]:
+        """The consumption of splits that changed since the last call (for acks)."""
+        dirty = {s: self._splits[s].consumed for s in self._dirty if s in self._splits}
+        self._dirty = set()
+        return dirty
+
+    @property
+    def all_consumed(self) -> bool:
+        """Every split of the epoch was consumed to its end."""
+        return self._done and all(p.consumed.done for p in self._splits.values())
+
+    # ----------------------------------------------------------------- internals
 
     def _accept(
         self, header: worker_pb2.FrameHeader, rb: pa.RecordBatch | None, prepared: T | None
     ) -> list[ReadyBatch[T]]:
-        if self._done:
-            # Every split is complete, so this can only be a re-produced frame.
-            self.duplicates_dropped += 1
-            return []
-        if header.error:
-            raise WorkerDataError(
-                f"a worker failed to produce split {header.split_id} (epoch {header.epoch}, "
-                f"rank {header.rank}, session {header.session_id}): {header.error}",
-                split_id=header.split_id,
-                epoch=header.epoch,
-            )
-        progress = self._splits.get(header.split_id)
-        if progress is None:
+        split = self._splits.get(header.split_id)
+        if split is None:
             _log.warning(
                 "dropping frame of split %s seq %d: not one of the %d splits of epoch %d for "
                 "rank %d",
@@ -219,54 +324,113 @@ class EpochAssembler(Generic[T]):
                 self.rank,
             )
             return []
-        seq = header.batch_seq
-        if header.last_in_split:
-            if progress.last_seq is None:
-                progress.last_seq = seq
-            elif progress.last_seq != seq:
-                _log.warning(
-                    "split %s: last_in_split at seq %d after seq %d; keeping %d",
-                    header.split_id,
-                    seq,
-                    progress.last_seq,
-                    progress.last_seq,
-                )
-        out: list[ReadyBatch[T]] = []
-        if seq in progress.seqs:
+        if split.complete or header.batch_seq < split.next_seq:
             self.duplicates_dropped += 1
-        else:
-            progress.seqs.add(seq)
-            if rb is not None and rb.num_rows > 0:
-                if rb.num_rows == self.batch_size:
-                    out.append(ReadyBatch(rb, prepared))
-                else:
-                    out.extend(self._add_partial(rb))
-        if header.split_id in self._incomplete and progress.complete():
-            self._incomplete.discard(header.split_id)
+            return []
+        if header.error:
+            raise WorkerDataError(
+                f"a worker failed to produce split {header.split_id} (epoch {header.epoch}, "
+                f"rank {header.rank}, session {header.session_id}): {header.error}",
+                split_id=header.split_id,
+                epoch=header.epoch,
+            )
+        if header.batch_seq in split.waiting:
+            self.duplicates_dropped += 1
+            return []
+        split.waiting[header.batch_seq] = (header, rb, prepared)
+        if self.deterministic:
+            return []  # _advance releases in the epoch's order
+        return self._release(header.split_id, split)
+
+    def _advance(self) -> list[ReadyBatch[T]]:
+        out: list[ReadyBatch[T]] = []
+        if self.deterministic:
+            while self._cursor < len(self._order):
+                split_id = self._order[self._cursor]
+                split = self._splits[split_id]
+                out.extend(self._release(split_id, split))
+                if not split.complete:
+                    break
+                self._cursor += 1
+        out.extend(self._maybe_finish())
         return out
 
-    def _add_partial(self, rb: pa.RecordBatch) -> list[ReadyBatch[T]]:
-        self._partials.append(rb)
-        self._partial_rows += rb.num_rows
-        if self._partial_rows < self.batch_size:
-            return []
-        combined = concat_batches(self._partials)
-        full = combined.num_rows // self.batch_size
-        out: list[ReadyBatch[T]] = [
-            ReadyBatch(combined.slice(i * self.batch_size, self.batch_size)) for i in range(full)
-        ]
-        rest = combined.num_rows - full * self.batch_size
-        self._partials = [combined.slice(full * self.batch_size, rest)] if rest else []
-        self._partial_rows = rest
+    def _release(self, split_id: str, split: _Split[T]) -> list[ReadyBatch[T]]:
+        """Releases the split's frames that are next in number order."""
+        out: list[ReadyBatch[T]] = []
+        while not split.complete and split.next_seq in split.waiting:
+            header, rb, prepared = split.waiting.pop(split.next_seq)
+            seq = split.next_seq
+            split.next_seq += 1
+            if rb is not None and rb.num_rows > 0:
+                out.extend(self._take(split_id, split, seq, rb, prepared))
+            if header.last_in_split:
+                # A row-less end frame is numbered after the last batch; a batch may also
+                # carry the mark itself.
+                split.end_seq = seq if rb is None or rb.num_rows == 0 else seq + 1
+                split.next_seq = max(split.next_seq, split.end_seq)
+                self._incomplete.discard(split_id)
+                split.waiting.clear()
+                if split.consumed.batches >= split.end_seq and not split.consumed.done:
+                    # Everything before the end was consumed already (e.g. restored).
+                    split.consumed = dataclasses.replace(split.consumed, done=True)
+                    self._dirty.add(split_id)
         return out
+
+    def _take(
+        self, split_id: str, split: _Split[T], seq: int, rb: pa.RecordBatch, prepared: T | None
+    ) -> list[ReadyBatch[T]]:
+        rows = rb.num_rows
+        start = split.skip_rows
+        split.skip_rows = 0
+        if start == 0 and rows == self.batch_size:
+            self.batches_assembled += 1
+            return [ReadyBatch(rb, (Part(split_id, seq, 0, rows, rows),), prepared)]
+        if start >= rows:
+            return []
+        piece = rb.slice(start) if start else rb
+        self._short.append((piece, Part(split_id, seq, start, rows, rows)))
+        self._short_rows += piece.num_rows
+        return self._cut_full()
+
+    def _cut_full(self) -> list[ReadyBatch[T]]:
+        out: list[ReadyBatch[T]] = []
+        while self._short_rows >= self.batch_size:
+            out.append(self._cut(self.batch_size))
+        return out
+
+    def _cut(self, rows: int) -> ReadyBatch[T]:
+        """Cuts ``rows`` rows off the front of the held short batches."""
+        pieces: list[pa.RecordBatch] = []
+        parts: list[Part] = []
+        needed = rows
+        while needed:
+            piece, part = self._short[0]
+            if piece.num_rows <= needed:
+                self._short.pop(0)
+                pieces.append(piece)
+                parts.append(part)
+                needed -= piece.num_rows
+            else:
+                pieces.append(piece.slice(0, needed))
+                parts.append(dataclasses.replace(part, end=part.start + needed))
+                rest = Part(part.split_id, part.seq, part.start + needed, part.end, part.frame_rows)
+                self._short[0] = (piece.slice(needed), rest)
+                needed = 0
+        self._short_rows -= rows
+        self.batches_assembled += 1
+        rb = pieces[0] if len(pieces) == 1 else concat_batches(pieces)
+        return ReadyBatch(rb, tuple(parts))
 
     def _maybe_finish(self) -> list[ReadyBatch[T]]:
         if self._done or self._incomplete:
             return []
         self._done = True
         out: list[ReadyBatch[T]] = []
-        if self._partial_rows and not self.drop_last:
-            out.append(ReadyBatch(concat_batches(self._partials)))
-        self._partials = []
-        self._partial_rows = 0
+        if self._short_rows:
+            remainder = self._cut(self._short_rows)
+            if self.drop_last:
+                self.batches_assembled -= 1
+                remainder.dropped = True
+            out.append(remainder)
         return out

@@ -46,7 +46,7 @@ import pyarrow as pa
 import torch
 from google.protobuf.message import Message
 
-from dpp_client.assembler import EpochAssembler
+from dpp_client.assembler import Consumption, EpochAssembler, ReadyBatch
 from dpp_client.batch import Batch, batch_from_arrow
 from dpp_client.errors import (
     RETRYABLE_CODES,
@@ -55,6 +55,7 @@ from dpp_client.errors import (
     rpc_code,
 )
 from dpp_client.frames import decode_frame
+from dpp_client.metrics import client_stats_to_proto
 from dpp_client.spec import SessionSpec, coerce_spec
 from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
 
@@ -73,6 +74,7 @@ _BACKOFF_MAX_S = 5.0
 _POLL_S = 0.5
 _STALL_WARN_S = 10.0
 _JOIN_TIMEOUT_S = 10.0
+_STATE_VERSION = 1
 
 _Resp = TypeVar("_Resp", bound=Message)
 
@@ -165,6 +167,34 @@ class _WorkerStream:
                 self.call.cancel()
 
 
+class _AckState:
+    """Consumption waiting to be acknowledged, and the equal-batches limit from the master.
+
+    Shared by the trainer's thread (which records consumption) and the ack thread (which
+    sends it): ``lock`` guards every field.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.epoch: int | None = None
+        self.pending: dict[str, Consumption] = {}
+        self.batches_received = 0
+        self.received_all = False
+        self.limit = 0
+        self.limit_final = False
+        self.reproduce: set[str] = set()
+        self.wake = threading.Event()
+
+    def reset(self, epoch: int, batches_received: int) -> None:
+        with self.lock:
+            self.epoch = epoch
+            self.pending = {}
+            self.batches_received = batches_received
+            self.received_all = False
+            self.limit = 0
+            self.limit_final = False
+
+
 class _EpochIterator(Iterator[Batch]):
     """The iterator of one epoch, returned by ``iter(loader)``.
 
@@ -214,6 +244,12 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         rpc_timeout_s: deadline of each master RPC, retries of UNAVAILABLE/ABORTED included.
         worker_refresh_s: how often to re-list workers. Lower picks up new or restarted
             workers faster at the cost of master RPCs.
+        ack_interval_s: how often consumption is acknowledged to the master. Lower means
+            less work redone after a worker failure, at the cost of master RPCs (and journal
+            writes); with world_size > 1 it also paces the equal-batches limit.
+        reproduce_after_s: with splits missing and no frame for this long, ask the master to
+            produce them again (frames lost in a broken stream, a wedged worker). Shorter
+            recovers sooner; too short re-produces splits that are merely slow.
     """
 
     def __init__(
@@ -228,6 +264,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         pin_memory: bool = False,
         rpc_timeout_s: float = 30.0,
         worker_refresh_s: float = 1.0,
+        ack_interval_s: float = 0.2,
+        reproduce_after_s: float = 10.0,
     ) -> None:
         super().__init__()
         self.spec = coerce_spec(spec)
@@ -253,7 +291,17 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._epoch_active = False
 
         self._queue: queue.Queue[_Frame | _Failure] = queue.Queue(maxsize=prefetch_batches)
-        self._ready: deque[tuple[pa.RecordBatch, Batch | None]] = deque()
+        self._ready: deque[ReadyBatch[Batch]] = deque()
+        self._acks = _AckState()
+        self._ack_interval_s = ack_interval_s
+        self.reproduce_after_s = reproduce_after_s
+        self._acker: threading.Thread | None = None
+        # Batches yielded in the current epoch (restored from a checkpoint, then counted).
+        self._yielded = 0
+        self._received_base = 0
+        # Set by load_state_dict: (epoch or None, consumption, yielded) to resume from.
+        self._restore: tuple[int | None, dict[str, Consumption], int] | None = None
+        self._saved_session_id = ""
         self._assembler: EpochAssembler[Batch] | None = None
         self._counters = _Counters()
 
@@ -288,17 +336,31 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         return list(resp.workers)
 
     def __iter__(self) -> Iterator[Batch]:
-        """Begins the next epoch (creating or joining the session on the first call)."""
+        """Begins the next epoch (creating or joining the session on the first call), or
+        resumes the epoch a restored checkpoint was in."""
         if self._closed.is_set():
             raise DppClientError("DppLoader is closed; create a new one to read again")
         assembler = self._ensure_session()
+        self._flush_acks()
+        restore = self._restore
+        self._restore = None
+        consumed: dict[str, Consumption] = {}
+        yielded = 0
         epoch = self._next_epoch
+        if restore is not None and restore[0] is not None:
+            epoch, consumed, yielded = restore[0], restore[1], restore[2]
+        request = master_pb2.BeginEpochRequest(
+            session_id=self.session_id, rank=self.rank, epoch=epoch
+        )
+        if restore is not None:
+            # After a restore the checkpoint, not the master's record, says what was consumed.
+            request.restore = True
+            for split_id, c in consumed.items():
+                request.consumed.add(split_id=split_id, batches_consumed=c.batches, done=c.done)
         try:
             resp = self._call(
                 self._connect().BeginEpoch,
-                master_pb2.BeginEpochRequest(
-                    session_id=self.session_id, rank=self.rank, epoch=epoch
-                ),
+                request,
                 f"BeginEpoch(session {self.session_id}, rank {self.rank}, epoch {epoch})",
                 passthrough_codes=(grpc.StatusCode.OUT_OF_RANGE,),
             )
@@ -315,17 +377,83 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self.epochs = resp.epochs
         self.epoch = epoch
         self._ready.clear()
-        for ready in assembler.begin_epoch(epoch, list(resp.split_ids)):
-            self._ready.append((ready.rb, ready.prepared))
+        self._yielded = yielded
+        self._received_base = yielded
+        self._acks.reset(epoch, yielded)
+        self._ready.extend(assembler.begin_epoch(epoch, list(resp.split_ids), consumed))
         self._epoch_active = True
         _log.info(
-            "rank %d epoch %d of session %s: %d splits",
+            "rank %d epoch %d of session %s: %d splits%s",
             self.rank,
             epoch,
             self.session_id,
             len(resp.split_ids),
+            f", resuming after {yielded} batches" if restore is not None else "",
         )
         return _EpochIterator(self, epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position, for a trainer checkpoint (torchdata's Stateful protocol).
+
+        Call it between batches, from the trainer's thread. Restoring it with
+        :meth:`load_state_dict` (in a new loader, even after the whole cluster restarted from
+        its journal) resumes exactly after the last batch this loader yielded: mid-epoch, at
+        an epoch's end, or at the start of the next epoch.
+        """
+        assembler = self._assembler
+        state: dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "session_id": self.session_id,
+            "session_name": self.session_name,
+            "rank": self.rank,
+            "epoch": None,
+            "next_epoch": self._next_epoch,
+            "consumed": {},
+            "yielded": 0,
+        }
+        if self._restore is not None:
+            epoch, consumed, yielded = self._restore
+            state.update(epoch=epoch, yielded=yielded)
+            state["consumed"] = {
+                k: [c.batches, c.rows_into_next, c.done] for k, c in consumed.items()
+            }
+            return state
+        in_epoch = self._epoch_active and assembler is not None and self.epoch is not None
+        if in_epoch and assembler is not None and not (assembler.done and not self._ready):
+            state["epoch"] = self.epoch
+            state["yielded"] = self._yielded
+            state["consumed"] = {
+                k: [c.batches, c.rows_into_next, c.done] for k, c in assembler.consumption().items()
+            }
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a position saved by :meth:`state_dict`; the next ``iter()`` resumes it.
+
+        Raises:
+            ValueError: the state is of another version or rank.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"loader state version {state.get('version')!r} is not {_STATE_VERSION}; it "
+                "was saved by an incompatible dpp_client"
+            )
+        if state.get("rank", self.rank) != self.rank:
+            raise ValueError(
+                f"loader state is of rank {state['rank']}, this loader is rank {self.rank}"
+            )
+        if self._assembler is None and state.get("session_id"):
+            self._saved_session_id = str(state["session_id"])
+        if state.get("session_name") and not self.session_name:
+            self.session_name = str(state["session_name"])
+        consumed = {
+            k: Consumption(int(v[0]), int(v[1]), bool(v[2]))
+            for k, v in dict(state.get("consumed", {})).items()
+        }
+        epoch = state.get("epoch")
+        self._next_epoch = int(state["next_epoch"])
+        self._restore = (None if epoch is None else int(epoch), consumed, int(state["yielded"]))
+        self._epoch_active = False
 
     def _next_of(self, epoch: int | None) -> Batch:
         """Returns the next batch of ``epoch``, blocking until one is ready.
@@ -347,17 +475,25 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             self._counters.add(stall_s=time.monotonic() - start)
 
     def close(self) -> None:
-        """Cancels every stream and joins every thread; idempotent."""
+        """Acknowledges what was consumed, cancels every stream and joins every thread;
+        idempotent."""
         if self._closed.is_set():
             return
+        if self._assembler is not None:
+            try:
+                self._flush_acks()
+            except Exception:
+                _log.exception("final acknowledgement failed")
         self._closed.set()
+        self._acks.wake.set()
         with self._lock:
             streams = list(self._streams.values())
         for ws in streams:
             ws.cancel()
         threads = [ws.thread for ws in streams if ws.thread is not None]
-        if self._refresher is not None:
-            threads.append(self._refresher)
+        for extra in (self._refresher, self._acker):
+            if extra is not None:
+                threads.append(extra)
         for t in threads:
             t.join(timeout=_JOIN_TIMEOUT_S)
             if t.is_alive():
@@ -379,42 +515,99 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         assembler = self._assembler
         if not self._epoch_active or assembler is None:
             raise StopIteration
+        equal_batches = self.spec.world_size > 1
         last_progress = time.monotonic()
-        last_warning = last_progress
+        last_warning = last_reproduce = last_progress
         while True:
+            self._note_received(assembler)
+            while self._ready and self._ready[0].dropped:
+                self._consume(assembler, self._ready.popleft())
             if self._ready:
-                rb, prepared = self._ready.popleft()
-                batch = prepared if prepared is not None else self._convert(rb)
-                self._counters.add(batches=1, rows=batch.num_rows)
-                return batch
-            if assembler.done:
+                allowed, surplus = self._allowed(assembler) if equal_batches else (True, False)
+                if surplus:
+                    # Every rank's count is final and this rank has more: drop the rest.
+                    while self._ready:
+                        self._consume(assembler, self._ready.popleft())
+                    continue
+                if allowed:
+                    ready = self._ready.popleft()
+                    self._consume(assembler, ready)
+                    batch = (
+                        ready.prepared if ready.prepared is not None else self._convert(ready.rb)
+                    )
+                    self._yielded += 1
+                    self._counters.add(batches=1, rows=batch.num_rows)
+                    return batch
+            elif assembler.done:
                 self._epoch_active = False
+                self._flush_acks()
                 raise StopIteration
             if self._closed.is_set():
                 raise DppClientError("DppLoader was closed while iterating")
             try:
-                item = self._queue.get(timeout=_POLL_S)
+                item = self._queue.get(timeout=_POLL_S if not self._ready else 0.02)
             except queue.Empty:
                 now = time.monotonic()
+                if now - last_progress >= self.reproduce_after_s and (
+                    now - last_reproduce >= self.reproduce_after_s
+                ):
+                    # Nothing arrives although splits are missing: their frames may have been
+                    # lost with a broken stream. Ask for them again; copies are dropped.
+                    last_reproduce = now
+                    missing = assembler.incomplete_splits()
+                    with self._acks.lock:
+                        self._acks.reproduce.update(missing)
+                    self._acks.wake.set()
+                    _log.warning(
+                        "no frame for %.0f s: asking the master to produce %d missing split(s) "
+                        "again",
+                        now - last_progress,
+                        len(missing),
+                    )
                 if now - last_progress >= _STALL_WARN_S and now - last_warning >= _STALL_WARN_S:
                     last_warning = now
                     with self._lock:
                         n_streams = len(self._streams)
                     _log.warning(
                         "no frame for %.0f s; epoch %s of rank %d still misses %d splits "
-                        "(%d worker streams open); waiting (workers may be restarting)",
+                        "(%d worker streams open, %d batches ready); waiting (workers may be "
+                        "restarting)",
                         now - last_progress,
                         self.epoch,
                         self.rank,
                         assembler.missing_splits,
                         n_streams,
+                        len(self._ready),
                     )
                 continue
             if isinstance(item, _Failure):
                 raise item.error
             last_progress = time.monotonic()
-            for ready in assembler.push(item.header, item.rb, item.prepared):
-                self._ready.append((ready.rb, ready.prepared))
+            self._ready.extend(assembler.push(item.header, item.rb, item.prepared))
+
+    def _consume(self, assembler: EpochAssembler[Batch], ready: ReadyBatch[Batch]) -> None:
+        """The trainer took (or the policy dropped) ``ready``: queue its acknowledgement."""
+        assembler.consume(ready)
+        dirty = assembler.take_dirty()
+        if dirty:
+            with self._acks.lock:
+                self._acks.pending.update(dirty)
+
+    def _note_received(self, assembler: EpochAssembler[Batch]) -> None:
+        with self._acks.lock:
+            self._acks.batches_received = self._received_base + assembler.batches_assembled
+            self._acks.received_all = assembler.done
+
+    def _allowed(self, assembler: EpochAssembler[Batch]) -> tuple[bool, bool]:
+        """(may yield the next batch, the rest is surplus) under equal batches per rank."""
+        with self._acks.lock:
+            limit, final = self._acks.limit, self._acks.limit_final
+        if self._yielded < limit:
+            return True, False
+        if final and assembler.done:
+            return False, True
+        self._acks.wake.set()  # ask the master now rather than at the next tick
+        return False, False
 
     def _convert(self, rb: pa.RecordBatch) -> Batch:
         start = time.monotonic()
@@ -468,26 +661,46 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         """Creates or joins the session once; returns the assembler bound to it."""
         if self._assembler is not None:
             return self._assembler
-        resp = self._call(
-            self._connect().CreateSession,
-            master_pb2.CreateSessionRequest(
-                spec=self.spec.to_proto(), session_name=self.session_name
-            ),
-            f"CreateSession(name={self.session_name!r}, table={self.spec.table_uri!r})",
-        )
-        self.session_id = resp.session_id
-        self.plan = resp.plan
-        _log.info(
-            "%s session %s: %d splits, %d rows planned",
-            "joined" if resp.joined else "created",
-            resp.session_id,
-            resp.plan.num_splits,
-            resp.plan.num_rows,
-        )
+        if self._saved_session_id and self._session_exists(self._saved_session_id):
+            # A restored checkpoint's session, still known to the master (or recovered from
+            # its journal).
+            self.session_id = self._saved_session_id
+            _log.info("resuming session %s", self.session_id)
+        else:
+            if self._saved_session_id:
+                _log.warning(
+                    "session %s of the checkpoint is unknown to the master; creating it again "
+                    "(split ids are stable, so the checkpoint's position still applies)",
+                    self._saved_session_id,
+                )
+            resp = self._call(
+                self._connect().CreateSession,
+                master_pb2.CreateSessionRequest(
+                    spec=self.spec.to_proto(), session_name=self.session_name
+                ),
+                f"CreateSession(name={self.session_name!r}, table={self.spec.table_uri!r})",
+            )
+            self.session_id = resp.session_id
+            self.plan = resp.plan
+            _log.info(
+                "%s session %s: %d splits, %d rows planned",
+                "joined" if resp.joined else "created",
+                resp.session_id,
+                resp.plan.num_splits,
+                resp.plan.num_rows,
+            )
         assembler: EpochAssembler[Batch] = EpochAssembler(
-            self.spec.batch_size, self.drop_last, session_id=self.session_id, rank=self.rank
+            self.spec.batch_size,
+            self.drop_last,
+            session_id=self.session_id,
+            rank=self.rank,
+            deterministic=self.spec.deterministic,
         )
         self._assembler = assembler
+        self._acker = threading.Thread(
+            target=self._ack_loop, name=f"dpp-ack-r{self.rank}", daemon=True
+        )
+        self._acker.start()
         # List once here so errors (e.g. an old master without ListWorkers) surface in the
         # trainer's thread, then keep refreshing in the background.
         self._sync_streams(self.list_workers())
@@ -496,6 +709,92 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         )
         self._refresher.start()
         return assembler
+
+    def _session_exists(self, session_id: str) -> bool:
+        try:
+            self._call(
+                self._connect().GetSession,
+                master_pb2.GetSessionRequest(session_id=session_id),
+                f"GetSession({session_id})",
+                passthrough_codes=(grpc.StatusCode.NOT_FOUND,),
+            )
+        except grpc.RpcError:
+            return False
+        return True
+
+    # ----------------------------------------------------------------- acknowledgements
+
+    def _ack_request(self) -> tuple[master_pb2.AckBatchesRequest, dict[str, Consumption]] | None:
+        with self._acks.lock:
+            if self._acks.epoch is None:
+                return None
+            if not self._acks.pending and not self._acks.reproduce and self.spec.world_size == 1:
+                return None
+            pending, self._acks.pending = self._acks.pending, {}
+            reproduce, self._acks.reproduce = self._acks.reproduce, set()
+            request = master_pb2.AckBatchesRequest(
+                session_id=self.session_id,
+                rank=self.rank,
+                epoch=self._acks.epoch,
+                batches_received=self._acks.batches_received,
+                received_all=self._acks.received_all,
+            )
+        for split_id, c in pending.items():
+            request.acks.add(split_id=split_id, batches_consumed=c.batches, done=c.done)
+        request.reproduce.extend(sorted(reproduce))
+        request.client_stats.CopyFrom(client_stats_to_proto(self.stats))  # for dpp_rank_* metrics
+        return request, pending
+
+    def _send_acks(self, timeout_s: float) -> None:
+        """Sends pending acknowledgements once; on failure they are kept for the next try."""
+        prepared = self._ack_request()
+        if prepared is None:
+            return
+        request, pending = prepared
+        try:
+            resp = self._connect().AckBatches(request, timeout=timeout_s)
+        except grpc.RpcError:
+            with self._acks.lock:
+                if self._acks.epoch == request.epoch:
+                    for split_id, c in pending.items():
+                        self._acks.pending.setdefault(split_id, c)
+            raise
+        with self._acks.lock:
+            if self._acks.epoch == request.epoch:
+                self._acks.limit = resp.batch_limit
+                self._acks.limit_final = resp.limit_final
+
+    def _flush_acks(self) -> None:
+        """Sends what is pending now, retrying like any master call (epoch ends, close)."""
+        deadline = time.monotonic() + self.rpc_timeout_s
+        backoff = _BACKOFF_START_S
+        while True:
+            try:
+                self._send_acks(self.rpc_timeout_s)
+                return
+            except grpc.RpcError as exc:
+                if rpc_code(exc) not in RETRYABLE_CODES or time.monotonic() + backoff > deadline:
+                    raise error_from_rpc(exc, f"AckBatches at master {self.master}") from exc
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    def _ack_loop(self) -> None:
+        """Acknowledges consumption every ``ack_interval_s`` (sooner when woken)."""
+        failures = 0
+        while not self._closed.is_set():
+            self._acks.wake.wait(self._ack_interval_s)
+            self._acks.wake.clear()
+            if self._closed.is_set():
+                return
+            try:
+                self._send_acks(self.rpc_timeout_s)
+                failures = 0
+            except grpc.RpcError as exc:
+                failures += 1
+                log = _log.warning if failures % 25 == 1 else _log.debug
+                log("AckBatches at %s: %s; will retry", self.master, rpc_code(exc))
+            except Exception:
+                _log.exception("acknowledging batches failed")
 
     # ----------------------------------------------------------------- background threads
 
@@ -530,29 +829,35 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             self._sync_streams(list(workers.workers))
 
     def _sync_streams(self, workers: list[master_pb2.WorkerInfo]) -> None:
-        """Starts streams for new workers and stops those of workers no longer listed."""
-        listed = {w.worker_id: w.address for w in workers}
+        """Starts streams for new workers and stops those of workers no longer listed.
+
+        Streams are keyed by address, not worker id: a worker that registers again (after a
+        master restart) keeps its stream, so no frame is lost to a needless reconnect.
+        """
+        listed = {w.address: w.worker_id for w in workers}
         with self._lock:
             if self._closed.is_set():
                 return
-            for worker_id, ws in list(self._streams.items()):
-                gone = worker_id not in listed or listed[worker_id] != ws.address
+            for address, ws in list(self._streams.items()):
+                gone = address not in listed
                 if gone or ws.thread is None or not ws.thread.is_alive():
                     if gone:
-                        _log.info("worker %s (%s) no longer listed", worker_id, ws.address)
+                        _log.info("worker %s (%s) no longer listed", ws.worker_id, address)
                     ws.cancel()
-                    del self._streams[worker_id]
-            for worker_id, address in listed.items():
-                if worker_id in self._streams:
+                    del self._streams[address]
+                else:
+                    ws.worker_id = listed[address]
+            for address, worker_id in listed.items():
+                if address in self._streams:
                     continue
                 ws = _WorkerStream(worker_id, address)
                 ws.thread = threading.Thread(
                     target=self._stream_loop,
                     args=(ws,),
-                    name=f"dpp-stream-{worker_id}-r{self.rank}",
+                    name=f"dpp-stream-{address}-r{self.rank}",
                     daemon=True,
                 )
-                self._streams[worker_id] = ws
+                self._streams[address] = ws
                 ws.thread.start()
         # Threads of dropped workers exit on their own once cancelled; close() joins the rest.
 

@@ -197,8 +197,16 @@ class Feature:
         )
 
 
-_INT_FIELDS = ("batch_size", "epochs", "seed", "world_size", "target_split_rows")
-_STR_FIELDS = ("table_uri", "label", "weight", "partition_filter", "row_filter")
+_INT_FIELDS = (
+    "batch_size",
+    "epochs",
+    "seed",
+    "world_size",
+    "target_split_rows",
+    "max_splits_in_flight",
+)
+_STR_FIELDS = ("table_uri", "label", "weight", "partition_filter", "row_filter", "sample_key")
+_RATE_FIELDS = ("negative_downsample_rate", "sample_rate")
 
 
 @dataclass(frozen=True)
@@ -220,8 +228,18 @@ class SessionSpec:
         world_size: ranks sharing the session; each receives disjoint splits.
         target_split_rows: rows per split; larger means fewer master round trips, smaller
             balances load better. 0: the master's default.
-        shuffle: shuffle split order each epoch.
+        shuffle: shuffle split order (and rows within read chunks) each epoch, seeded.
+        deterministic: each rank gets a byte-identical batch sequence for a seed, whatever the
+            number of workers and across failures and restarts; slower than arrival order.
+        max_splits_in_flight: splits leased ahead of consumption in deterministic mode; more
+            hides slow splits, each may sit in the client's memory. 0: the default (8).
         storage_options: fsspec options (endpoint_url, key, secret for s3://).
+        negative_downsample_rate: share of label-0 rows kept, in (0, 1]; kept negatives get
+            weight 1/rate (multiplied into ``weight``). Lower cuts cost on imbalanced data,
+            adds variance. 1: keep all.
+        sample_rate: share of all rows kept, in (0, 1], without weights. 1: keep all.
+        sample_key: integer or string column deciding sampling per row (with ``seed``), so a
+            re-produced split keeps the same rows; required when a rate is below 1.
     """
 
     table_uri: str
@@ -238,6 +256,11 @@ class SessionSpec:
     target_split_rows: int = 0
     shuffle: bool = False
     storage_options: dict[str, str] = field(default_factory=dict)
+    deterministic: bool = False
+    max_splits_in_flight: int = 0
+    negative_downsample_rate: float = 1.0
+    sample_rate: float = 1.0
+    sample_key: str = ""
 
     def __post_init__(self) -> None:
         # Accept lists for convenience but store tuples, so specs stay immutable.
@@ -261,6 +284,9 @@ class SessionSpec:
         if self.batch_size == 0:
             raise _reject("batch_size", "must be > 0")
         _check_type("shuffle", self.shuffle, bool)
+        _check_type("deterministic", self.deterministic, bool)
+        for name in _RATE_FIELDS:
+            _check_type(name, getattr(self, name), (int, float))
         for i, f in enumerate(self.features):
             _check_type(f"features[{i}]", f, Feature)
         for i, p in enumerate(self.passthrough):
@@ -333,6 +359,11 @@ class SessionSpec:
             "target_split_rows": self.target_split_rows,
             "shuffle": self.shuffle,
             "storage_options": dict(self.storage_options),
+            "deterministic": self.deterministic,
+            "max_splits_in_flight": self.max_splits_in_flight,
+            "negative_downsample_rate": self.negative_downsample_rate,
+            "sample_rate": self.sample_rate,
+            "sample_key": self.sample_key,
         }
 
     def to_proto(self) -> spec_pb2.SessionSpec:
@@ -352,6 +383,11 @@ class SessionSpec:
             world_size=self.world_size,
             target_split_rows=self.target_split_rows,
             shuffle=self.shuffle,
+            deterministic=self.deterministic,
+            max_splits_in_flight=self.max_splits_in_flight,
+            negative_downsample_rate=float(self.negative_downsample_rate),
+            sample_rate=float(self.sample_rate),
+            sample_key=self.sample_key,
         )
 
     @classmethod
@@ -372,6 +408,11 @@ class SessionSpec:
             target_split_rows=msg.target_split_rows,
             shuffle=msg.shuffle,
             storage_options=dict(msg.storage_options),
+            deterministic=msg.deterministic,
+            max_splits_in_flight=msg.max_splits_in_flight,
+            negative_downsample_rate=msg.negative_downsample_rate or 1.0,
+            sample_rate=msg.sample_rate or 1.0,
+            sample_key=msg.sample_key,
         )
 
     @property

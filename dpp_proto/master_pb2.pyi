@@ -18,20 +18,24 @@ class SplitAck(_message.Message):
     def __init__(self, split_id: _Optional[str] = ..., batches_consumed: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class AckBatchesRequest(_message.Message):
-    __slots__ = ("session_id", "rank", "epoch", "acks", "batches_received", "received_all")
+    __slots__ = ("session_id", "rank", "epoch", "acks", "batches_received", "received_all", "client_stats", "reproduce")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     ACKS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_ALL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_STATS_FIELD_NUMBER: _ClassVar[int]
+    REPRODUCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     rank: int
     epoch: int
     acks: _containers.RepeatedCompositeFieldContainer[SplitAck]
     batches_received: int
     received_all: bool
-    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[SplitAck, _Mapping]]] = ..., batches_received: _Optional[int] = ..., received_all: _Optional[bool] = ...) -> None: ...
+    client_stats: ClientStats
+    reproduce: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., epoch: _Optional[int] = ..., acks: _Optional[_Iterable[_Union[SplitAck, _Mapping]]] = ..., batches_received: _Optional[int] = ..., received_all: _Optional[bool] = ..., client_stats: _Optional[_Union[ClientStats, _Mapping]] = ..., reproduce: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AckBatchesResponse(_message.Message):
     __slots__ = ("batch_limit", "limit_final")
@@ -319,3 +323,111 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class ClientStats(_message.Message):
+    __slots__ = ("batches", "rows", "bytes_received", "stall_s", "decode_s", "wall_s")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STALL_S_FIELD_NUMBER: _ClassVar[int]
+    DECODE_S_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    batches: int
+    rows: int
+    bytes_received: int
+    stall_s: float
+    decode_s: float
+    wall_s: float
+    def __init__(self, batches: _Optional[int] = ..., rows: _Optional[int] = ..., bytes_received: _Optional[int] = ..., stall_s: _Optional[float] = ..., decode_s: _Optional[float] = ..., wall_s: _Optional[float] = ...) -> None: ...
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("worker_id", "address", "pipeline_threads", "rows_per_s", "bytes_per_s", "stage_shares", "seconds_since_heartbeat")
+    class StageSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STAGE_SHARES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    address: str
+    pipeline_threads: int
+    rows_per_s: float
+    bytes_per_s: float
+    stage_shares: _containers.ScalarMap[str, float]
+    seconds_since_heartbeat: float
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., seconds_since_heartbeat: _Optional[float] = ...) -> None: ...
+
+class RankStatus(_message.Message):
+    __slots__ = ("session_id", "rank", "rows_per_s", "stall_share", "seconds_since_report")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STALL_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_REPORT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    rank: int
+    rows_per_s: float
+    stall_share: float
+    seconds_since_report: float
+    def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., stall_share: _Optional[float] = ..., seconds_since_report: _Optional[float] = ...) -> None: ...
+
+class GetClusterStatusResponse(_message.Message):
+    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done")
+    class StageSharesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    STAGE_SHARES_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_KIND_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_TARGET_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_LEASED_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
+    window_s: float
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
+    rows_per_s: float
+    bytes_per_s: float
+    stage_shares: _containers.ScalarMap[str, float]
+    verdict_kind: str
+    verdict: str
+    desired_workers: int
+    operator_target: int
+    sessions: int
+    splits_pending: int
+    splits_leased: int
+    splits_done: int
+    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ...) -> None: ...
+
+class SetWorkerTargetRequest(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    def __init__(self, workers: _Optional[int] = ...) -> None: ...
+
+class SetWorkerTargetResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

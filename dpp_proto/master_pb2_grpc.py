@@ -498,3 +498,136 @@ class MasterService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class MonitorServiceStub:
+    """-- Observability (docs/observability.md) -------------------------------------------------
+
+    What the master knows of a cluster, for operators and autoscalers: stage shares, throughput,
+    the trainers' stall per rank, the bottleneck verdict and the desired worker count. Served by
+    the master beside MasterService.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetClusterStatus = channel.unary_unary(
+                '/dpp.v1.MonitorService/GetClusterStatus',
+                request_serializer=dpp__proto_dot_master__pb2.GetClusterStatusRequest.SerializeToString,
+                response_deserializer=dpp__proto_dot_master__pb2.GetClusterStatusResponse.FromString,
+                _registered_method=True)
+        self.SetWorkerTarget = channel.unary_unary(
+                '/dpp.v1.MonitorService/SetWorkerTarget',
+                request_serializer=dpp__proto_dot_master__pb2.SetWorkerTargetRequest.SerializeToString,
+                response_deserializer=dpp__proto_dot_master__pb2.SetWorkerTargetResponse.FromString,
+                _registered_method=True)
+
+
+class MonitorServiceServicer:
+    """-- Observability (docs/observability.md) -------------------------------------------------
+
+    What the master knows of a cluster, for operators and autoscalers: stage shares, throughput,
+    the trainers' stall per rank, the bottleneck verdict and the desired worker count. Served by
+    the master beside MasterService.
+    """
+
+    def GetClusterStatus(self, request, context):
+        """The latest sample of the cluster (taken every few seconds by the master).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetWorkerTarget(self, request, context):
+        """Sets (or clears, with `workers` 0) the operator's worker count for `dpp up`: it wins over
+        the autoscaler's desired count until cleared. Volatile: a restarted master forgets it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MonitorServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterStatus,
+                    request_deserializer=dpp__proto_dot_master__pb2.GetClusterStatusRequest.FromString,
+                    response_serializer=dpp__proto_dot_master__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'SetWorkerTarget': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWorkerTarget,
+                    request_deserializer=dpp__proto_dot_master__pb2.SetWorkerTargetRequest.FromString,
+                    response_serializer=dpp__proto_dot_master__pb2.SetWorkerTargetResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dpp.v1.MonitorService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dpp.v1.MonitorService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MonitorService:
+    """-- Observability (docs/observability.md) -------------------------------------------------
+
+    What the master knows of a cluster, for operators and autoscalers: stage shares, throughput,
+    the trainers' stall per rank, the bottleneck verdict and the desired worker count. Served by
+    the master beside MasterService.
+    """
+
+    @staticmethod
+    def GetClusterStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dpp.v1.MonitorService/GetClusterStatus',
+            dpp__proto_dot_master__pb2.GetClusterStatusRequest.SerializeToString,
+            dpp__proto_dot_master__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWorkerTarget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dpp.v1.MonitorService/SetWorkerTarget',
+            dpp__proto_dot_master__pb2.SetWorkerTargetRequest.SerializeToString,
+            dpp__proto_dot_master__pb2.SetWorkerTargetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

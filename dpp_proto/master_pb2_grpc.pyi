@@ -193,3 +193,67 @@ class MasterServiceServicer(metaclass=_abc_1.ABCMeta):
         """A draining worker leaves: its remaining leases go back to the queue at once."""
 
 def add_MasterServiceServicer_to_server(servicer: MasterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class MonitorServiceStub:
+    """-- Observability (docs/observability.md) -------------------------------------------------
+
+    What the master knows of a cluster, for operators and autoscalers: stage shares, throughput,
+    the trainers' stall per rank, the bottleneck verdict and the desired worker count. Served by
+    the master beside MasterService.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> MonitorServiceAsyncStub: ...
+    GetClusterStatus: _grpc.UnaryUnaryMultiCallable[_master_pb2.GetClusterStatusRequest, _master_pb2.GetClusterStatusResponse]
+    """The latest sample of the cluster (taken every few seconds by the master)."""
+    SetWorkerTarget: _grpc.UnaryUnaryMultiCallable[_master_pb2.SetWorkerTargetRequest, _master_pb2.SetWorkerTargetResponse]
+    """Sets (or clears, with `workers` 0) the operator's worker count for `dpp up`: it wins over
+    the autoscaler's desired count until cleared. Volatile: a restarted master forgets it.
+    """
+
+@_typing.type_check_only
+class MonitorServiceAsyncStub(MonitorServiceStub):
+    """-- Observability (docs/observability.md) -------------------------------------------------
+
+    What the master knows of a cluster, for operators and autoscalers: stage shares, throughput,
+    the trainers' stall per rank, the bottleneck verdict and the desired worker count. Served by
+    the master beside MasterService.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetClusterStatus: _aio.UnaryUnaryMultiCallable[_master_pb2.GetClusterStatusRequest, _master_pb2.GetClusterStatusResponse]  # type: ignore[assignment]
+    """The latest sample of the cluster (taken every few seconds by the master)."""
+    SetWorkerTarget: _aio.UnaryUnaryMultiCallable[_master_pb2.SetWorkerTargetRequest, _master_pb2.SetWorkerTargetResponse]  # type: ignore[assignment]
+    """Sets (or clears, with `workers` 0) the operator's worker count for `dpp up`: it wins over
+    the autoscaler's desired count until cleared. Volatile: a restarted master forgets it.
+    """
+
+class MonitorServiceServicer(metaclass=_abc_1.ABCMeta):
+    """-- Observability (docs/observability.md) -------------------------------------------------
+
+    What the master knows of a cluster, for operators and autoscalers: stage shares, throughput,
+    the trainers' stall per rank, the bottleneck verdict and the desired worker count. Served by
+    the master beside MasterService.
+    """
+
+    @_abc_1.abstractmethod
+    def GetClusterStatus(
+        self,
+        request: _master_pb2.GetClusterStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_master_pb2.GetClusterStatusResponse, _abc.Awaitable[_master_pb2.GetClusterStatusResponse]]:
+        """The latest sample of the cluster (taken every few seconds by the master)."""
+
+    @_abc_1.abstractmethod
+    def SetWorkerTarget(
+        self,
+        request: _master_pb2.SetWorkerTargetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_master_pb2.SetWorkerTargetResponse, _abc.Awaitable[_master_pb2.SetWorkerTargetResponse]]:
+        """Sets (or clears, with `workers` 0) the operator's worker count for `dpp up`: it wins over
+        the autoscaler's desired count until cleared. Volatile: a restarted master forgets it.
+        """
+
+def add_MonitorServiceServicer_to_server(servicer: MonitorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

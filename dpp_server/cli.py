@@ -16,6 +16,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from dpp_server.top import (
+    add_master_observability_args,
+    add_metrics_port_arg,
+    add_observability_commands,
+    add_up_scaling_args,
+)
+
 logger = logging.getLogger("dpp")
 
 
@@ -88,24 +95,50 @@ def cmd_master(args: argparse.Namespace) -> int:
     from dpp_server.cluster import write_ready_file
     from dpp_server.master import Master, MasterConfig
     from dpp_server.master_service import MasterServer
+    from dpp_server.monitor_service import MasterObservability
+    from dpp_server.scaling import ScalerConfig
 
     config = MasterConfig(
         heartbeat_interval_s=args.heartbeat_interval_s,
         lease_timeout_s=args.lease_timeout_s,
     )
-    server = MasterServer(Master(config), host=args.host, port=args.port)
+    journal = None
+    if args.journal_dir:
+        from dpp_server.journal import FileJournal
+
+        journal = FileJournal(args.journal_dir)
+    # Replays the journal before the port opens: meanwhile callers get UNAVAILABLE and retry.
+    master = Master(config, journal=journal)
+    obs = MasterObservability(
+        master,
+        args.host,
+        args.metrics_port,
+        ScalerConfig(min_workers=args.min_workers, max_workers=args.max_workers),
+        initial_workers=args.initial_workers,
+        monitor_interval_s=args.monitor_interval_s,
+    )
+    server = MasterServer(
+        master,
+        host=args.host,
+        port=args.port,
+        interceptors=obs.interceptors,
+        add_services=obs.add_services,
+    )
     server.start()
+    obs.start()
     print(f"dpp master listening on {server.address}", flush=True)
     if args.ready_file:
-        write_ready_file(args.ready_file, server.address)
+        write_ready_file(args.ready_file, server.address, **obs.ready_extra())
     signum = _wait_for_signal()
     logger.info("received signal %d; stopping", signum)
     server.stop()
+    obs.stop()
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from dpp_server.cluster import write_ready_file
+    from dpp_server.metrics import WorkerObservability
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
 
@@ -114,29 +147,52 @@ def cmd_worker(args: argparse.Namespace) -> int:
         max_buffer_bytes=args.buffer_mb << 20,
         read_batch_rows=args.read_batch_rows,
     )
+    obs = WorkerObservability(args.host, args.metrics_port)
     server = WorkerServer(
-        args.master, config, host=args.host, port=args.port, advertise_host=args.advertise_host
+        args.master,
+        config,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host,
+        observe=obs.observe,
     )
+    obs.bind(server.worker)
     server.start()
     print(f"dpp worker {server.worker.worker_id} listening on {server.address}", flush=True)
     if args.ready_file:
-        write_ready_file(args.ready_file, server.address)
+        write_ready_file(args.ready_file, server.address, **obs.ready_extra())
     signum = _wait_for_signal()
-    logger.info("received signal %d; stopping", signum)
-    server.stop()
+    # SIGTERM (an operator, Kubernetes, `dpp scale`) drains: splits in hand are finished and
+    # handed over. SIGINT (Ctrl-C, stopping a whole local cluster) stops at once.
+    drain_s = args.drain_timeout_s if signum == signal.SIGTERM else 0.0
+    logger.info("received signal %d; %s", signum, "draining" if drain_s else "stopping")
+    server.stop(drain_timeout_s=drain_s)
+    obs.stop()
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from dpp_server.cluster import LocalCluster, write_ready_file
+    from dpp_server.pool import start_local_controller
 
+    scaler_args = ["--min-workers", str(args.min_workers), "--max-workers", str(args.max_workers)]
     cluster = LocalCluster(
         workers=args.workers,
         pipeline_threads=args.threads,
-        master_args=["--port", str(args.port)] if args.port else [],
+        master_args=(["--port", str(args.port)] if args.port else [])
+        + [*scaler_args, "--initial-workers", str(args.workers)],
     )
+    controller = None
     try:
         cluster.start()
+        # `dpp scale N` (and the autoscaler with --autoscale) reach the pool through the master.
+        controller = start_local_controller(
+            cluster,
+            autoscale=args.autoscale,
+            initial=args.workers,
+            min_workers=args.min_workers,
+            max_workers=args.max_workers,
+        )
         print(f"dpp cluster up: master at {cluster.master_address}", flush=True)
         for worker in cluster.workers:
             print(f"  worker at {worker.address} (pid {worker.process.pid})", flush=True)
@@ -145,6 +201,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             write_ready_file(args.ready_file, cluster.master_address, master=cluster.master_address)
         _wait_for_signal()
     finally:
+        if controller is not None:
+            controller.stop()
         cluster.stop()
     return 0
 
@@ -186,7 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-interval-s", type=float, default=_env("heartbeat_interval_s", 1.0)
     )
     master.add_argument("--lease-timeout-s", type=float, default=_env("lease_timeout_s", 10.0))
+    master.add_argument(
+        "--journal-dir",
+        default=_env("journal_dir", ""),
+        help="keep the journal here: a restarted master resumes every session from it "
+        "(empty: in memory only, state is lost with the process)",
+    )
     master.add_argument("--ready-file", default="", help="write the bound address here")
+    add_master_observability_args(master, _env)
     master.set_defaults(func=cmd_master)
 
     worker = sub.add_parser("worker", help="run a worker")
@@ -199,7 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--threads", type=int, default=_env("pipeline_threads", 2))
     worker.add_argument("--buffer-mb", type=int, default=_env("buffer_mb", 256))
     worker.add_argument("--read-batch-rows", type=int, default=_env("read_batch_rows", 65_536))
+    worker.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=_env("drain_timeout_s", 30.0),
+        help="on SIGTERM/SIGINT: time to finish splits in hand and hand frames to clients",
+    )
     worker.add_argument("--ready-file", default="")
+    add_metrics_port_arg(worker, _env)
     worker.set_defaults(func=cmd_worker)
 
     up = sub.add_parser("up", help="run a local cluster: a master and N workers")
@@ -207,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--threads", type=int, default=2, help="pipeline threads per worker")
     up.add_argument("--port", type=int, default=0, help="master port (0: any free port)")
     up.add_argument("--ready-file", default="")
+    add_up_scaling_args(up)
     up.set_defaults(func=cmd_up)
+
+    add_observability_commands(sub)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
@@ -216,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from dpp_server.cluster import die_with_parent
+
+    die_with_parent()
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     result: int = args.func(args)

@@ -2,8 +2,11 @@
 
 Owns process lifecycle for ``dpp up``, the demo and the integration tests (tf.data service's
 ``TestCluster``): start, read back the bound ports, add a worker, kill one (SIGKILL), stop all.
-Children are started with ``PR_SET_PDEATHSIG`` so that they die with the process that started
-them: a crashed test or a killed ``dpp up`` leaves no process behind.
+Children ask Linux (``PR_SET_PDEATHSIG``) to signal them when the process that started them
+dies, so a crashed test or a killed ``dpp up`` leaves no process behind. They do it themselves
+at start-up (:func:`die_with_parent`, asked through ``DPP_PARENT_PID``) rather than in a
+``preexec_fn``: that would force a plain ``fork()`` of a process running gRPC threads, whose fork
+handlers can abort the child.
 """
 
 from __future__ import annotations
@@ -28,10 +31,16 @@ logger = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM us when our parent dies."""
+def die_with_parent() -> None:
+    """Called at start-up by a child of a LocalCluster (``DPP_PARENT_PID`` set): ask Linux to
+    SIGINT us when our parent dies, and exit now if it already has."""
+    parent = os.environ.get("DPP_PARENT_PID")
+    if not parent:
+        return
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+    if os.getppid() != int(parent):
+        os._exit(0)
 
 
 @dataclasses.dataclass
@@ -42,6 +51,8 @@ class ClusterProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     address: str
+    # host:port of the process's /metrics (empty when it serves none).
+    metrics_address: str = ""
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -75,6 +86,7 @@ class LocalCluster:
         worker_args: Sequence[str] = (),
         work_dir: str | None = None,
         ready_timeout_s: float = 60.0,
+        journal: bool = False,
     ) -> None:
         self.num_workers = workers
         self.pipeline_threads = pipeline_threads
@@ -87,6 +99,7 @@ class LocalCluster:
         self.master: ClusterProcess | None = None
         self.workers: list[ClusterProcess] = []
         self._seq = 0
+        self.journal_dir = self.work_dir / "journal" if journal else None
 
     @property
     def master_address(self) -> str:
@@ -95,10 +108,34 @@ class LocalCluster:
         return self.master.address
 
     def start(self) -> LocalCluster:
-        self.master = self._spawn("master", ["master", "--port", "0", *self.master_args])
+        self.master = self._spawn_master("0")
         for _ in range(self.num_workers):
             self.add_worker()
         return self
+
+    def _spawn_master(self, port: str) -> ClusterProcess:
+        args = ["master", "--port", port, *self.master_args]
+        if self.journal_dir is not None:
+            args += ["--journal-dir", str(self.journal_dir)]
+        return self._spawn("master", args)
+
+    def kill_master(self, sig: int = signal.SIGKILL) -> None:
+        """Sends ``sig`` (SIGKILL by default) to the master and waits for it to exit."""
+        if self.master is None:
+            raise RuntimeError("the cluster is not started")
+        self.master.process.send_signal(sig)
+        self.master.process.wait(30)
+
+    def restart_master(self) -> None:
+        """Starts the master again on the same port (and journal, when the cluster keeps
+        one), so workers and clients reconnect to the address they know. Kills it first if it
+        still runs."""
+        if self.master is None:
+            raise RuntimeError("the cluster is not started")
+        if self.master.alive:
+            self.kill_master()
+        port = self.master.address.rsplit(":", 1)[1]
+        self.master = self._spawn_master(port)
 
     def add_worker(self, extra_args: Sequence[str] = ()) -> int:
         """Starts one more worker and returns its index in :attr:`workers`."""
@@ -114,26 +151,33 @@ class LocalCluster:
         self.workers.append(self._spawn("worker", args))
         return len(self.workers) - 1
 
-    def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> None:
-        """Sends ``sig`` (SIGKILL by default: no chance to clean up) to one worker."""
+    def kill_worker(self, index: int, sig: int = signal.SIGKILL, wait: bool = True) -> None:
+        """Sends ``sig`` (SIGKILL by default: no chance to clean up) to one worker; with
+        SIGTERM the worker drains first."""
         worker = self.workers[index]
         worker.process.send_signal(sig)
-        worker.process.wait(30)
+        if wait:
+            worker.process.wait(60)
+
+    @property
+    def live_workers(self) -> list[int]:
+        return [i for i, w in enumerate(self.workers) if w.alive]
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM every process (workers first), wait, then SIGKILL what is left."""
+        """SIGINT every process (workers first), wait, then SIGKILL what is left."""
         processes = [w.process for w in self.workers]
         if self.master is not None:
             processes.append(self.master.process)
         for p in processes:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                # SIGINT: workers stop without draining, since the whole cluster goes.
+                p.send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout_s
         for p in processes:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("process %d ignored SIGTERM; killing it", p.pid)
+                logger.warning("process %d did not stop in time; killing it", p.pid)
                 p.kill()
                 p.wait()
         if self._tmp is not None:
@@ -156,6 +200,7 @@ class LocalCluster:
         name = f"{role}-{self._seq}"
         ready = self.work_dir / f"{name}.ready.json"
         log_path = self.work_dir / f"{name}.log"
+        ready.unlink(missing_ok=True)  # a work_dir may be reused by a later cluster
         command = [sys.executable, "-m", "dpp_server", *args, "--ready-file", str(ready)]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
@@ -163,7 +208,7 @@ class LocalCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                env={**os.environ, "DPP_PARENT_PID": str(os.getpid())},
             )
         deadline = time.monotonic() + self.ready_timeout_s
         child = ClusterProcess(role, process, log_path, "")
@@ -179,6 +224,8 @@ class LocalCluster:
                     f"{name} was not ready after {self.ready_timeout_s}s:\n{child.log_tail()}"
                 )
             time.sleep(0.05)
-        child.address = json.loads(ready.read_text())["address"]
+        announced = json.loads(ready.read_text())
+        child.address = announced["address"]
+        child.metrics_address = announced.get("metrics_address", "")
         logger.info("%s ready at %s (pid %d)", name, child.address, process.pid)
         return child

@@ -21,31 +21,53 @@ Glossary (these words, and no synonyms, everywhere in dpp):
     batch: ``batch_size`` rows ready for the trainer; batches of a split are numbered from 0.
     frame: one batch (or an end-of-split marker) on the wire.
 
-The delivery protocol, as a worked example (one session, world_size 1, two workers):
+The delivery protocol, as a worked example (one session, world_size 1, batch_size 100, two
+workers W1 and W2, a file journal):
 
     1. A client calls ``create_session(spec)``. The master validates the spec against the
-       table's schema, lists files, reads footers concurrently, and plans splits S0..S9.
+       table's schema, lists files, reads footers concurrently, and plans splits S0..S3 of 250
+       rows each. ``SessionCreated`` is journaled (written and fsynced) before the reply.
     2. The client calls ``begin_epoch(session, rank=0, epoch=0)`` and learns it will receive
-       S0..S9 (in the epoch's seeded order). From now on those splits are pending.
-    3. Worker W1 calls ``acquire_split``: it gets a lease on S0 (start_batch 0); W2 gets S1.
-    4. W1 reads S0, cuts batches 0, 1, 2 and buffers their frames for (session, rank 0),
-       reporting progress; the client streams them from W1. W1 reports S0 done and leases S2.
-    5. W2 dies while producing S1. It stops heartbeating; after ``lease_timeout_s`` the master
-       drops W2 and releases its lease: S1 goes back to the front of the pending queue.
-    6. W1 leases S1 and produces it again from batch 0. The client drops the batches of S1 it
-       already has (it keys batches by split id and batch number), so each row arrives once.
-    7. When the client holds every batch of S0..S9 the epoch is complete on its side.
+       S0..S3 in that order (a seeded permutation when ``shuffle`` is on). ``EpochBegun`` is
+       journaled; all four splits are pending.
+    3. W1 calls ``acquire_split`` and gets a lease on S0 from batch 0; W2 gets S1 from batch 0
+       (``SplitLeased`` journaled each time). Batches of a split are deterministic: S0 always
+       yields batches 0 and 1 (100 rows each), batch 2 (50 rows), then an end frame numbered 3.
+    4. W1 produces S0's frames into its buffer for (session, rank 0) and reports S0 produced.
+       S0 stays W1's until the trainer acknowledges it: its frames could still die with W1.
+    5. The trainer consumes S0 batches 0 and 1 and S1 batch 0. The client's ack thread sends
+       ``ack_batches([(S0, 2, False), (S1, 1, False)])``; ``BatchesAcked`` is journaled.
+    6. W2 dies while producing S1 (SIGKILL). It stops heartbeating; after ``lease_timeout_s``
+       the master drops it (``WorkerRemoved``): S1 goes back to the front of the pending queue.
+    7. W1 leases S1 again, from batch 1: the trainer already consumed batch 0. If the client
+       still held a prefetched copy of batch 1 from W2, it keeps one copy (it keys batches by
+       split id and batch number). No row is lost or repeated.
+    8. The master is killed and restarted on the same journal. It replays every update: the
+       session, the epoch, the leases (W1 still holds S1, and W1 is known, so its heartbeats
+       keep the lease), the acknowledgements. While it replays, its port is closed: workers and
+       clients get UNAVAILABLE and retry with capped backoff.
+    9. The trainer consumes the rest; the acks mark S0..S3 done (``done`` once every batch of
+       a split, its partial last one included, was consumed). The epoch is complete for rank 0.
+   10. The trainer is killed and restarted from a checkpoint taken after step 5. Its loader's
+       ``load_state_dict`` makes the next ``begin_epoch`` restore the consumption it recorded
+       (``StreamRestored``): S0 and S1 resume after 2 and 1 batches, S2 and S3 from the start.
+
+What each mode guarantees: in both modes every row of a rank's splits is delivered exactly once
+per epoch, across worker, master and trainer failures. In deterministic mode the client also
+yields the splits in the epoch's order, so the batch sequence of a rank is identical for a seed
+whatever the number of workers, failures and restarts; the default mode yields batches as they
+arrive, which hides a slow split. With world_size > 1 every rank yields the same number of
+batches per epoch: the minimum over ranks; the surplus of the others is dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from dpp_proto import spec_pb2
 from dpp_server import state
@@ -54,6 +76,9 @@ from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to
 from storage import SplitInfo, Table, check_columns, parse_filter
 
 logger = logging.getLogger(__name__)
+
+#: After a restart, journaled workers have at least this long to heartbeat again.
+RECOVERY_GRACE_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,10 +191,25 @@ class Master:
             sid: spec_from_proto(_parse_spec(s.spec_bytes))
             for sid, s in self._ledger.sessions.items()
         }
-        self._workers: dict[str, WorkerRecord] = {}
-        self._worker_seq = itertools.count(1)
+        # Workers known from the journal get a fresh grace period: those still alive keep
+        # heartbeating with the same id and keep their leases; the others expire.
+        # The grace is at least a few seconds: gRPC clients back off before they reconnect.
+        grace = max(self.config.lease_timeout_s, RECOVERY_GRACE_S) - self.config.lease_timeout_s
+        recovered = self._clock() + grace
+        self._workers: dict[str, WorkerRecord] = {
+            w.worker_id: WorkerRecord(w.worker_id, w.address, w.pipeline_threads, recovered)
+            for w in self._ledger.workers.values()
+        }
         # Round-robin cursor over (session, epoch, rank) streams, so that no stream starves.
         self._cursor = 0
+        # Batches each rank received per (session, epoch): volatile, re-reported with acks.
+        self._received: dict[tuple[str, int], dict[int, tuple[int, bool]]] = {}
+        if self._ledger.sessions or self._workers:
+            logger.info(
+                "recovered from the journal: %d session(s), %d worker(s)",
+                len(self._ledger.sessions),
+                len(self._workers),
+            )
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -264,7 +304,7 @@ class Master:
                     epoch=epoch,
                     rank=rank,
                     splits_total=len(s.split_indices),
-                    splits_pending=len(s.pending),
+                    splits_pending=s.pending_count(),
                     splits_leased=len(s.leased),
                     splits_done=len(s.done),
                 )
@@ -272,12 +312,24 @@ class Master:
             ]
             return self._view(session_id), streams
 
-    def begin_epoch(self, session_id: str, rank: int, epoch: int) -> tuple[list[str], int]:
-        """Opens an epoch for a rank (idempotent) and returns its split ids and the session's
-        number of epochs.
+    def begin_epoch(
+        self,
+        session_id: str,
+        rank: int,
+        epoch: int,
+        restore: Sequence[tuple[str, int, bool]] | None = None,
+    ) -> tuple[list[str], int]:
+        """Opens an epoch for a rank (idempotent) and returns its split ids, in the epoch's
+        order, and the session's number of epochs.
+
+        Args:
+            restore: a trainer checkpoint's consumption of this epoch, as
+                (split_id, batches_consumed, done) triples. When given (even empty), it
+                replaces what the master recorded: every lease of the (epoch, rank) is revoked
+                and every split not done resumes after its consumed batches.
 
         Raises:
-            NotFoundError: unknown session.
+            NotFoundError: unknown session, or a split id the session does not have.
             OutOfRangeError: a rank outside world_size, or an epoch past the last.
         """
         with self._lock:
@@ -296,22 +348,117 @@ class Master:
             stream = session.streams.get((epoch, rank))
             if stream is None:
                 order = state.split_order(len(session.splits), epoch, spec.seed, spec.shuffle)
-                indices = state.rank_share(order, rank, spec.world_size)
+                rows = [split.num_rows for split in session.splits]
+                indices = state.rank_share(order, rank, spec.world_size, rows)
                 self._record(state.EpochBegun(session_id, epoch, rank, indices))
                 stream = session.streams[(epoch, rank)]
+            if restore is not None:
+                acks = self._acks_of(session, restore)
+                self._record(state.StreamRestored(session_id, epoch, rank, acks))
+                self._received.pop((session_id, epoch), None)
+                logger.info(
+                    "session %s rank %d epoch %d restored: %d split(s) done, %d in progress",
+                    session_id,
+                    rank,
+                    epoch,
+                    sum(a.done for a in acks),
+                    sum(not a.done and a.batches > 0 for a in acks),
+                )
             return [session.splits[i].split_id for i in stream.split_indices], spec.epochs
+
+    def ack_batches(
+        self,
+        session_id: str,
+        rank: int,
+        epoch: int,
+        acks: Sequence[tuple[str, int, bool]],
+        batches_received: int = 0,
+        received_all: bool = False,
+        reproduce: Sequence[str] = (),
+    ) -> tuple[int, bool]:
+        """Records what a rank's trainer consumed (journaled before returning) and returns the
+        batch limit for equal batch counts across ranks.
+
+        Args:
+            acks: (split_id, batches_consumed, done) triples.
+            batches_received: batches the rank has assembled in this epoch so far.
+            received_all: the rank has every split of the epoch; its count is final.
+            reproduce: splits the rank waited on too long without a frame: their leases are
+                taken back, so another worker produces them again (after their acks).
+
+        Returns:
+            (batch_limit, final): with world_size 1, (0, False): no limit. Otherwise the
+            minimum over ranks of the batches received, and whether every rank's count is
+            final — the number of batches every rank yields in this epoch.
+        """
+        with self._lock:
+            session = self._session(session_id)
+            stream = session.streams.get((epoch, rank))
+            if stream is None:
+                raise NotFoundError(
+                    f"session {session_id} has not begun epoch {epoch} for rank {rank}; call "
+                    "BeginEpoch first"
+                )
+            parsed = self._acks_of(session, acks)
+            fresh = tuple(
+                a
+                for a in parsed
+                if a.split_index not in stream.done
+                and (a.done or a.batches > stream.acked.get(a.split_index, 0))
+            )
+            if fresh:
+                self._record(state.BatchesAcked(session_id, epoch, rank, fresh))
+            for split_id in reproduce:
+                index = self._split_index(session, split_id)
+                if index in stream.leased:
+                    logger.warning(
+                        "rank %d of session %s waited too long on split %s (held by %s): "
+                        "producing it again",
+                        rank,
+                        session_id,
+                        split_id,
+                        stream.leased[index].worker_id,
+                    )
+                    self._record(state.LeaseReleased(session_id, epoch, rank, index))
+            world_size = self._specs[session_id].world_size
+            if world_size == 1:
+                return 0, False
+            counts = self._received.setdefault((session_id, epoch), {})
+            counts[rank] = (batches_received, received_all)
+            if len(counts) < world_size:
+                return 0, False
+            return min(c for c, _ in counts.values()), all(f for _, f in counts.values())
+
+    def _acks_of(
+        self, session: state.SessionState, acks: Iterable[tuple[str, int, bool]]
+    ) -> tuple[state.SplitAck, ...]:
+        return tuple(
+            state.SplitAck(self._split_index(session, split_id), batches, done)
+            for split_id, batches, done in acks
+        )
 
     # -- workers --------------------------------------------------------------------------
 
     def register_worker(self, address: str, pipeline_threads: int) -> str:
-        """Adds a worker and returns its id."""
+        """Adds a worker (journaled, so a restarted master still knows it) and returns its id."""
         with self._lock:
-            worker_id = f"w-{next(self._worker_seq)}-{uuid.uuid4().hex[:6]}"
+            worker_id = f"w-{uuid.uuid4().hex[:10]}"
+            self._record(state.WorkerRegistered(worker_id, address, pipeline_threads))
             self._workers[worker_id] = WorkerRecord(
                 worker_id, address, pipeline_threads, last_heartbeat=self._clock()
             )
         logger.info("worker %s registered at %s", worker_id, address)
         return worker_id
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """A draining worker leaves: its unfinished splits go back to pending at once."""
+        with self._lock:
+            if worker_id not in self._workers:
+                return
+            released = len(self._ledger.held_by(worker_id))
+            del self._workers[worker_id]
+            self._record(state.WorkerRemoved(worker_id))
+        logger.info("worker %s left; %d unfinished split(s) released", worker_id, released)
 
     def heartbeat(
         self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
@@ -338,6 +485,11 @@ class Master:
                 for w in sorted(self._workers.values(), key=lambda w: w.worker_id)
             ]
 
+    def session_ids(self) -> list[str]:
+        """Ids of every session, in creation order (for monitoring)."""
+        with self._lock:
+            return list(self._ledger.sessions)
+
     def expire_workers(self) -> list[str]:
         """Drops workers silent for longer than the lease timeout and releases their leases.
         Returns the dropped worker ids. Called periodically and on every heartbeat."""
@@ -348,15 +500,14 @@ class Master:
         deadline = self._clock() - self.config.lease_timeout_s
         dead = [w for w, r in self._workers.items() if r.last_heartbeat < deadline]
         for worker_id in dead:
+            released = len(self._ledger.held_by(worker_id))
             del self._workers[worker_id]
-            released = self._ledger.leases_of(worker_id)
-            for session_id, epoch, rank, split_index in released:
-                self._record(state.LeaseReleased(session_id, epoch, rank, split_index))
+            self._record(state.WorkerRemoved(worker_id))
             logger.warning(
-                "worker %s missed heartbeats for %.1fs: dropped, %d lease(s) released",
+                "worker %s missed heartbeats for %.1fs: dropped, %d split(s) released",
                 worker_id,
                 self.config.lease_timeout_s,
-                len(released),
+                released,
             )
         return dead
 
@@ -367,9 +518,11 @@ class Master:
     ) -> LeaseGrant | None:
         """Leases the next pending split to a worker, or returns None when there is none.
 
-        Streams are served round-robin, lowest epoch first within a session, so that one
-        session or rank cannot starve another. ``skip`` names (session_id, rank) streams the
-        worker cannot buffer more of right now.
+        Streams are served round-robin, so that no session or rank starves another; within a
+        stream splits go in the epoch's order. A deterministic session leases only within
+        ``max_splits_in_flight`` of the first split its rank has not consumed. ``skip`` names
+        (session_id, rank) streams the worker cannot buffer more of right now. A split resumes
+        after the batches its trainer already acknowledged.
 
         Raises:
             NotFoundError: the worker is unknown (it must register again).
@@ -384,19 +537,25 @@ class Master:
                     "for longer than the lease timeout); register again"
                 )
             record.last_heartbeat = self._clock()
-            candidates = [
-                (session.session_id, epoch, rank)
-                for session in self._ledger.sessions.values()
-                for (epoch, rank), stream in sorted(session.streams.items())
-                if stream.pending and (session.session_id, rank) not in skipped
-            ]
+            candidates = []
+            for session in self._ledger.sessions.values():
+                spec = self._specs[session.session_id]
+                for (epoch, rank), stream in sorted(session.streams.items()):
+                    if (session.session_id, rank) in skipped:
+                        continue
+                    pos = stream.next_pending()
+                    if pos is None:
+                        continue
+                    if spec.deterministic and pos >= stream.first_open + spec.max_splits_in_flight:
+                        continue
+                    candidates.append((session.session_id, epoch, rank, pos))
             if not candidates:
                 return None
             self._cursor = (self._cursor + 1) % len(candidates)
-            session_id, epoch, rank = candidates[self._cursor]
+            session_id, epoch, rank, pos = candidates[self._cursor]
             stream = self._ledger.stream(session_id, epoch, rank)
-            split_index = stream.pending[0]
-            start_batch = 0
+            split_index = stream.split_indices[pos]
+            start_batch = stream.acked.get(split_index, 0)
             self._record(
                 state.SplitLeased(session_id, epoch, rank, split_index, worker_id, start_batch)
             )
@@ -410,12 +569,19 @@ class Master:
         epoch: int,
         rank: int,
         split_id: str,
-        batches_produced: int,
         done: bool,
         error: str = "",
     ) -> bool:
-        """Records progress of a leased split. Returns False when the worker no longer holds
-        the lease (it was released after a timeout): the worker must stop producing it."""
+        """Records that a worker produced a leased split (``done``), or failed it (``error``).
+
+        A produced split stays with its worker until the trainer acknowledges it, so that if
+        the worker dies with frames unsent, the split is produced again. A failed split is
+        terminal: the trainer received an error frame naming it.
+
+        Returns:
+            False when the worker no longer holds the lease (it was released after a timeout or
+            a restore): another worker produces the split now.
+        """
         with self._lock:
             session = self._session(session_id)
             stream = session.streams.get((epoch, rank))
@@ -428,7 +594,6 @@ class Master:
             if lease is None or lease.worker_id != worker_id:
                 return False
             if error:
-                # The worker delivered an error frame to the client; the split ends there.
                 logger.error(
                     "split %s of session %s failed on %s: %s",
                     split_id,
@@ -436,11 +601,10 @@ class Master:
                     worker_id,
                     error,
                 )
-            self._record(
-                state.SplitProgressed(session_id, epoch, rank, split_index, batches_produced)
-            )
-            if done or error:
-                self._record(state.SplitDone(session_id, epoch, rank, split_index))
+                ack = state.SplitAck(split_index, stream.acked.get(split_index, 0), True)
+                self._record(state.BatchesAcked(session_id, epoch, rank, (ack,)))
+            elif done:
+                self._record(state.SplitProduced(session_id, epoch, rank, split_index))
             return True
 
     # -- helpers --------------------------------------------------------------------------

@@ -168,7 +168,14 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     def BeginEpoch(
         self, request: master_pb2.BeginEpochRequest, context: grpc.ServicerContext
     ) -> master_pb2.BeginEpochResponse:
-        split_ids, epochs = self.master.begin_epoch(request.session_id, request.rank, request.epoch)
+        restore = (
+            [(a.split_id, a.batches_consumed, a.done) for a in request.consumed]
+            if request.restore
+            else None
+        )
+        split_ids, epochs = self.master.begin_epoch(
+            request.session_id, request.rank, request.epoch, restore
+        )
         return master_pb2.BeginEpochResponse(split_ids=split_ids, epochs=epochs)
 
     @_rpc
@@ -224,11 +231,32 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
             request.epoch,
             request.rank,
             request.split_id,
-            request.batches_produced,
             request.done,
             request.error,
         )
         return master_pb2.ReportSplitProgressResponse(lease_valid=valid)
+
+    @_rpc
+    def AckBatches(
+        self, request: master_pb2.AckBatchesRequest, context: grpc.ServicerContext
+    ) -> master_pb2.AckBatchesResponse:
+        limit, final = self.master.ack_batches(
+            request.session_id,
+            request.rank,
+            request.epoch,
+            [(a.split_id, a.batches_consumed, a.done) for a in request.acks],
+            request.batches_received,
+            request.received_all,
+            list(request.reproduce),
+        )
+        return master_pb2.AckBatchesResponse(batch_limit=limit, limit_final=final)
+
+    @_rpc
+    def UnregisterWorker(
+        self, request: master_pb2.UnregisterWorkerRequest, context: grpc.ServicerContext
+    ) -> master_pb2.UnregisterWorkerResponse:
+        self.master.unregister_worker(request.worker_id)
+        return master_pb2.UnregisterWorkerResponse()
 
     @_rpc
     def ListWorkers(
@@ -251,13 +279,23 @@ class MasterServer:
     """A running master: gRPC server, health service and the reaper thread that drops silent
     workers even when no RPC arrives."""
 
-    def __init__(self, master: master_lib.Master, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        master: master_lib.Master,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        interceptors: tuple[grpc.ServerInterceptor[Any, Any], ...] = (),
+        add_services: tuple[Callable[[grpc.Server], None], ...] = (),
+    ) -> None:
         self.master = master
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="dpp-master-rpc"),
             options=GRPC_OPTIONS,
+            interceptors=list(interceptors),  # metrics (dpp_server/monitor_service.py)
         )
         master_pb2_grpc.add_MasterServiceServicer_to_server(MasterServicer(master), self._server)
+        for add_service in add_services:  # e.g. MonitorService
+            add_service(self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.port = self._server.add_insecure_port(f"{host}:{port}")

@@ -26,10 +26,21 @@ Column types accepted (decided here, documented in ``docs/ops.md``):
   int64. Null ids inside a list are dropped before the first op.
 * label and weight: integer, floating point or boolean; they become float32.
 * passthrough: any type; delivered unchanged.
+
+Value types through ops: a feature's value starts with its source column's value type
+(:func:`source_vtypes`: numeric -> ``dense``, list of integers -> ``sparse``, list of floats ->
+``scores``, string -> ``string``, list of strings -> ``strings``; an integer column is ``dense``
+or a one-id ``sparse`` list, whichever the first op or the kind takes) and every op maps it to
+its output type (:func:`~dpp_server.transforms.registry.op_output`). The last value type must
+be the feature's kind. So ``kind: sparse`` may read a float column when the ops start with
+``bucketize``, and ``kind: dense`` may read an id list when they end with ``list_length``.
+Columns named in op params (``other: sparse_1``, ``expr`` identifiers) and ``sample_key`` are
+read too (:attr:`Spec.input_columns`) and checked against the schema with their exact path.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,7 +52,16 @@ from google.protobuf import struct_pb2
 
 from dpp_proto import spec_pb2
 from dpp_server.errors import SpecError
-from dpp_server.transforms.registry import get_op, registered_ops, validate_params
+from dpp_server.transforms.registry import (
+    VTYPES,
+    VType,
+    describe_vtypes,
+    get_op,
+    op_columns,
+    op_output,
+    registered_ops,
+    validate_params,
+)
 
 __all__ = [
     "DEFAULT_TARGET_SPLIT_ROWS",
@@ -51,6 +71,8 @@ __all__ = [
     "OpCall",
     "Spec",
     "check_against_schema",
+    "feature_vtypes",
+    "source_vtypes",
     "spec_from_proto",
     "spec_to_proto",
 ]
@@ -128,6 +150,11 @@ class Spec:
     world_size: int
     target_split_rows: int
     shuffle: bool
+    deterministic: bool = False
+    max_splits_in_flight: int = 8
+    negative_downsample_rate: float = 1.0
+    sample_rate: float = 1.0
+    sample_key: str = ""
 
     @property
     def dense_features(self) -> tuple[Feature, ...]:
@@ -140,18 +167,43 @@ class Spec:
         return tuple(f for f in self.features if f.kind == "sparse")
 
     @property
+    def sampled(self) -> bool:
+        """Whether rows are sampled (either rate below 1)."""
+        return self.negative_downsample_rate < 1.0 or self.sample_rate < 1.0
+
+    @property
+    def has_weight(self) -> bool:
+        """Whether wire batches carry ``weight``: a weight column, or negative downsampling."""
+        return bool(self.weight) or self.negative_downsample_rate < 1.0
+
+    @property
     def input_columns(self) -> tuple[str, ...]:
-        """Table columns a worker must read: sources, label, weight, passthrough.
+        """Table columns a worker must read: sources, columns named by op params, label,
+        weight, sample key, passthrough.
 
         Deduplicated in first-seen order, so the projection is stable across workers.
         """
         names: Iterable[str] = (
             *(f.source for f in self.features),
+            *(column for f in self.features for _, _, column, _ in feature_refs(f)),
             *((self.label,) if self.label else ()),
             *((self.weight,) if self.weight else ()),
+            *((self.sample_key,) if self.sample_key else ()),
             *self.passthrough,
         )
         return tuple(dict.fromkeys(names))
+
+
+def feature_refs(feature: Feature) -> tuple[tuple[int, str, str, VType], ...]:
+    """Other columns a feature's ops read: ``(op index, param, column, vtype)``."""
+    refs: list[tuple[int, str, str, VType]] = []
+    for j, call in enumerate(feature.ops):
+        op = get_op(call.op)
+        if op is not None:
+            refs.extend(
+                (j, param, column, vtype) for param, column, vtype in op_columns(op, call.params)
+            )
+    return tuple(refs)
 
 
 def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
@@ -215,6 +267,22 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
             )
         first_at[name] = i
 
+    negative_rate = _rate(msg.negative_downsample_rate, "negative_downsample_rate")
+    sample_rate = _rate(msg.sample_rate, "sample_rate")
+    if negative_rate < 1.0 and not msg.label:
+        raise SpecError(
+            "negative_downsample_rate",
+            f"is {negative_rate!r} but no label is named; negatives are rows whose label is 0",
+            "name the label column, or leave negative_downsample_rate unset",
+        )
+    if (negative_rate < 1.0 or sample_rate < 1.0) and not msg.sample_key:
+        raise SpecError(
+            "sample_key",
+            "is required when negative_downsample_rate or sample_rate is below 1",
+            "name an integer or string column that identifies rows (e.g. row_id), so the "
+            "same rows are kept whenever a split is produced",
+        )
+
     return Spec(
         table_uri=msg.table_uri,
         storage_options=MappingProxyType(dict(msg.storage_options)),
@@ -230,7 +298,25 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
         world_size=msg.world_size or 1,
         target_split_rows=msg.target_split_rows or DEFAULT_TARGET_SPLIT_ROWS,
         shuffle=msg.shuffle,
+        deterministic=msg.deterministic,
+        max_splits_in_flight=msg.max_splits_in_flight or 8,
+        negative_downsample_rate=negative_rate,
+        sample_rate=sample_rate,
+        sample_key=msg.sample_key,
     )
+
+
+def _rate(value: float, field_name: str) -> float:
+    """A sampling rate: 0 (unset) means 1; otherwise it must lie in (0, 1]."""
+    if value == 0.0:
+        return 1.0
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise SpecError(
+            field_name,
+            f"must be in (0, 1], got {value!r}",
+            "give the share of rows to keep, e.g. 0.1; leave it unset (0) to keep all",
+        )
+    return value
 
 
 def _feature_from_proto(msg: spec_pb2.FeatureSpec, path: str) -> Feature:
@@ -254,12 +340,14 @@ def _feature_from_proto(msg: spec_pb2.FeatureSpec, path: str) -> Feature:
             f"dedup groups are reserved and not supported yet (got {msg.dedup_group!r})",
             "leave dedup_group empty",
         )
-    ops = tuple(_op_from_proto(o, kind, f"{path}.ops[{j}]") for j, o in enumerate(msg.ops))
-    return Feature(name=msg.name, source=msg.source or msg.name, kind=kind, ops=ops)
+    ops = tuple(_op_from_proto(o, f"{path}.ops[{j}]") for j, o in enumerate(msg.ops))
+    feature = Feature(name=msg.name, source=msg.source or msg.name, kind=kind, ops=ops)
+    _check_chain(feature, path, frozenset(VTYPES))
+    return feature
 
 
-def _op_from_proto(msg: spec_pb2.OpSpec, kind: Kind, path: str) -> OpCall:
-    """Validates one op call: the op exists, fits the feature's kind, its params are valid."""
+def _op_from_proto(msg: spec_pb2.OpSpec, path: str) -> OpCall:
+    """Validates one op call on its own: the op exists and its params are valid."""
     op = get_op(msg.op)
     if op is None:
         raise SpecError(
@@ -267,20 +355,64 @@ def _op_from_proto(msg: spec_pb2.OpSpec, kind: Kind, path: str) -> OpCall:
             f"unknown op {msg.op!r}",
             f"known ops: {', '.join(registered_ops())}",
         )
-    _check_op_kind(op.name, op.kinds, kind, path)
     raw = {key: _from_value(value) for key, value in msg.params.fields.items()}
     return OpCall(op=op.name, params=validate_params(op, raw, path))
 
 
-def _check_op_kind(name: str, kinds: frozenset[Kind], kind: Kind, path: str) -> None:
-    """Rejects an op applied to a feature kind it does not handle."""
-    if kind not in kinds:
-        accepted = " or ".join(sorted(kinds))
+def _check_chain(feature: Feature, path: str, start: frozenset[VType]) -> list[VType]:
+    """Follows the value types through a feature's ops and checks they fit.
+
+    Args:
+        feature: the feature.
+        path: its path, e.g. ``features[3]``.
+        start: the value types the source may give (every type when the table is unknown;
+            exactly one once the schema fixed it).
+
+    Returns:
+        The input value type of each op, when ``start`` holds one type (else empty).
+
+    Raises:
+        SpecError: an op applied to a value type it does not take, or a chain that does not
+            end in the feature's kind.
+    """
+    possible = set(start)
+    inputs: list[VType] = []
+    for j, call in enumerate(feature.ops):
+        op = get_op(call.op)
+        if op is None:
+            raise SpecError(
+                f"{path}.ops[{j}].op",
+                f"unknown op {call.op!r}",
+                f"known ops: {', '.join(registered_ops())}",
+            )
+        fitting = possible & op.kinds
+        if not fitting:
+            raise SpecError(
+                f"{path}.ops[{j}].op",
+                f"{op.name!r} applies to {describe_vtypes(op.kinds)} features, "
+                f"not {describe_vtypes(possible)}",
+                "remove the op or apply it to a feature of the right kind",
+            )
+        if len(fitting) == 1:
+            inputs.append(next(iter(fitting)))
+        possible = {op_output(op, call.params, t) for t in fitting}
+    if feature.kind not in possible:
+        if feature.ops:
+            last = feature.ops[-1].op
+            raise SpecError(
+                f"{path}.ops[{len(feature.ops) - 1}].op",
+                f"{last!r} gives {describe_vtypes(possible)} values, but feature "
+                f"{feature.name!r} is {feature.kind}",
+                f"set kind: {describe_vtypes(possible)} or end with an op giving "
+                f"{feature.kind} values",
+            )
         raise SpecError(
-            f"{path}.op",
-            f"{name!r} applies to {accepted} features, not {kind}",
-            "remove the op or apply it to a feature of the right kind",
+            f"{path}.kind",
+            f"feature {feature.name!r} has no ops and its source gives "
+            f"{describe_vtypes(possible)} values, not {feature.kind}",
+            f"set kind: {describe_vtypes(possible)}",
         )
+    return inputs if len(inputs) == len(feature.ops) else []
 
 
 def _from_value(value: struct_pb2.Value) -> Any:
@@ -319,6 +451,11 @@ def spec_to_proto(spec: Spec) -> spec_pb2.SessionSpec:
         world_size=spec.world_size,
         target_split_rows=spec.target_split_rows,
         shuffle=spec.shuffle,
+        deterministic=spec.deterministic,
+        max_splits_in_flight=spec.max_splits_in_flight,
+        negative_downsample_rate=spec.negative_downsample_rate,
+        sample_rate=spec.sample_rate,
+        sample_key=spec.sample_key,
     )
     for feature in spec.features:
         fmsg = msg.features.add(
@@ -329,7 +466,9 @@ def spec_to_proto(spec: Spec) -> spec_pb2.SessionSpec:
         )
         for call in feature.ops:
             omsg = fmsg.ops.add(op=call.op)
-            omsg.params.update(dict(call.params))
+            omsg.params.update(
+                {k: list(v) if isinstance(v, tuple) else v for k, v in call.params.items()}
+            )
     return msg
 
 
@@ -358,30 +497,22 @@ def check_against_schema(spec: Spec, schema: pa.Schema) -> None:
 
     for i, feature in enumerate(spec.features):
         path = f"features[{i}]"
+        dtype = column_type(f"{path}.source", feature.source)
+        start = _start_vtype(feature, dtype, path)
+        _check_chain(feature, path, frozenset({start}))
+        for j, param, column, vtype in feature_refs(feature):
+            ppath = f"{path}.ops[{j}].{param}"
+            ref_type = column_type(ppath, column)
+            if vtype not in source_vtypes(ref_type):
+                raise SpecError(
+                    ppath,
+                    f"column {column!r} has type {ref_type}, which is not {_WHAT[vtype]}",
+                    f"name a column of {_WHAT[vtype]} ({_HINT[vtype]})",
+                )
         for j, call in enumerate(feature.ops):
             op = get_op(call.op)
-            if op is None:
-                raise SpecError(
-                    f"{path}.ops[{j}].op",
-                    f"unknown op {call.op!r}",
-                    f"known ops: {', '.join(registered_ops())}",
-                )
-            _check_op_kind(op.name, op.kinds, feature.kind, f"{path}.ops[{j}]")
-        dtype = column_type(f"{path}.source", feature.source)
-        if feature.kind == "dense" and not is_numeric(dtype):
-            raise SpecError(
-                f"{path}.source",
-                f"dense feature {feature.name!r} reads column {feature.source!r} of type "
-                f"{dtype}, which is not numeric",
-                "use an integer, float or boolean column, or make the feature sparse",
-            )
-        if feature.kind == "sparse" and not is_sparse_source(dtype):
-            raise SpecError(
-                f"{path}.source",
-                f"sparse feature {feature.name!r} reads column {feature.source!r} of type "
-                f"{dtype}, which is not a list of integers",
-                "use a list<int> or large_list<int> column (or a plain integer column)",
-            )
+            if op is not None and op.prepare is not None:
+                op.prepare(call.params, f"{path}.ops[{j}]")
     for field_name in ("label", "weight"):
         name = getattr(spec, field_name)
         if not name:
@@ -393,8 +524,84 @@ def check_against_schema(spec: Spec, schema: pa.Schema) -> None:
                 f"column {name!r} has type {dtype}, which is not numeric",
                 "use an integer, float or boolean column",
             )
+    if spec.sample_key:
+        dtype = column_type("sample_key", spec.sample_key)
+        if not (pa.types.is_integer(dtype) or _is_string(dtype)):
+            raise SpecError(
+                "sample_key",
+                f"column {spec.sample_key!r} has type {dtype}, which is not an integer or string",
+                "name an integer or string column that identifies rows (e.g. row_id)",
+            )
     for i, name in enumerate(spec.passthrough):
         column_type(f"passthrough[{i}]", name)
+
+
+_WHAT: dict[VType, str] = {
+    "dense": "numeric",
+    "sparse": "a list of integers",
+    "scores": "a list of floats",
+    "string": "a string",
+    "strings": "a list of strings",
+}
+_HINT: dict[VType, str] = {
+    "dense": "use an integer, float or boolean column, or make the feature sparse",
+    "sparse": "use a list<int> or large_list<int> column (or a plain integer column)",
+    "scores": "use a list<float> column",
+    "string": "use a string column",
+    "strings": "use a list<string> column",
+}
+
+
+def _is_string(dtype: pa.DataType) -> bool:
+    return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype))
+
+
+def source_vtypes(dtype: pa.DataType) -> tuple[VType, ...]:
+    """The value types a column of Arrow type ``dtype`` can give, preferred first."""
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        item = dtype.value_type
+        if pa.types.is_integer(item):
+            return ("sparse",)
+        if pa.types.is_floating(item):
+            return ("scores",)
+        if _is_string(item):
+            return ("strings",)
+        return ()
+    if pa.types.is_integer(dtype):
+        return ("dense", "sparse")
+    if pa.types.is_floating(dtype) or pa.types.is_boolean(dtype):
+        return ("dense",)
+    if _is_string(dtype):
+        return ("string",)
+    return ()
+
+
+def _start_vtype(feature: Feature, dtype: pa.DataType, path: str) -> VType:
+    """The value type a feature's source gives: one the first op (or the kind) takes."""
+    first = get_op(feature.ops[0].op) if feature.ops else None
+    takes: frozenset[VType] = first.kinds if first is not None else frozenset({feature.kind})
+    fitting = [t for t in source_vtypes(dtype) if t in takes]
+    if not fitting:
+        ordered = [t for t in VTYPES if t in takes]
+        raise SpecError(
+            f"{path}.source",
+            f"{feature.kind} feature {feature.name!r} reads column {feature.source!r} of type "
+            f"{dtype}, which is not {' or '.join(_WHAT[t] for t in ordered)}",
+            "; or ".join(_HINT[t] for t in ordered),
+        )
+    return feature.kind if feature.kind in fitting else fitting[0]
+
+
+def feature_vtypes(feature: Feature, dtype: pa.DataType, path: str) -> tuple[VType, list[VType]]:
+    """The value type a feature's source gives and the one entering each of its ops.
+
+    Args:
+        feature: a feature of a spec already checked against the schema.
+        dtype: the Arrow type of its source column.
+        path: its path, for errors.
+    """
+    start = _start_vtype(feature, dtype, path)
+    return start, _check_chain(feature, path, frozenset({start}))
 
 
 def is_numeric(dtype: pa.DataType) -> bool:

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from dpp_proto import worker_pb2
@@ -76,10 +79,12 @@ class MasterLink(Protocol):
     def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None: ...
 
     def report_split_progress(
-        self, worker_id: str, lease: LeaseGrant, batches_produced: int, done: bool, error: str
+        self, worker_id: str, lease: LeaseGrant, done: bool, error: str
     ) -> bool: ...
 
     def get_spec(self, session_id: str) -> Spec: ...
+
+    def unregister(self, worker_id: str) -> None: ...
 
 
 class FrameBuffer:
@@ -123,6 +128,15 @@ class FrameBuffer:
         with self._cond:
             return self._bytes >= self.max_bytes
 
+    def fill(self) -> tuple[int, float]:
+        """Bytes buffered and their share of ``max_bytes`` (for metrics)."""
+        with self._cond:
+            return self._bytes, self._bytes / self.max_bytes if self.max_bytes else 0.0
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._frames
+
     def close(self) -> None:
         """Releases blocked producers (on shutdown)."""
         with self._cond:
@@ -141,27 +155,51 @@ class _Session:
     filesystem: object
 
 
+class _ActiveSplits:
+    """How many splits the pipeline threads are producing; a drain waits for none.
+    Thread-safe: ``_cond`` guards ``_count``."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    def add(self, delta: int) -> None:
+        with self._cond:
+            self._count += delta
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._count == 0, max(timeout_s, 0.0))
+
+
 class _Stats:
     """Cumulative stage seconds and counters. Thread-safe: ``_lock`` guards both dicts."""
 
-    def __init__(self) -> None:
+    def __init__(self, observe: Callable[[str, float], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._seconds: dict[str, float] = collections.defaultdict(float)
         self._counts: dict[str, int] = collections.defaultdict(int)
+        self._observe = observe  # metrics hook (dpp_server/metrics.py), thread-safe itself
 
     def add_seconds(self, stage: str, seconds: float) -> None:
         with self._lock:
             self._seconds[stage] += seconds
+        if self._observe is not None:
+            self._observe(stage, seconds)
 
     def add_count(self, name: str, n: int) -> None:
         with self._lock:
             self._counts[name] += n
+        if self._observe is not None:
+            self._observe(name, n)
 
     def snapshot(self) -> tuple[StageSeconds, WorkerCounters]:
         with self._lock:
             fields = {f.name for f in dataclasses.fields(StageSeconds)}
             seconds = StageSeconds(**{k: v for k, v in self._seconds.items() if k in fields})
-            counts = WorkerCounters(**self._counts)
+            names = {f.name for f in dataclasses.fields(WorkerCounters)}
+            counts = WorkerCounters(**{k: v for k, v in self._counts.items() if k in names})
         return seconds, counts
 
 
@@ -171,15 +209,23 @@ class Worker:
     Thread-safe: ``_lock`` guards ``_buffers`` and ``_sessions``; statistics have their own lock.
     """
 
-    def __init__(self, link: MasterLink, address: str, config: WorkerConfig | None = None) -> None:
+    def __init__(
+        self,
+        link: MasterLink,
+        address: str,
+        config: WorkerConfig | None = None,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.config = config or WorkerConfig()
         self.address = address
         self._link = link
         self._lock = threading.Lock()
         self._buffers: dict[tuple[str, int], FrameBuffer] = {}
         self._sessions: dict[str, _Session] = {}
-        self._stats = _Stats()
+        self._stats = _Stats(observe)
         self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._active = _ActiveSplits()
         self._threads: list[threading.Thread] = []
         self._registration: Registration | None = None
 
@@ -210,6 +256,31 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout_s)
 
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Leaves gracefully (on SIGTERM): stops taking splits, finishes the ones in hand,
+        waits for clients to take the buffered frames, then unregisters, which hands back
+        whatever is unfinished or unacknowledged. Bounded by ``timeout_s``."""
+        self._draining.set()
+        deadline = time.monotonic() + timeout_s
+        logger.info("worker %s draining (up to %.0fs)", self.worker_id, timeout_s)
+        finished = self._active.wait_idle(deadline - time.monotonic())
+        while time.monotonic() < deadline:
+            with self._lock:
+                buffers = list(self._buffers.values())
+            if all(b.empty() for b in buffers):
+                break
+            time.sleep(0.05)
+        try:
+            self._link.unregister(self.worker_id)
+        except Exception:
+            logger.exception("unregistering from the master failed; leases will expire instead")
+        logger.info(
+            "worker %s drained (%s)",
+            self.worker_id,
+            "all splits finished" if finished else "timed out with splits in hand",
+        )
+        self.stop()
+
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
@@ -225,6 +296,12 @@ class Worker:
 
     def stats(self) -> tuple[StageSeconds, WorkerCounters]:
         return self._stats.snapshot()
+
+    def buffer_fill(self) -> tuple[int, float]:
+        """Bytes buffered over all (session, rank) buffers, and the fullest one's fill."""
+        with self._lock:
+            fills = [b.fill() for b in self._buffers.values()]
+        return sum(f[0] for f in fills), max((f[1] for f in fills), default=0.0)
 
     # -- threads --------------------------------------------------------------------------
 
@@ -243,6 +320,9 @@ class Worker:
 
     def _pipeline_loop(self) -> None:
         while not self._stop.is_set():
+            if self._draining.is_set():
+                self._stop.wait(0.1)
+                continue
             started = time.perf_counter()
             try:
                 with self._lock:
@@ -261,7 +341,8 @@ class Worker:
 
     def _run_lease(self, lease: LeaseGrant) -> None:
         buffer = self.buffer(lease.session_id, lease.rank)
-        produced = 0
+        produced = lease.start_batch
+        self._active.add(1)
         try:
             session = self._session(lease.session_id)
             for frame in self._frames(session, lease):
@@ -270,12 +351,7 @@ class Worker:
                 self._stats.add_seconds("wait_consumer_s", time.perf_counter() - waited)
                 produced += 1
                 if self._stop.is_set():
-                    return
-            if not self._link.report_split_progress(self.worker_id, lease, produced, True, ""):
-                # Another worker holds the split now; the client drops whichever copy of a
-                # batch arrives second.
-                logger.warning("lease on split %s was taken back meanwhile", lease.split.split_id)
-            self._stats.add_count("splits_done", 1)
+                    return  # the lease expires or is released by unregister; nothing is lost
         except Exception as exc:
             message = (
                 f"worker {self.worker_id} failed on split {lease.split.split_id} "
@@ -293,10 +369,24 @@ class Worker:
                 error=message,
             )
             buffer.put(FrameEncoder.encode_empty(header))
-            try:
-                self._link.report_split_progress(self.worker_id, lease, produced, True, message)
-            except Exception:
-                logger.exception("reporting the failure of split %s failed", lease.split.split_id)
+            self._report(lease, message)
+            return
+        finally:
+            self._active.add(-1)
+        self._report(lease, "")
+        self._stats.add_count("splits_done", 1)
+        self._stats.add_count("rows_scanned", lease.split.num_rows)
+
+    def _report(self, lease: LeaseGrant, error: str) -> None:
+        """Tells the master a split is produced (or failed). A report that cannot reach the
+        master is only logged: the trainer's acknowledgements complete the split anyway."""
+        try:
+            if not self._link.report_split_progress(self.worker_id, lease, True, error):
+                # Another worker holds the split now; the client drops whichever copy of a
+                # batch arrives second.
+                logger.warning("lease on split %s was taken back meanwhile", lease.split.split_id)
+        except Exception:
+            logger.exception("reporting split %s to the master failed", lease.split.split_id)
 
     def _frames(self, session: _Session, lease: LeaseGrant) -> Iterator[bytes]:
         """Yields the frames of a split from ``lease.start_batch`` on, then the end frame."""
@@ -339,16 +429,19 @@ class Worker:
             row_filter=session.row_filter,
             batch_rows=self.config.read_batch_rows,
         )
-        while True:
+        for chunk in itertools.count():
             started = time.perf_counter()
             raw = next(reader, None)
             self._stats.add_seconds("read_s", time.perf_counter() - started)
             if raw is None:
                 return
             self._stats.add_count("rows_read", raw.num_rows)
+            self._stats.add_count("bytes_read", raw.nbytes)
             if raw.num_rows == 0:
                 continue
             started = time.perf_counter()
+            if session.spec.shuffle:
+                raw = raw.take(_chunk_permutation(session.spec.seed, lease, chunk, raw.num_rows))
             wire = session.pipeline.apply(raw)
             self._stats.add_seconds("transform_s", time.perf_counter() - started)
             yield wire
@@ -392,6 +485,16 @@ class Worker:
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)
+
+
+def _chunk_permutation(seed: int, lease: LeaseGrant, chunk: int, rows: int) -> pa.Array:
+    """The seeded row order of one read chunk of a split: the same for a given seed, epoch,
+    split and chunk on every worker, so a re-produced split yields the same batches."""
+    digest = hashlib.blake2b(
+        f"{seed}/{lease.epoch}/{lease.split.split_id}/{chunk}".encode(), digest_size=8
+    ).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    return pa.array(rng.permutation(rows))
 
 
 def _take_rows(pieces: collections.deque[pa.RecordBatch], rows: int) -> pa.RecordBatch:

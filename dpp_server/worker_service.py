@@ -45,7 +45,16 @@ class GrpcMasterLink:
     """The worker's connection to the master. Thread-safe (gRPC channels and stubs are)."""
 
     def __init__(self, address: str, deadline_s: float = 30.0, max_backoff_s: float = 2.0) -> None:
-        self._channel = grpc.insecure_channel(address)
+        # Reconnect fast after a master restart (gRPC's default first backoff is 1 s, up to
+        # 120 s), so heartbeats resume well within the lease timeout.
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
         self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
         self._deadline_s = deadline_s
         self._max_backoff_s = max_backoff_s
@@ -123,7 +132,7 @@ class GrpcMasterLink:
         )
 
     def report_split_progress(
-        self, worker_id: str, lease: LeaseGrant, batches_produced: int, done: bool, error: str
+        self, worker_id: str, lease: LeaseGrant, done: bool, error: str
     ) -> bool:
         request = master_pb2.ReportSplitProgressRequest(
             worker_id=worker_id,
@@ -131,7 +140,6 @@ class GrpcMasterLink:
             epoch=lease.epoch,
             rank=lease.rank,
             split_id=lease.split.split_id,
-            batches_produced=batches_produced,
             done=done,
             error=error,
         )
@@ -139,6 +147,14 @@ class GrpcMasterLink:
             "ReportSplitProgress", lambda: self._stub.ReportSplitProgress(request, timeout=10)
         )
         return response.lease_valid
+
+    def unregister(self, worker_id: str) -> None:
+        self._call(
+            "UnregisterWorker",
+            lambda: self._stub.UnregisterWorker(
+                master_pb2.UnregisterWorkerRequest(worker_id=worker_id), timeout=10
+            ),
+        )
 
     def get_spec(self, session_id: str) -> Spec:
         response = self._call(
@@ -192,6 +208,7 @@ class WorkerServer:
         host: str = "127.0.0.1",
         port: int = 0,
         advertise_host: str | None = None,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="dpp-worker-rpc"),
@@ -202,7 +219,7 @@ class WorkerServer:
             raise OSError(f"could not bind the worker to {host}:{port}")
         self.address = f"{advertise_host or host}:{self.port}"
         self.link = GrpcMasterLink(master_address)
-        self.worker = Worker(self.link, self.address, config)
+        self.worker = Worker(self.link, self.address, config, observe)  # observe: metrics hook
         self._server.add_generic_rpc_handlers([WorkerServicer(self.worker).handler()])
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -214,13 +231,17 @@ class WorkerServer:
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace_s: float = 2.0) -> None:
-        """Marks NOT_SERVING, stops the pipeline, then the server."""
+    def stop(self, grace_s: float = 2.0, drain_timeout_s: float = 0.0) -> None:
+        """Marks NOT_SERVING, drains the pipeline (when ``drain_timeout_s`` > 0: finish the
+        splits in hand and let clients take their frames) or stops it, then the server."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self._health.enter_graceful_shutdown()
-        self.worker.stop()
+        if drain_timeout_s > 0:
+            self.worker.drain(drain_timeout_s)
+        else:
+            self.worker.stop()
         self._server.stop(grace_s).wait()
         self.link.close()
 

@@ -1,14 +1,21 @@
 """Feature transforms: the op registry, the ops, and the per-session feature pipeline.
 
-Owns pure functions only: Arrow/polars in, Arrow out. Must never do I/O or import grpc,
-storage or torch.
+Owns pure functions only: Arrow/polars in, Arrow out. Must never do I/O (``map_id`` reading its
+vocabulary once per session is the one exception) or import grpc, storage or torch.
 
 Each op family lives in its own module and registers its ops on import; importing this
 package imports every family, so :func:`get_op` sees them all. A new family is one new
 module plus one import line below.
 """
 
-from dpp_server.transforms import dense, sparse  # noqa: F401  (register their ops)
+from dpp_server.transforms import (  # noqa: F401  (register their ops)
+    dense,
+    derived,
+    overlap,
+    scores,
+    sparse,
+    strings,
+)
 from dpp_server.transforms.pipeline import FeaturePipeline
 from dpp_server.transforms.registry import OpDef, Param, get_op, registered_ops
 

@@ -99,9 +99,13 @@ def test_epochs_leases_and_completion(master: Master, small_table: str) -> None:
     while (grant := master.acquire_split(worker)) is not None:
         leased.append(grant.split.split_id)
         assert master.report_split_progress(
-            worker, sid, grant.epoch, grant.rank, grant.split.split_id, 4, done=True
+            worker, sid, grant.epoch, grant.rank, grant.split.split_id, done=True
         )
     assert leased == split_ids
+    _, streams = master.get_session(sid)
+    # Produced is not done: the splits stay the worker's until the trainer acknowledges them.
+    assert [(s.splits_done, s.splits_leased) for s in streams] == [(0, 8)]
+    master.ack_batches(sid, 0, 0, [(split_id, 4, True) for split_id in split_ids])
     _, streams = master.get_session(sid)
     assert [(s.epoch, s.splits_done, s.splits_pending) for s in streams] == [(0, 8, 0)]
     with pytest.raises(OutOfRangeError, match="epoch 2 is past the last"):
@@ -146,7 +150,7 @@ def test_silent_worker_loses_its_leases(master: Master, clock: FakeClock, small_
     again = master.acquire_split(w2)
     assert again is not None and again.split.split_id == split_ids[0]
     # w1's late report is refused: the lease is w2's now.
-    assert not master.report_split_progress(w1, sid, 0, 0, split_ids[0], 1, done=True)
+    assert not master.report_split_progress(w1, sid, 0, 0, split_ids[0], done=True)
     with pytest.raises(NotFoundError, match="register again"):
         master.acquire_split(w1)
     workers = master.list_workers()
@@ -169,14 +173,120 @@ def test_journal_replay_rebuilds_the_ledger(clock: FakeClock, small_table: str) 
     worker = master.register_worker("127.0.0.1:1", 1)
     grant = master.acquire_split(worker)
     assert grant is not None
-    master.report_split_progress(worker, view.session_id, 0, 0, grant.split.split_id, 4, True)
+    master.report_split_progress(worker, view.session_id, 0, 0, grant.split.split_id, True)
+    master.ack_batches(view.session_id, 0, 0, [(grant.split.split_id, 2, True)])
+    second = master.acquire_split(worker)
+    assert second is not None
+    master.ack_batches(view.session_id, 0, 0, [(second.split.split_id, 1, False)])
     rebuilt = Master(journal=journal, clock=clock)
     _, streams = rebuilt.get_session(view.session_id)
-    assert [(s.splits_done, s.splits_pending, s.splits_leased) for s in streams] == [(1, 7, 0)]
+    assert [(s.splits_done, s.splits_pending, s.splits_leased) for s in streams] == [(1, 6, 1)]
     assert rebuilt.create_session(make_spec(small_table), "job")[1] is True
+    # The worker is known after the restart, so it keeps its lease while it heartbeats.
+    assert rebuilt.heartbeat(worker, StageSeconds(), WorkerCounters())
+    clock.now += 100
+    rebuilt.expire_workers()
+    third = rebuilt.acquire_split(rebuilt.register_worker("127.0.0.1:9", 1))
+    # The dropped worker's split resumes after the acknowledged batch.
+    assert third is not None and third.split.split_id == second.split.split_id
+    assert third.start_batch == 1
 
 
 def test_equivalent_specs_join_the_same_session(master: Master, small_table: str) -> None:
     first, _ = master.create_session(make_spec(small_table, epochs=0), "job")
     second, joined = master.create_session(make_spec(small_table, epochs=1), "job")
     assert joined and first.session_id == second.session_id
+
+
+def test_produced_but_unacknowledged_splits_return_when_their_worker_dies(
+    master: Master, clock: FakeClock, small_table: str
+) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    sid = view.session_id
+    split_ids, _ = master.begin_epoch(sid, 0, 0)
+    w1 = master.register_worker("127.0.0.1:1", 1)
+    grant = master.acquire_split(w1)
+    assert grant is not None and grant.split.split_id == split_ids[0]
+    master.report_split_progress(w1, sid, 0, 0, grant.split.split_id, done=True)
+    master.ack_batches(sid, 0, 0, [(grant.split.split_id, 3, False)])
+    clock.now += 10
+    w2 = master.register_worker("127.0.0.1:2", 1)
+    again = master.acquire_split(w2)  # w1 expired: its frames may have died with it
+    assert again is not None and again.split.split_id == grant.split.split_id
+    assert again.start_batch == 3
+
+
+def test_unregister_hands_back_at_once(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    master.begin_epoch(view.session_id, 0, 0)
+    w1 = master.register_worker("127.0.0.1:1", 1)
+    grant = master.acquire_split(w1)
+    assert grant is not None
+    master.unregister_worker(w1)
+    w2 = master.register_worker("127.0.0.1:2", 1)
+    again = master.acquire_split(w2)
+    assert again is not None and again.split == grant.split
+    assert [w.worker_id for w, _ in master.list_workers()] == [w2]
+
+
+def test_restore_replaces_the_recorded_consumption(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    sid = view.session_id
+    split_ids, _ = master.begin_epoch(sid, 0, 0)
+    worker = master.register_worker("127.0.0.1:1", 1)
+    for _ in range(3):
+        assert master.acquire_split(worker) is not None
+    master.ack_batches(sid, 0, 0, [(split_ids[0], 2, True), (split_ids[1], 2, False)])
+    # The trainer's checkpoint is older: split 0 had 1 batch consumed, nothing else.
+    master.begin_epoch(sid, 0, 0, restore=[(split_ids[0], 1, False)])
+    _, streams = master.get_session(sid)
+    assert (streams[0].splits_done, streams[0].splits_leased) == (0, 0)
+    first = master.acquire_split(worker)
+    assert first is not None and first.split.split_id == split_ids[0]
+    assert first.start_batch == 1
+
+
+def test_deterministic_sessions_lease_within_a_window(master: Master, small_table: str) -> None:
+    spec = make_spec(small_table, deterministic=True, max_splits_in_flight=2)
+    view, _ = master.create_session(spec)
+    split_ids, _ = master.begin_epoch(view.session_id, 0, 0)
+    worker = master.register_worker("127.0.0.1:1", 1)
+    first, second = master.acquire_split(worker), master.acquire_split(worker)
+    assert first is not None and second is not None
+    assert [first.split.split_id, second.split.split_id] == split_ids[:2]
+    assert master.acquire_split(worker) is None  # two in flight, none consumed
+    master.ack_batches(view.session_id, 0, 0, [(split_ids[0], 2, True)])
+    third = master.acquire_split(worker)
+    assert third is not None and third.split.split_id == split_ids[2]
+
+
+def test_equal_batches_limit_is_the_minimum_over_ranks(master: Master, small_table: str) -> None:
+    view, _ = master.create_session(make_spec(small_table, world_size=2))
+    sid = view.session_id
+    master.begin_epoch(sid, 0, 0)
+    master.begin_epoch(sid, 1, 0)
+    assert master.ack_batches(sid, 0, 0, [], batches_received=7) == (0, False)  # rank 1 unheard
+    assert master.ack_batches(sid, 1, 0, [], batches_received=4) == (4, False)
+    assert master.ack_batches(sid, 0, 0, [], batches_received=12, received_all=True) == (4, False)
+    assert master.ack_batches(sid, 1, 0, [], batches_received=11, received_all=True) == (11, True)
+
+
+def test_file_journal_survives_a_restart_and_a_torn_line(
+    tmp_path: object, clock: FakeClock, small_table: str
+) -> None:
+    from pathlib import Path
+
+    from dpp_server.journal import FileJournal
+
+    directory = Path(str(tmp_path)) / "journal"
+    first = Master(journal=FileJournal(directory), clock=clock)
+    view, _ = first.create_session(make_spec(small_table, epochs=2), "job")
+    split_ids, _ = first.begin_epoch(view.session_id, 0, 0)
+    first.ack_batches(view.session_id, 0, 0, [(split_ids[0], 2, True)])
+    with open(directory / "journal.jsonl", "a") as f:
+        f.write('{"type": "BatchesAck')  # a crash in the middle of a write
+    second = Master(journal=FileJournal(directory), clock=clock)
+    again, streams = second.get_session(view.session_id)
+    assert again.plan == view.plan and again.spec == view.spec
+    assert [(s.epoch, s.splits_done) for s in streams] == [(0, 1)]
+    assert second.begin_epoch(view.session_id, 0, 0)[0] == split_ids

@@ -16,6 +16,7 @@ from dpp_server.spec import (
     spec_from_proto,
     spec_to_proto,
 )
+from dpp_server.transforms import registered_ops
 
 DENSE = spec_pb2.FEATURE_KIND_DENSE
 SPARSE = spec_pb2.FEATURE_KIND_SPARSE
@@ -59,6 +60,9 @@ def valid_proto(**overrides: Any) -> spec_pb2.SessionSpec:
         "world_size": 2,
         "target_split_rows": 100_000,
         "shuffle": True,
+        "negative_downsample_rate": 0.5,
+        "sample_rate": 0.75,
+        "sample_key": "row_id",
     }
     fields.update(overrides)
     return spec_pb2.SessionSpec(**fields)
@@ -95,6 +99,7 @@ def rejects(msg: spec_pb2.SessionSpec) -> SpecError:
 
 def test_valid_spec_round_trips_proto_spec_proto() -> None:
     msg = valid_proto()
+    msg.max_splits_in_flight = 8  # the default, written out by spec_to_proto
     spec = spec_from_proto(msg)
     assert spec_to_proto(spec) == msg
     assert spec_from_proto(spec_to_proto(spec)) == spec
@@ -234,9 +239,9 @@ def test_unknown_op() -> None:
     err = rejects(valid_proto(features=feats))
     assert err.field == "features[3].ops[1].op"
     assert str(err) == (
-        "features[3].ops[1].op: unknown op 'foo'; "
-        "known ops: clamp, fill_null, first_x, log1p, sigrid_hash"
+        f"features[3].ops[1].op: unknown op 'foo'; known ops: {', '.join(registered_ops())}"
     )
+    assert "bucketize, cast, clamp" in str(err)
 
 
 def test_unknown_param() -> None:
@@ -329,7 +334,77 @@ def test_dense_op_on_sparse_feature() -> None:
 def test_sparse_op_on_dense_feature() -> None:
     err = rejects(valid_proto(features=[feature(ops=[{"op": "first_x", "params": {"x": 1}}])]))
     assert err.field == "features[0].ops[0].op"
-    assert err.problem == "'first_x' applies to sparse features, not dense"
+    assert str(err) == (
+        "features[0].ops[0].op: 'first_x' gives sparse values, but feature 'f' is dense; "
+        "set kind: sparse or end with an op giving dense values"
+    )
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def test_sampling_fields() -> None:
+    spec = spec_from_proto(valid_proto())
+    assert (spec.negative_downsample_rate, spec.sample_rate, spec.sample_key) == (
+        0.5,
+        0.75,
+        "row_id",
+    )
+    assert spec.has_weight and spec.sampled
+    unset = spec_from_proto(valid_proto(negative_downsample_rate=0, sample_rate=0, weight=""))
+    assert (unset.negative_downsample_rate, unset.sample_rate) == (1.0, 1.0)
+    assert not unset.has_weight and not unset.sampled
+    # Downsampling alone delivers a weight column.
+    assert spec_from_proto(valid_proto(weight="")).has_weight
+
+
+@pytest.mark.parametrize("field", ["negative_downsample_rate", "sample_rate"])
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), float("inf")])
+def test_sampling_rate_out_of_range(field: str, value: float) -> None:
+    err = rejects(valid_proto(**{field: value}))
+    assert str(err) == (
+        f"{field}: must be in (0, 1], got {value!r}; give the share of rows to keep, e.g. 0.1; "
+        "leave it unset (0) to keep all"
+    )
+
+
+def test_negative_downsampling_needs_label() -> None:
+    err = rejects(valid_proto(label=""))
+    assert str(err) == (
+        "negative_downsample_rate: is 0.5 but no label is named; negatives are rows whose label "
+        "is 0; name the label column, or leave negative_downsample_rate unset"
+    )
+
+
+def test_sampling_needs_key() -> None:
+    err = rejects(valid_proto(sample_key="", negative_downsample_rate=0))
+    assert str(err) == (
+        "sample_key: is required when negative_downsample_rate or sample_rate is below 1; "
+        "name an integer or string column that identifies rows (e.g. row_id), so the same rows "
+        "are kept whenever a split is produced"
+    )
+
+
+def test_sample_key_column_checked() -> None:
+    spec = spec_from_proto(valid_proto(sample_key="dense_0"))
+    err = schema_rejects(spec, schema())
+    assert str(err) == (
+        "sample_key: column 'dense_0' has type float, which is not an integer or string; "
+        "name an integer or string column that identifies rows (e.g. row_id)"
+    )
+    err = schema_rejects(spec_from_proto(valid_proto(sample_key="nope")), schema())
+    assert err.field == "sample_key"
+    assert err.problem.startswith("column 'nope' not in table")
+    check_against_schema(spec_from_proto(valid_proto(sample_key="ds")), schema())
+
+
+def test_param_columns_are_read() -> None:
+    feats = [
+        feature(name="j", source="sparse_0", ops=[{"op": "jaccard", "params": {"other": "s1"}}]),
+        feature(name="e", source="dense_0", ops=[{"op": "expr", "params": {"expr": "x * z + y"}}]),
+    ]
+    spec = spec_from_proto(valid_proto(features=feats))
+    assert spec.input_columns == ("sparse_0", "dense_0", "s1", "z", "y", "label", "w", "row_id")
 
 
 def test_duplicate_passthrough() -> None:

@@ -34,7 +34,7 @@ class InProcessLink:
         return self.master.acquire_split(worker_id, skip)
 
     def report_split_progress(
-        self, worker_id: str, lease: LeaseGrant, batches_produced: int, done: bool, error: str
+        self, worker_id: str, lease: LeaseGrant, done: bool, error: str
     ) -> bool:
         return self.master.report_split_progress(
             worker_id,
@@ -42,10 +42,12 @@ class InProcessLink:
             lease.epoch,
             lease.rank,
             lease.split.split_id,
-            batches_produced,
             done,
             error,
         )
+
+    def unregister(self, worker_id: str) -> None:
+        self.master.unregister_worker(worker_id)
 
     def get_spec(self, session_id: str) -> Spec:
         view, _ = self.master.get_session(session_id)
@@ -127,7 +129,8 @@ def test_worker_produces_every_row_once_in_numbered_batches(
     for split_id, last in ended.items():
         assert seqs[split_id] == list(range(last))  # numbered 0..n-1 in order, then the end
     _, streams = master.get_session(view.session_id)
-    assert streams[0].splits_done == len(split_ids)
+    # Produced, not yet done: each split stays with the worker until the trainer acknowledges.
+    assert (streams[0].splits_leased, streams[0].splits_done) == (len(split_ids), 0)
     seconds, counters = worker.stats()
     assert counters.rows_out == 24_000 and counters.splits_done == len(split_ids)
     assert seconds.read_s > 0 and seconds.transform_s > 0 and seconds.serialize_s > 0

@@ -57,6 +57,10 @@ class FakeMaster:
     def ListWorkers(self, req: Any, timeout: float) -> master_pb2.ListWorkersResponse:
         return master_pb2.ListWorkersResponse()
 
+    def AckBatches(self, req: Any, timeout: float) -> master_pb2.AckBatchesResponse:
+        self.requests.append(req)
+        return master_pb2.AckBatchesResponse()
+
 
 def make_loader(master: FakeMaster, **kwargs: Any) -> DppLoader:
     loader = DppLoader("unused:1", SPEC, worker_refresh_s=0.01, rpc_timeout_s=5.0, **kwargs)
@@ -100,7 +104,11 @@ def test_two_epochs_then_empty() -> None:
         assert 0 < stats.stall_share <= 1
     create = master.requests[0]
     assert create.session_name == "job" and create.spec.batch_size == 4
-    assert [r.epoch for r in master.requests[1:]] == [0, 1, 2]
+    assert [r.epoch for r in master.requests if isinstance(r, master_pb2.BeginEpochRequest)] == [
+        0,
+        1,
+        2,
+    ]
     assert loader._refresher is not None and not loader._refresher.is_alive()
 
 

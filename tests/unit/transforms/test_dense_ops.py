@@ -31,7 +31,7 @@ def run_op(name: str, params: dict[str, Any], values: pa.Array) -> list[float | 
     """Runs one dense op as the pipeline does: source cast to Float32, then the op."""
     op = get_op(name)
     assert op is not None
-    fn = op.compile(validate_params(op, params, "features[0].ops[0]"))
+    fn = op.compile(validate_params(op, params, "features[0].ops[0]"), "dense")
     frame = pl.from_arrow(pa.table({"x": values}))
     assert isinstance(frame, pl.DataFrame)
     out = frame.select(fn(pl.col("x").cast(pl.Float32)).alias("y"))

@@ -40,7 +40,7 @@ def run_op(
     """Runs one sparse op on a canonical List(Int64) column, as the pipeline does."""
     op = get_op(name)
     assert op is not None
-    fn = op.compile(validate_params(op, params, "features[0].ops[0]"))
+    fn = op.compile(validate_params(op, params, "features[0].ops[0]"), "sparse")
     column = pa.array(lists, pa.large_list(pa.int64()))
     frame = pl.from_arrow(pa.table({"x": column}))
     assert isinstance(frame, pl.DataFrame)
@@ -148,8 +148,10 @@ def test_first_x_then_sigrid_hash_on_sliced_input(
     head = get_op("first_x")
     hasher = get_op("sigrid_hash")
     assert head is not None and hasher is not None
-    chain_head = head.compile(validate_params(head, {"x": x}, "p"))
-    chain_hash = hasher.compile(validate_params(hasher, {"salt": salt, "max_value": 97}, "p"))
+    chain_head = head.compile(validate_params(head, {"x": x}, "p"), "sparse")
+    chain_hash = hasher.compile(
+        validate_params(hasher, {"salt": salt, "max_value": 97}, "p"), "sparse"
+    )
     padded = [[1, 2, 3], *lists, None]
     column = pa.array(padded, pa.large_list(pa.int64())).slice(1, len(lists))
     frame = pl.from_arrow(pa.table({"x": column}))

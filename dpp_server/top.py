@@ -1,0 +1,213 @@
+"""``dpp top`` and ``dpp scale``: the operator's view of a running cluster, and its pool size.
+
+Owns the two commands and the observability flags of ``dpp master``, ``dpp worker`` and
+``dpp up`` (so ``cli.py`` registers them in one line each). ``dpp top`` polls the master's
+``MonitorService.GetClusterStatus`` and draws workers (rows/s, MB/s, stage shares), ranks
+(rows/s, stall share) and the bottleneck verdict with rich; ``--json`` prints one status as JSON
+instead (the same fields as the RPC). ``dpp scale N`` calls ``SetWorkerTarget``: ``dpp up``
+follows it (see :mod:`dpp_server.pool`); ``dpp scale auto`` hands the count back to the
+autoscaler. Imports rich only when drawing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dpp_proto import master_pb2
+
+Env = Callable[[str, Any], Any]
+
+STAGE_ORDER = ("read", "filter", "transform", "batch", "serialize", "wait_consumer", "idle")
+
+
+# -- flags ----------------------------------------------------------------------------------
+
+
+def add_metrics_port_arg(parser: argparse.ArgumentParser, env: Env) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env("metrics_port", 0),
+        help="serve Prometheus /metrics on this port (0: any free port, announced in the "
+        "ready file; -1: no metrics)",
+    )
+
+
+def add_master_observability_args(parser: argparse.ArgumentParser, env: Env) -> None:
+    add_metrics_port_arg(parser, env)
+    parser.add_argument(
+        "--min-workers", type=int, default=env("min_workers", 1), help="autoscaler floor"
+    )
+    parser.add_argument(
+        "--max-workers", type=int, default=env("max_workers", 32), help="autoscaler cap"
+    )
+    parser.add_argument(
+        "--initial-workers",
+        type=int,
+        default=env("initial_workers", 1),
+        help="the autoscaler's desired count before it has measured anything",
+    )
+    parser.add_argument(
+        "--monitor-interval-s",
+        type=float,
+        default=env("monitor_interval_s", 5.0),
+        help="sampling window of the verdict and the autoscaler: shorter reacts sooner, "
+        "longer is steadier",
+    )
+
+
+def add_up_scaling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--autoscale",
+        action="store_true",
+        help="follow the master's desired worker count (dpp_desired_workers)",
+    )
+    parser.add_argument("--min-workers", type=int, default=1)
+    parser.add_argument("--max-workers", type=int, default=16)
+
+
+def add_observability_commands(sub: Any) -> None:
+    top = sub.add_parser("top", help="live view of a cluster: workers, ranks, verdict")
+    top.add_argument("--master", default="127.0.0.1:50051")
+    top.add_argument("--interval-s", type=float, default=1.0)
+    top.add_argument("--once", action="store_true", help="draw once and exit")
+    top.add_argument("--json", action="store_true", help="print one status as JSON and exit")
+    top.set_defaults(func=cmd_top)
+
+    scale = sub.add_parser("scale", help="set the worker count of a running `dpp up`")
+    scale.add_argument("workers", help="a count, or 'auto' to clear the operator's target")
+    scale.add_argument("--master", default="127.0.0.1:50051")
+    scale.set_defaults(func=cmd_scale)
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _stub(master: str) -> Any:
+    import grpc
+
+    from dpp_proto import master_pb2_grpc
+
+    return master_pb2_grpc.MonitorServiceStub(grpc.insecure_channel(master))
+
+
+def fetch_status(master: str, timeout_s: float = 5.0) -> master_pb2.GetClusterStatusResponse:
+    response: master_pb2.GetClusterStatusResponse = _stub(master).GetClusterStatus(
+        master_pb2.GetClusterStatusRequest(), timeout=timeout_s
+    )
+    return response
+
+
+def status_to_dict(status: master_pb2.GetClusterStatusResponse) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    result: dict[str, Any] = MessageToDict(
+        status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return result
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    if args.workers == "auto":
+        workers = 0
+    else:
+        try:
+            workers = int(args.workers)
+        except ValueError:
+            raise SystemExit(
+                f"dpp scale: expected a worker count or 'auto', got {args.workers!r}"
+            ) from None
+        if workers < 1:
+            raise SystemExit(f"dpp scale: a count must be >= 1 (or 'auto'), got {workers}")
+    _stub(args.master).SetWorkerTarget(
+        master_pb2.SetWorkerTargetRequest(workers=workers), timeout=10
+    )
+    print(
+        f"worker target of {args.master}: {workers}"
+        if workers
+        else f"worker target of {args.master}: cleared (autoscaler decides)",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(status_to_dict(fetch_status(args.master)), indent=2, sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    if args.once:
+        console.print(render(fetch_status(args.master), args.master))
+        return 0
+    with Live(console=console, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                live.update(render(fetch_status(args.master), args.master))
+                time.sleep(args.interval_s)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:4.0f}%"
+
+
+def render(status: master_pb2.GetClusterStatusResponse, master: str = "") -> Any:
+    """The live view: a header, the workers table, the ranks table and the verdict."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+
+    head = (
+        f"master {master}  window {status.window_s:.1f}s  sessions {status.sessions}  "
+        f"splits pending {status.splits_pending} leased {status.splits_leased} "
+        f"done {status.splits_done}\n"
+        f"workers alive {len(status.workers)}  desired {status.desired_workers}"
+        + (f"  operator target {status.operator_target}" if status.operator_target else "")
+        + f"  rows/s {status.rows_per_s:,.0f}  MB/s {status.bytes_per_s / 1e6:,.1f}"
+    )
+    workers = Table(title="workers", expand=True)
+    workers.add_column("worker")
+    workers.add_column("address")
+    workers.add_column("rows/s", justify="right")
+    workers.add_column("MB/s", justify="right")
+    for stage in STAGE_ORDER:
+        workers.add_column(stage, justify="right")
+    for w in status.workers:
+        workers.add_row(
+            w.worker_id,
+            w.address,
+            f"{w.rows_per_s:,.0f}",
+            f"{w.bytes_per_s / 1e6:,.1f}",
+            *(_pct(w.stage_shares.get(stage, 0.0)) for stage in STAGE_ORDER),
+        )
+    if status.workers:
+        workers.add_row(
+            "all",
+            "",
+            f"{status.rows_per_s:,.0f}",
+            f"{status.bytes_per_s / 1e6:,.1f}",
+            *(_pct(status.stage_shares.get(stage, 0.0)) for stage in STAGE_ORDER),
+            style="bold",
+        )
+    ranks = Table(title="ranks (trainers)", expand=True)
+    for column in ("session", "rank", "rows/s", "stall", "last report"):
+        ranks.add_column(column, justify="left" if column == "session" else "right")
+    for r in status.ranks:
+        ranks.add_row(
+            r.session_id,
+            str(r.rank),
+            f"{r.rows_per_s:,.0f}",
+            _pct(r.stall_share),
+            f"{r.seconds_since_report:.0f}s ago",
+        )
+    verdict = status.verdict or "not enough samples yet"
+    kind = f"[{status.verdict_kind}] " if status.verdict_kind else ""
+    return Group(head, workers, ranks, Panel(kind + verdict, title="verdict"))
