@@ -246,7 +246,10 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             workers faster at the cost of master RPCs.
         ack_interval_s: how often consumption is acknowledged to the master. Lower means
             less work redone after a worker failure, at the cost of master RPCs (and journal
-            writes); with world_size > 1 it also paces the equal-batches limit.
+            writes); with world_size > 1 it also paces the equal-batches limit. None turns
+            acknowledgements off (for measuring their cost): a worker failure then re-sends
+            whole splits, which the client still deduplicates, but a master or trainer
+            restart no longer knows what was consumed. Not allowed with world_size > 1.
         reproduce_after_s: with splits missing and no frame for this long, ask the master to
             produce them again (frames lost in a broken stream, a wedged worker). Shorter
             recovers sooner; too short re-produces splits that are merely slow.
@@ -264,7 +267,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         pin_memory: bool = False,
         rpc_timeout_s: float = 30.0,
         worker_refresh_s: float = 1.0,
-        ack_interval_s: float = 0.2,
+        ack_interval_s: float | None = 0.2,
         reproduce_after_s: float = 10.0,
     ) -> None:
         super().__init__()
@@ -293,6 +296,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._queue: queue.Queue[_Frame | _Failure] = queue.Queue(maxsize=prefetch_batches)
         self._ready: deque[ReadyBatch[Batch]] = deque()
         self._acks = _AckState()
+        if ack_interval_s is None and self.spec.world_size > 1:
+            raise ValueError(
+                "ack_interval_s=None turns acknowledgements off, but world_size > 1 needs them "
+                "for equal batch counts across ranks"
+            )
         self._ack_interval_s = ack_interval_s
         self.reproduce_after_s = reproduce_after_s
         self._acker: threading.Thread | None = None
@@ -697,10 +705,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             deterministic=self.spec.deterministic,
         )
         self._assembler = assembler
-        self._acker = threading.Thread(
-            target=self._ack_loop, name=f"dpp-ack-r{self.rank}", daemon=True
-        )
-        self._acker.start()
+        if self._ack_interval_s is not None:
+            self._acker = threading.Thread(
+                target=self._ack_loop, name=f"dpp-ack-r{self.rank}", daemon=True
+            )
+            self._acker.start()
         # List once here so errors (e.g. an old master without ListWorkers) surface in the
         # trainer's thread, then keep refreshing in the background.
         self._sync_streams(self.list_workers())
@@ -766,6 +775,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
 
     def _flush_acks(self) -> None:
         """Sends what is pending now, retrying like any master call (epoch ends, close)."""
+        if self._ack_interval_s is None:
+            return
         deadline = time.monotonic() + self.rpc_timeout_s
         backoff = _BACKOFF_START_S
         while True:
@@ -782,7 +793,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         """Acknowledges consumption every ``ack_interval_s`` (sooner when woken)."""
         failures = 0
         while not self._closed.is_set():
-            self._acks.wake.wait(self._ack_interval_s)
+            self._acks.wake.wait(self._ack_interval_s or 1.0)
             self._acks.wake.clear()
             if self._closed.is_set():
                 return

@@ -123,7 +123,8 @@ class Feature:
         kind: ``"dense"`` (one float32 per row) or ``"sparse"`` (a list of int64 ids per row).
         source: input column of the table; empty means ``name``.
         ops: transforms, in order.
-        dedup_group: reserved for deduplicated feature groups (unsupported by this client).
+        dedup_group: deduplicate this sparse feature with the others of the same group per
+            batch (RecD); the batch then carries them in ``Batch.dedup[group]``.
     """
 
     name: str
@@ -206,7 +207,7 @@ _INT_FIELDS = (
     "max_splits_in_flight",
 )
 _STR_FIELDS = ("table_uri", "label", "weight", "partition_filter", "row_filter", "sample_key")
-_RATE_FIELDS = ("negative_downsample_rate", "sample_rate")
+_RATE_FIELDS = ("negative_downsample_rate", "sample_rate", "dedup_min_share")
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,9 @@ class SessionSpec:
         sample_rate: share of all rows kept, in (0, 1], without weights. 1: keep all.
         sample_key: integer or string column deciding sampling per row (with ``seed``), so a
             re-produced split keeps the same rows; required when a rate is below 1.
+        dedup_min_share: auto deduplication, in [0, 1): a dedup group travels deduplicated
+            in a batch only when at least this share of its rows repeat there; 0: always.
+            Higher skips batches where inverse indices save little (``docs/dedup.md``).
     """
 
     table_uri: str
@@ -261,6 +265,7 @@ class SessionSpec:
     negative_downsample_rate: float = 1.0
     sample_rate: float = 1.0
     sample_key: str = ""
+    dedup_min_share: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept lists for convenience but store tuples, so specs stay immutable.
@@ -364,6 +369,7 @@ class SessionSpec:
             "negative_downsample_rate": self.negative_downsample_rate,
             "sample_rate": self.sample_rate,
             "sample_key": self.sample_key,
+            "dedup_min_share": self.dedup_min_share,
         }
 
     def to_proto(self) -> spec_pb2.SessionSpec:
@@ -388,6 +394,7 @@ class SessionSpec:
             negative_downsample_rate=float(self.negative_downsample_rate),
             sample_rate=float(self.sample_rate),
             sample_key=self.sample_key,
+            dedup_min_share=float(self.dedup_min_share),
         )
 
     @classmethod
@@ -413,6 +420,7 @@ class SessionSpec:
             negative_downsample_rate=msg.negative_downsample_rate or 1.0,
             sample_rate=msg.sample_rate or 1.0,
             sample_key=msg.sample_key,
+            dedup_min_share=msg.dedup_min_share,
         )
 
     @property

@@ -40,7 +40,7 @@ class FeatureSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., kind: _Optional[_Union[FeatureKind, str]] = ..., ops: _Optional[_Iterable[_Union[OpSpec, _Mapping]]] = ..., dedup_group: _Optional[str] = ...) -> None: ...
 
 class SessionSpec(_message.Message):
-    __slots__ = ("table_uri", "storage_options", "partition_filter", "row_filter", "features", "label", "weight", "passthrough", "batch_size", "epochs", "seed", "world_size", "target_split_rows", "shuffle", "deterministic", "max_splits_in_flight", "negative_downsample_rate", "sample_rate", "sample_key")
+    __slots__ = ("table_uri", "storage_options", "partition_filter", "row_filter", "features", "label", "weight", "passthrough", "batch_size", "epochs", "seed", "world_size", "target_split_rows", "shuffle", "deterministic", "max_splits_in_flight", "negative_downsample_rate", "sample_rate", "sample_key", "dedup_min_share")
     class StorageOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class SessionSpec(_message.Message):
     NEGATIVE_DOWNSAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_MIN_SHARE_FIELD_NUMBER: _ClassVar[int]
     table_uri: str
     storage_options: _containers.ScalarMap[str, str]
     partition_filter: str
@@ -86,4 +87,5 @@ class SessionSpec(_message.Message):
     negative_downsample_rate: float
     sample_rate: float
     sample_key: str
-    def __init__(self, table_uri: _Optional[str] = ..., storage_options: _Optional[_Mapping[str, str]] = ..., partition_filter: _Optional[str] = ..., row_filter: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., label: _Optional[str] = ..., weight: _Optional[str] = ..., passthrough: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., world_size: _Optional[int] = ..., target_split_rows: _Optional[int] = ..., shuffle: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., max_splits_in_flight: _Optional[int] = ..., negative_downsample_rate: _Optional[float] = ..., sample_rate: _Optional[float] = ..., sample_key: _Optional[str] = ...) -> None: ...
+    dedup_min_share: float
+    def __init__(self, table_uri: _Optional[str] = ..., storage_options: _Optional[_Mapping[str, str]] = ..., partition_filter: _Optional[str] = ..., row_filter: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., label: _Optional[str] = ..., weight: _Optional[str] = ..., passthrough: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., world_size: _Optional[int] = ..., target_split_rows: _Optional[int] = ..., shuffle: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., max_splits_in_flight: _Optional[int] = ..., negative_downsample_rate: _Optional[float] = ..., sample_rate: _Optional[float] = ..., sample_key: _Optional[str] = ..., dedup_min_share: _Optional[float] = ...) -> None: ...

@@ -119,7 +119,8 @@ class Feature:
         source: input column of the table (defaults to ``name``).
         kind: ``dense`` (one float32 per row) or ``sparse`` (a list of int64 ids per row).
         ops: ops applied in order.
-        dedup_group: reserved; always empty (non-empty groups are rejected until supported).
+        dedup_group: the RecD deduplication group of a sparse feature, or empty. Features of
+            one group are deduplicated together per batch (see ``docs/dedup.md``).
     """
 
     name: str
@@ -155,6 +156,7 @@ class Spec:
     negative_downsample_rate: float = 1.0
     sample_rate: float = 1.0
     sample_key: str = ""
+    dedup_min_share: float = 0.0
 
     @property
     def dense_features(self) -> tuple[Feature, ...]:
@@ -165,6 +167,16 @@ class Spec:
     def sparse_features(self) -> tuple[Feature, ...]:
         """Sparse features in spec order."""
         return tuple(f for f in self.features if f.kind == "sparse")
+
+    @property
+    def dedup_groups(self) -> dict[str, tuple[Feature, ...]]:
+        """Deduplication groups in first-seen spec order, each with its features in spec
+        order; empty when no feature names a group."""
+        groups: dict[str, list[Feature]] = {}
+        for f in self.features:
+            if f.dedup_group:
+                groups.setdefault(f.dedup_group, []).append(f)
+        return {g: tuple(fs) for g, fs in groups.items()}
 
     @property
     def sampled(self) -> bool:
@@ -283,6 +295,14 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
             "same rows are kept whenever a split is produced",
         )
 
+    if not (math.isfinite(msg.dedup_min_share) and 0.0 <= msg.dedup_min_share < 1.0):
+        raise SpecError(
+            "dedup_min_share",
+            f"must be in [0, 1), got {msg.dedup_min_share!r}",
+            "give the duplicate share a batch needs to be sent deduplicated, e.g. 0.3; "
+            "0 deduplicates every batch",
+        )
+
     return Spec(
         table_uri=msg.table_uri,
         storage_options=MappingProxyType(dict(msg.storage_options)),
@@ -303,6 +323,7 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
         negative_downsample_rate=negative_rate,
         sample_rate=sample_rate,
         sample_key=msg.sample_key,
+        dedup_min_share=msg.dedup_min_share,
     )
 
 
@@ -335,13 +356,26 @@ def _feature_from_proto(msg: spec_pb2.FeatureSpec, path: str) -> Feature:
     if kind is None:
         raise SpecError(f"{path}.kind", f"unknown kind {msg.kind}", "set kind to dense or sparse")
     if msg.dedup_group:
-        raise SpecError(
-            f"{path}.dedup_group",
-            f"dedup groups are reserved and not supported yet (got {msg.dedup_group!r})",
-            "leave dedup_group empty",
-        )
+        if not _NAME_RE.fullmatch(msg.dedup_group):
+            raise SpecError(
+                f"{path}.dedup_group",
+                f"{msg.dedup_group!r} is not a valid group name",
+                "use letters, digits and '_', not starting with a digit (e.g. 'user')",
+            )
+        if kind != "sparse":
+            raise SpecError(
+                f"{path}.dedup_group",
+                f"feature {msg.name!r} is {kind}; only sparse features are deduplicated",
+                "leave dedup_group empty on dense features (they travel in the [B, D] block)",
+            )
     ops = tuple(_op_from_proto(o, f"{path}.ops[{j}]") for j, o in enumerate(msg.ops))
-    feature = Feature(name=msg.name, source=msg.source or msg.name, kind=kind, ops=ops)
+    feature = Feature(
+        name=msg.name,
+        source=msg.source or msg.name,
+        kind=kind,
+        ops=ops,
+        dedup_group=msg.dedup_group,
+    )
     _check_chain(feature, path, frozenset(VTYPES))
     return feature
 
@@ -456,6 +490,7 @@ def spec_to_proto(spec: Spec) -> spec_pb2.SessionSpec:
         negative_downsample_rate=spec.negative_downsample_rate,
         sample_rate=spec.sample_rate,
         sample_key=spec.sample_key,
+        dedup_min_share=spec.dedup_min_share,
     )
     for feature in spec.features:
         fmsg = msg.features.add(

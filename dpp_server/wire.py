@@ -15,6 +15,14 @@ Columns, in this order (B rows, D dense features):
 * ``extra.<name>``: each passthrough column with its table type unchanged, nullable.
 
 Schema metadata: ``dpp.dense`` and ``dpp.sparse`` hold JSON lists of the feature names.
+
+Deduplicated feature groups (RecD; :mod:`dpp_server.transforms.dedup`): schema metadata
+``dpp.dedup`` holds a JSON object ``{group: [feature names]}`` (present only when the spec has
+groups; ``dpp.sparse`` still lists every sparse feature in spec order). After the columns above
+come, per group in spec order, either ``dedup.<group>.inverse: int32`` (not null, ``[B]``, the
+unique row of each row; the unique rows travel in the frame section ``dedup/<group>`` as one
+``sparse.<name>`` column per feature of the group) or, when the group is not deduplicated in
+this batch, its features' plain ``sparse.<name>`` columns.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ __all__ = [
     "DENSE_COLUMN",
     "EXTRA_PREFIX",
     "LABEL_COLUMN",
+    "DEDUP_SECTION_PREFIX",
+    "METADATA_DEDUP",
     "METADATA_DENSE",
     "METADATA_SPARSE",
     "SPARSE_PREFIX",
@@ -37,6 +47,7 @@ __all__ = [
     "WEIGHT_COLUMN",
     "assemble_wire_batch",
     "dense_type",
+    "inverse_column",
     "wire_schema",
 ]
 
@@ -48,6 +59,14 @@ WEIGHT_COLUMN = "weight"
 METADATA_DENSE = b"dpp.dense"
 METADATA_SPARSE = b"dpp.sparse"
 SPARSE_TYPE = pa.large_list(pa.int64())
+METADATA_DEDUP = b"dpp.dedup"
+DEDUP_SECTION_PREFIX = "dedup/"
+INVERSE_TYPE = pa.int32()
+
+
+def inverse_column(group: str) -> str:
+    """The rows section's column holding a deduplicated group's inverse index."""
+    return f"dedup.{group}.inverse"
 
 
 def dense_type(width: int) -> pa.DataType:

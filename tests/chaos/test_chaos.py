@@ -204,3 +204,38 @@ def test_one_and_three_workers_give_the_same_sequence(
     with DppLoader(cluster.master_address, chaos_spec(small_table)) as loader:
         got = [[signature(b) for b in loader] for _ in range(2)]
     assert got == reference
+
+
+def test_trainer_process_sigkilled_and_restarted(
+    make_cluster: ClusterFactory, small_table: str, reference: Reference, tmp_path: Any
+) -> None:
+    """A real trainer process is SIGKILLed mid-epoch (while it may be between a batch and its
+    checkpoint); a new process restores its last checkpoint and finishes the epoch."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cluster = make_cluster(workers=2)
+    checkpoint = str(tmp_path / "ckpt.json")
+    script = str(Path(__file__).with_name("trainer_proc.py"))
+    command = [sys.executable, script, cluster.master_address, small_table, checkpoint]
+    first = subprocess.Popen(command)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with open(checkpoint) as f:
+                if len(json.load(f)["batches"]) >= 12:
+                    break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    assert not Path(checkpoint + ".done").exists(), "the trainer finished before the kill"
+    second = subprocess.run(command, timeout=180)
+    assert second.returncode == 0
+    with open(checkpoint) as f:
+        batches = [(tuple(ids), digest) for ids, digest in json.load(f)["batches"]]
+    assert_exactly_once(batches)
+    assert batches == reference[0]
