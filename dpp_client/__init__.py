@@ -13,7 +13,13 @@ Typical use::
                 train_step(batch.to("cuda", non_blocking=True))
 """
 
-from dpp_client.batch import Batch, JaggedTensor, batch_from_arrow, concat_batches
+from dpp_client.batch import (
+    Batch,
+    InverseKeyedJaggedTensor,
+    JaggedTensor,
+    batch_from_arrow,
+    concat_batches,
+)
 from dpp_client.errors import (
     DppClientError,
     DppUnavailableError,
@@ -33,6 +39,7 @@ __all__ = [
     "DppUnavailableError",
     "Feature",
     "FrameError",
+    "InverseKeyedJaggedTensor",
     "JaggedTensor",
     "LoaderStats",
     "Op",

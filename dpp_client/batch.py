@@ -1,8 +1,8 @@
 """Trainer-facing batches, and the zero-copy conversion from Arrow record batches.
 
-Owns: :class:`JaggedTensor`, :class:`Batch`, :func:`batch_from_arrow` and
-:func:`concat_batches`. Knows Arrow and torch, never gRPC; must never import ``dpp_server``
-or ``storage``.
+Owns: :class:`JaggedTensor`, :class:`InverseKeyedJaggedTensor`, :class:`Batch`,
+:func:`batch_from_arrow` and :func:`concat_batches`. Knows Arrow and torch, never gRPC; must
+never import ``dpp_server`` or ``storage``.
 
 Zero copy and read-only memory: :func:`batch_from_arrow` builds every tensor with
 ``torch.frombuffer`` over the Arrow buffers, which themselves point into the received gRPC
@@ -18,7 +18,11 @@ The expected "rows" schema (see ``worker.proto``):
 * ``sparse.<name>``: ``large_list<int64>`` per sparse feature, no nulls;
 * ``label`` / ``weight``: float32 when the spec names them;
 * ``extra.<name>``: passthrough columns;
-* schema metadata ``dpp.dense`` / ``dpp.sparse``: JSON lists of feature names in spec order.
+* schema metadata ``dpp.dense`` / ``dpp.sparse``: JSON lists of feature names in spec order;
+* deduplicated groups (``dpp.dedup`` metadata, ``{group: [names]}``): each feature of a group
+  is a ``dictionary<int32, large_list<int64>>`` column ``sparse.<name>`` joined by
+  :func:`dpp_client.frames.decode_frame` (dictionary = unique rows, indices = inverse). They
+  become :attr:`Batch.dedup` entries, zero-copy too.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -37,6 +43,7 @@ from dpp_client.errors import FrameError
 
 __all__ = [
     "Batch",
+    "InverseKeyedJaggedTensor",
     "JaggedTensor",
     "batch_from_arrow",
     "concat_batches",
@@ -58,6 +65,7 @@ SPARSE_PREFIX = "sparse."
 EXTRA_PREFIX = "extra."
 LABEL_COLUMN = "label"
 WEIGHT_COLUMN = "weight"
+METADATA_DEDUP = b"dpp.dedup"
 
 _TORCHREC_HINT = (
     "Batch.to_kjt() needs torchrec, which is not installed. Install the CPU build with: "
@@ -108,6 +116,80 @@ class JaggedTensor:
         """Returns a copy in page-locked memory, for asynchronous host-to-GPU copies."""
         return JaggedTensor(values=self.values.pin_memory(), offsets=self.offsets.pin_memory())
 
+    def take(self, rows: torch.Tensor) -> JaggedTensor:
+        """Returns a new jagged tensor whose row ``i`` is this one's row ``rows[i]``.
+
+        Vectorized (no loop per row); used to expand unique rows through inverse indices.
+        """
+        index = rows.long()
+        lengths = self.lengths()[index]
+        offsets = torch.zeros(len(index) + 1, dtype=torch.int64, device=lengths.device)
+        torch.cumsum(lengths, 0, out=offsets[1:])
+        total = int(offsets[-1])
+        # Output id j of row i sits at unique offset starts[i] + (j - offsets[i]).
+        shift = self.offsets[:-1][index] - offsets[:-1]
+        positions = torch.repeat_interleave(shift, lengths, output_size=total)
+        positions += torch.arange(total, dtype=torch.int64, device=positions.device)
+        return JaggedTensor(values=self.values[positions], offsets=offsets)
+
+
+@dataclass
+class InverseKeyedJaggedTensor:
+    """The sparse features of one deduplication group (RecD's inverse-keyed jagged tensor).
+
+    The group's features are stored once per unique row: for every key ``k``, batch row ``i``
+    holds the ids of row ``inverse_indices[i]`` of ``unique[k]``. A model pools embeddings on
+    the ``U`` unique rows and expands the pooled ``[U, E]`` result with
+    ``pooled[ikjt.inverse_indices]`` (``[B, E]``); :meth:`to_jagged` expands the ids instead.
+
+    Attributes:
+        unique: one :class:`JaggedTensor` per feature of the group (spec order), each over the
+            same ``U`` unique rows, in order of first occurrence in the batch.
+        inverse_indices: int32 ``[B]``, values in ``[0, U)``; a read-only view like the rest.
+    """
+
+    unique: dict[str, JaggedTensor]
+    inverse_indices: torch.Tensor
+
+    def keys(self) -> list[str]:
+        """Feature names of the group, in spec order."""
+        return list(self.unique)
+
+    def __getitem__(self, key: str) -> JaggedTensor:
+        """The unique rows of feature ``key``."""
+        return self.unique[key]
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the batch (``B``)."""
+        return int(self.inverse_indices.shape[0])
+
+    @property
+    def num_unique(self) -> int:
+        """Unique rows (``U``)."""
+        first = next(iter(self.unique.values()), None)
+        return 0 if first is None else int(first.offsets.shape[0]) - 1
+
+    def to_jagged(self) -> dict[str, JaggedTensor]:
+        """Expands every feature to plain ``B``-row jagged tensors (copies)."""
+        return {k: jt.take(self.inverse_indices) for k, jt in self.unique.items()}
+
+    def to(
+        self, device: torch.device | str, non_blocking: bool = False
+    ) -> InverseKeyedJaggedTensor:
+        """Returns a copy on ``device``."""
+        return InverseKeyedJaggedTensor(
+            unique={k: v.to(device, non_blocking) for k, v in self.unique.items()},
+            inverse_indices=self.inverse_indices.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> InverseKeyedJaggedTensor:
+        """Returns a copy in page-locked memory."""
+        return InverseKeyedJaggedTensor(
+            unique={k: v.pin_memory() for k, v in self.unique.items()},
+            inverse_indices=self.inverse_indices.pin_memory(),
+        )
+
 
 @dataclass
 class Batch:
@@ -118,11 +200,16 @@ class Batch:
 
     Attributes:
         dense: float32 ``[B, D]``, dense features stacked in spec order (``D`` may be 0).
-        sparse: one :class:`JaggedTensor` per sparse feature, in spec order.
+        sparse: one :class:`JaggedTensor` per sparse feature outside any dedup group, in spec
+            order.
         labels: float32 ``[B]``, or None when the spec has no label.
         weights: float32 ``[B]``, or None when the spec has no weight.
         extras: passthrough columns by name (without the ``extra.`` prefix), ``[B]`` each.
         dense_names: names of the ``D`` dense columns, in order.
+        dedup: one :class:`InverseKeyedJaggedTensor` per dedup group of the spec (its features
+            are not in ``sparse``); always present for every group, whatever the worker sent.
+            :meth:`expand` gives the batch with every feature in ``sparse``.
+        sparse_names: every sparse feature, in spec order (those of ``sparse`` and ``dedup``).
     """
 
     dense: torch.Tensor
@@ -131,6 +218,8 @@ class Batch:
     weights: torch.Tensor | None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     dense_names: list[str] = field(default_factory=list)
+    dedup: dict[str, InverseKeyedJaggedTensor] = field(default_factory=dict)
+    sparse_names: list[str] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:
@@ -146,6 +235,8 @@ class Batch:
             weights=None if self.weights is None else self.weights.pin_memory(),
             extras={k: v.pin_memory() for k, v in self.extras.items()},
             dense_names=list(self.dense_names),
+            dedup={k: v.pin_memory() for k, v in self.dedup.items()},
+            sparse_names=list(self.sparse_names),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -167,13 +258,49 @@ class Batch:
             else self.weights.to(device, non_blocking=non_blocking),
             extras={k: v.to(device, non_blocking=non_blocking) for k, v in self.extras.items()},
             dense_names=list(self.dense_names),
+            dedup={k: v.to(device, non_blocking) for k, v in self.dedup.items()},
+            sparse_names=list(self.sparse_names),
         )
 
-    def to_kjt(self) -> Any:
+    def _all_sparse_names(self) -> list[str]:
+        names = self.sparse_names or [
+            *self.sparse,
+            *(k for g in self.dedup.values() for k in g.unique),
+        ]
+        return names
+
+    def expand(self) -> Batch:
+        """The same batch with every dedup group expanded into plain ``sparse`` features
+        (spec order); tensors outside the groups are shared, not copied."""
+        if not self.dedup:
+            return self
+        expanded = dict(self.sparse)
+        for ikjt in self.dedup.values():
+            expanded.update(ikjt.to_jagged())
+        return Batch(
+            dense=self.dense,
+            sparse={name: expanded[name] for name in self._all_sparse_names()},
+            labels=self.labels,
+            weights=self.weights,
+            extras=dict(self.extras),
+            dense_names=list(self.dense_names),
+            sparse_names=list(self.sparse_names),
+        )
+
+    def to_kjt(self, expand: bool = False) -> Any:
         """Builds a torchrec ``KeyedJaggedTensor`` of the sparse features.
 
         Keys are in spec order; values are concatenated (a copy) and lengths derived from the
         offsets. torchrec is imported lazily so the client does not depend on it.
+
+        With dedup groups (and ``expand`` False) the KJT is TorchRec's variable-batch form: a
+        key of a group holds its ``U`` unique rows (``stride_per_key_per_rank``) and
+        ``inverse_indices=(keys, int64 [num_keys, B])`` maps each batch row to them (a key
+        outside any group maps row ``i`` to ``i``). ``EmbeddingBagCollection`` then pools the
+        unique rows only and expands the pooled embeddings to ``B`` rows (RecD's model side).
+
+        Args:
+            expand: build a plain KJT of :meth:`expand`'s batch instead.
 
         Returns:
             ``torchrec.sparse.jagged_tensor.KeyedJaggedTensor``.
@@ -185,6 +312,10 @@ class Batch:
             jagged = importlib.import_module("torchrec.sparse.jagged_tensor")
         except ImportError as exc:
             raise ImportError(_TORCHREC_HINT) from exc
+        if self.dedup and expand:
+            return self.expand().to_kjt()
+        if self.dedup:
+            return self._vbe_kjt(jagged)
         keys = list(self.sparse)
         if keys:
             values = torch.cat([self.sparse[k].values for k in keys])
@@ -193,6 +324,29 @@ class Batch:
             values = torch.empty(0, dtype=torch.int64)
             lengths = torch.empty(0, dtype=torch.int64)
         return jagged.KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
+
+    def _vbe_kjt(self, jagged: Any) -> Any:
+        """The variable-batch KJT with inverse indices (see :meth:`to_kjt`)."""
+        rows = self.num_rows
+        identity = torch.arange(rows, dtype=torch.int64)
+        tensors: dict[str, tuple[JaggedTensor, torch.Tensor]] = {
+            k: (jt, identity) for k, jt in self.sparse.items()
+        }
+        for ikjt in self.dedup.values():
+            inverse = ikjt.inverse_indices.long()
+            tensors.update((k, (jt, inverse)) for k, jt in ikjt.unique.items())
+        keys = self._all_sparse_names()
+        return jagged.KeyedJaggedTensor(
+            keys=keys,
+            values=torch.cat([tensors[k][0].values for k in keys]),
+            lengths=torch.cat([tensors[k][0].lengths() for k in keys]),
+            stride_per_key_per_rank=[[int(tensors[k][0].offsets.shape[0]) - 1] for k in keys],
+            inverse_indices=(keys, torch.stack([tensors[k][1] for k in keys])),
+        )
+
+
+_ITEMSIZES = {dtype: torch.empty(0, dtype=dtype).element_size() for dtype in _TORCH_DTYPES.values()}
+_INT64 = struct.Struct("<q")
 
 
 def _view(buf: pa.Buffer | None, dtype: torch.dtype, start: int, count: int) -> torch.Tensor:
@@ -203,7 +357,7 @@ def _view(buf: pa.Buffer | None, dtype: torch.dtype, start: int, count: int) -> 
     """
     if count == 0 or buf is None:
         return torch.empty(0, dtype=dtype)
-    itemsize = torch.empty(0, dtype=dtype).element_size()
+    itemsize = _ITEMSIZES.get(dtype) or torch.empty(0, dtype=dtype).element_size()
     end = (start + count) * itemsize
     if end > buf.size:
         raise FrameError(
@@ -256,11 +410,14 @@ def _jagged_view(arr: pa.Array, name: str) -> JaggedTensor:
     if child.null_count:
         raise FrameError(f"column {name!r} has null ids; expected none")
     rows = len(arr)
-    offsets = _view(arr.buffers()[1], torch.int64, arr.offset, rows + 1)
+    offsets_buf = arr.buffers()[1]
+    offsets = _view(offsets_buf, torch.int64, arr.offset, rows + 1)
     if rows == 0 or offsets.numel() == 0:
         return JaggedTensor(torch.empty(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
-    first = int(offsets[0])
-    last = int(offsets[-1])
+    # Read the two bounds from the buffer, not the tensor: indexing a tensor into a Python int
+    # costs microseconds, and this runs per sparse feature per batch in the trainer.
+    first = _INT64.unpack_from(offsets_buf, arr.offset * 8)[0]
+    last = _INT64.unpack_from(offsets_buf, (arr.offset + rows) * 8)[0]
     values = _view(child.buffers()[1], torch.int64, child.offset + first, last - first)
     if first != 0:
         offsets = offsets - first
@@ -315,8 +472,12 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
 
     if sparse_names is None:
         sparse_names = [n[len(SPARSE_PREFIX) :] for n in schema.names if n.startswith("sparse.")]
+    dedup = _dedup_groups(rb)
+    grouped = {name for ikjt in dedup.values() for name in ikjt.unique}
     sparse: dict[str, JaggedTensor] = {}
     for name in sparse_names:
+        if name in grouped:
+            continue
         column = SPARSE_PREFIX + name
         idx = schema.get_field_index(column)
         if idx < 0:
@@ -361,7 +522,69 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
         weights=weights,
         extras=extras,
         dense_names=dense_names,
+        dedup=dedup,
+        sparse_names=list(sparse_names),
     )
+
+
+def _dedup_groups(rb: pa.RecordBatch) -> dict[str, InverseKeyedJaggedTensor]:
+    """The dedup groups of a decoded batch (dictionary columns; see the module docstring)."""
+    raw = (rb.schema.metadata or {}).get(METADATA_DEDUP)
+    if raw is None:
+        return {}
+    groups = json.loads(raw)
+    out: dict[str, InverseKeyedJaggedTensor] = {}
+    for group, names in groups.items():
+        unique: dict[str, JaggedTensor] = {}
+        inverse: torch.Tensor | None = None
+        for name in names:
+            column = SPARSE_PREFIX + name
+            idx = rb.schema.get_field_index(column)
+            if idx < 0 or not pa.types.is_dictionary(rb.schema.field(idx).type):
+                raise FrameError(
+                    f"dedup group {group!r}: column {column!r} is missing or not dictionary "
+                    "encoded; decode frames with dpp_client.frames.decode_frame"
+                )
+            arr = rb.column(idx)
+            if inverse is None:
+                inverse = _primitive_view(arr.indices, column)
+            unique[name] = _jagged_view(arr.dictionary, column)
+        if inverse is not None:
+            out[group] = InverseKeyedJaggedTensor(unique=unique, inverse_indices=inverse)
+    return out
+
+
+def _concat_dedup(rbs: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """:func:`concat_batches` for batches with dedup groups (dictionary columns).
+
+    The unique rows are concatenated and each part's inverse is rebased by the unique rows of
+    the parts before it; unique rows no row refers to any more (a part cut from a bigger
+    batch) are dropped. Features of one group share their inverse, so they stay aligned.
+    """
+    schema = rbs[0].schema
+    arrays: list[pa.Array] = []
+    for i, column_field in enumerate(schema):
+        columns = [rb.column(i) for rb in rbs]
+        if not pa.types.is_dictionary(column_field.type):
+            arrays.append(pa.concat_arrays(columns))
+            continue
+        sizes = [len(c.dictionary) for c in columns]
+        bases = np.cumsum([0, *sizes[:-1]])
+        indices = np.concatenate(
+            [
+                c.indices.to_numpy().astype(np.int64) + base
+                for c, base in zip(columns, bases, strict=True)
+            ]
+        )
+        dictionary = pa.concat_arrays([c.dictionary for c in columns])
+        used, compact = np.unique(indices, return_inverse=True)
+        if len(used) < len(dictionary):
+            dictionary = dictionary.take(pa.array(used))
+            indices = compact
+        arrays.append(
+            pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), dictionary)
+        )
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def concat_batches(rbs: list[pa.RecordBatch]) -> pa.RecordBatch:
@@ -378,6 +601,8 @@ def concat_batches(rbs: list[pa.RecordBatch]) -> pa.RecordBatch:
         raise ValueError("concat_batches needs at least one record batch to know the schema")
     if len(rbs) == 1:
         return rbs[0]
+    if any(pa.types.is_dictionary(f.type) for f in rbs[0].schema):
+        return _concat_dedup(rbs)
     table = pa.Table.from_batches(rbs).combine_chunks()
     batches = table.to_batches()
     if len(batches) == 1:

@@ -35,10 +35,10 @@ import numpy.typing as npt
 import pyarrow as pa
 
 __all__ = [
+    "DEDUP_SECTION_PREFIX",
     "DENSE_COLUMN",
     "EXTRA_PREFIX",
     "LABEL_COLUMN",
-    "DEDUP_SECTION_PREFIX",
     "METADATA_DEDUP",
     "METADATA_DENSE",
     "METADATA_SPARSE",

@@ -33,7 +33,7 @@ from dpp_proto import worker_pb2
 from dpp_server.frames import FrameEncoder
 from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
-from dpp_server.transforms import FeaturePipeline
+from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, read_split, resolve
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class _Session:
     """What a worker compiles once per session."""
 
     spec: Spec
-    pipeline: FeaturePipeline
+    pipeline: DedupPipeline
     encoder: FrameEncoder
     row_filter: Filter | None
     filesystem: object
@@ -441,7 +441,11 @@ class Worker:
                 continue
             started = time.perf_counter()
             if session.spec.shuffle:
-                raw = raw.take(_chunk_permutation(session.spec.seed, lease, chunk, raw.num_rows))
+                # With dedup groups, whole sessions move (see _chunk_permutation).
+                starts = session.pipeline.session_starts(raw)
+                raw = raw.take(
+                    _chunk_permutation(session.spec.seed, lease, chunk, raw.num_rows, starts)
+                )
             wire = session.pipeline.apply(raw)
             self._stats.add_seconds("transform_s", time.perf_counter() - started)
             yield wire
@@ -450,7 +454,10 @@ class Worker:
         self, session: _Session, lease: LeaseGrant, seq: int, batch: pa.RecordBatch
     ) -> bytes:
         started = time.perf_counter()
-        frame = session.encoder.encode(self._header(lease, seq, batch.num_rows), batch)
+        rows, sections = session.pipeline.finish(batch)  # dedup groups: per batch, unique rows
+        self._stats.add_seconds("transform_s", time.perf_counter() - started)
+        started = time.perf_counter()
+        frame = session.encoder.encode(self._header(lease, seq, batch.num_rows), rows, sections)
         self._stats.add_seconds("serialize_s", time.perf_counter() - started)
         self._stats.add_count("rows_out", batch.num_rows)
         self._stats.add_count("batches_out", 1)
@@ -474,7 +481,7 @@ class Worker:
         if session is not None:
             return session
         spec = self._link.get_spec(session_id)
-        pipeline = FeaturePipeline(spec)
+        pipeline = DedupPipeline(spec)
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         session = _Session(
             spec=spec,
@@ -487,14 +494,32 @@ class Worker:
             return self._sessions.setdefault(session_id, session)
 
 
-def _chunk_permutation(seed: int, lease: LeaseGrant, chunk: int, rows: int) -> pa.Array:
+def _chunk_permutation(
+    seed: int,
+    lease: LeaseGrant,
+    chunk: int,
+    rows: int,
+    session_starts: np.ndarray | None = None,
+) -> pa.Array:
     """The seeded row order of one read chunk of a split: the same for a given seed, epoch,
-    split and chunk on every worker, so a re-produced split yields the same batches."""
+    split and chunk on every worker, so a re-produced split yields the same batches.
+
+    With ``session_starts`` (ascending first rows of the chunk's sessions, from 0), sessions
+    are shuffled as blocks and each keeps its rows adjacent and in order, so a session's
+    duplicate rows meet in one batch (RecD); a session is cut only at a batch boundary.
+    """
     digest = hashlib.blake2b(
         f"{seed}/{lease.epoch}/{lease.split.split_id}/{chunk}".encode(), digest_size=8
     ).digest()
     rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    return pa.array(rng.permutation(rows))
+    if session_starts is None:
+        return pa.array(rng.permutation(rows))
+    lengths = np.diff(np.append(session_starts, rows))
+    order = rng.permutation(len(session_starts))
+    moved = lengths[order]
+    # Row r of the output belongs to block order[k]: its source is start + (r - output start).
+    shift = np.repeat(session_starts[order] - (np.cumsum(moved) - moved), moved)
+    return pa.array(np.arange(rows, dtype=np.int64) + shift)
 
 
 def _take_rows(pieces: collections.deque[pa.RecordBatch], rows: int) -> pa.RecordBatch:

@@ -3,7 +3,8 @@
 Owns: the synthetic table's layout and distributions. A row is one impression: ids, dense
 features, sparse id-list features and a click label. Rows come in sessions (adjacent rows
 sharing ``user_id`` and the user-side sparse features), which is the duplication RecD-style
-deduplication exploits; ``rows_per_session`` sets its degree.
+deduplication exploits; ``rows_per_session`` sets its degree, and ``clustered`` whether a
+session's rows are adjacent (they are by default; ``dpp cluster`` makes any table so).
 
 Layout: ``<uri>/ds=2026-01-01/part-00000.parquet``, ... ``ds`` is a Hive folder, never stored
 in the files. ``row_id`` runs 0..rows-1 in path order, so readers can check exactly-once
@@ -42,7 +43,7 @@ from storage.filesystem import resolve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenConfig", "GenSummary", "generate_table", "table_schema"]
+__all__ = ["GenConfig", "GenSummary", "generate_table", "refuse_existing", "table_schema"]
 
 FIRST_DAY = dt.date(2026, 1, 1)
 # Files generated at once. Each holds ~rows_per_file * sparse * max_list_len/3 ids in memory
@@ -77,6 +78,10 @@ class GenConfig:
         rows_per_file: rows per file (per day); smaller gives more files and more planning
             work, larger gives fewer, bigger files.
         seed: same seed and config give byte-identical files.
+        clustered: a session's rows are adjacent (as after ``dpp cluster``). False shuffles
+            each file's rows, as logs interleave many users' sessions in arrival order:
+            realistic for measuring what clustering saves, but Parquet stores the repeated
+            user-side lists once per row and batches rarely hold a session twice.
     """
 
     rows: int = 1_000_000
@@ -93,6 +98,7 @@ class GenConfig:
     row_group_rows: int = 32_768
     rows_per_file: int = 131_072
     seed: int = 0
+    clustered: bool = True
 
     def __post_init__(self) -> None:
         """Rejects configs that cannot generate a sensible table, naming the field."""
@@ -178,7 +184,7 @@ def generate_table(
     started = time.perf_counter()
     filesystem, root = resolve(uri, storage_options)
     root = root.rstrip("/") or "/"
-    _refuse_existing(filesystem, root, uri)
+    refuse_existing(filesystem, root, uri)
     tasks = list(_plan_files(root, config))
     schema = table_schema(config)
     workers = max(1, min(_MAX_PARALLEL_FILES, os.cpu_count() or 1, len(tasks)))
@@ -206,16 +212,18 @@ def generate_table(
     return summary
 
 
-def _refuse_existing(filesystem: pafs.FileSystem, root: str, uri: str) -> None:
+def refuse_existing(filesystem: pafs.FileSystem, root: str, uri: str) -> None:
+    """Raises StorageError unless ``root`` is absent or an empty folder: a table is never a
+    mix of two runs (``dpp gen``, ``dpp cluster``)."""
     info = filesystem.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         return
     if info.type == pafs.FileType.File:
-        raise StorageError(f"generating into {uri!r}: it is a file; pick a folder URI")
+        raise StorageError(f"writing a table into {uri!r}: it is a file; pick a folder URI")
     existing = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
     if any(i.type == pafs.FileType.File for i in existing):
         raise StorageError(
-            f"generating into {uri!r}: it already holds files; remove the folder or pick "
+            f"writing a table into {uri!r}: it already holds files; remove the folder or pick "
             "another URI (mixing two runs would break row_id uniqueness)"
         )
 
@@ -279,7 +287,12 @@ def _generate_rows(task: _FileTask, config: GenConfig, schema: pa.Schema) -> pa.
         else:
             columns[f"sparse_{i}"] = _id_lists(rng, n, i, config)
     columns["label"] = pa.array(_labels(rng, dense[0] if config.dense else None, n, config))
-    return pa.Table.from_pydict(columns, schema=schema)
+    table = pa.Table.from_pydict(columns, schema=schema)
+    if not config.clustered:
+        # Interleave sessions; row_id still runs in file order (exactly-once checks use it).
+        table = table.take(pa.array(rng.permutation(n)))
+        table = table.set_column(0, schema.field(0), columns["row_id"])
+    return table
 
 
 def _sessions(

@@ -4,6 +4,11 @@ Owns: the demo's model and training step. Only an example of consuming batches: 
 ``EmbeddingBag`` per sparse feature fed straight from a :class:`~dpp_client.JaggedTensor`
 (``values`` and ``offsets[:-1]``, no reshaping), a bottom MLP for the dense features, pairwise
 dot-product interaction and a top MLP. Must never import ``dpp_server`` or ``storage``.
+
+Deduplicated groups (``Batch.dedup``, RecD): the embedding bags of a group's features pool the
+``U`` unique rows only, and the pooled ``[U, E]`` vectors are expanded to ``[B, E]`` through the
+group's inverse indices (RecD's model side). The output equals that of the expanded batch
+(``batch.expand()``), because pooling a row does not depend on the other rows.
 """
 
 from __future__ import annotations
@@ -75,9 +80,16 @@ class DLRM(nn.Module):
         """Returns logits ``[B]``."""
         dense = self.bottom(batch.dense)
         vectors = [dense]
+        grouped = {name: ikjt for ikjt in batch.dedup.values() for name in ikjt.unique}
         for name in self.sparse_names:
-            jt = batch.sparse[name]
-            vectors.append(self.embeddings[name](jt.values, jt.offsets[:-1]))
+            ikjt = grouped.get(name)
+            if ikjt is None:
+                jt = batch.sparse[name]
+                vectors.append(self.embeddings[name](jt.values, jt.offsets[:-1]))
+            else:  # pool the unique rows, then expand: [U, E] -> [B, E]
+                jt = ikjt[name]
+                pooled = self.embeddings[name](jt.values, jt.offsets[:-1])
+                vectors.append(pooled.index_select(0, ikjt.inverse_indices))
         stacked = torch.stack(vectors, dim=1)  # [B, F, E]
         dots = torch.bmm(stacked, stacked.transpose(1, 2))  # [B, F, F]
         pairs = dots[:, self._pair_rows, self._pair_cols]

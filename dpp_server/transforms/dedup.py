@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -126,7 +126,10 @@ def _and_same(array: pa.Array, same: npt.NDArray[np.bool_]) -> None:
     if is_list and pa.types.is_integer(dtype.value_type):
         offsets = array.offsets.to_numpy().astype(np.int64)
         values = array.values
-        if values.null_count == 0 or values.slice(offsets[0], offsets[-1] - offsets[0]).null_count == 0:
+        if (
+            values.null_count == 0
+            or values.slice(offsets[0], offsets[-1] - offsets[0]).null_count == 0
+        ):
             _and_same_int_lists(array, offsets, same)
             return
     elif pa.types.is_integer(dtype):
@@ -157,11 +160,14 @@ def _and_same_int_lists(
     if stop == start:
         return
     values = array.values.slice(start, stop - start).to_numpy()
-    shift = np.repeat(lengths, lengths)  # per id: its list's length
+    index_type = np.int32 if len(values) < 2**31 else np.int64
+    small: npt.NDArray[np.signedinteger[Any]] = lengths.astype(index_type)
     # For a row as long as the previous one, id p's counterpart sits one length earlier.
     # Elsewhere the index points anywhere in range (>= -len(values)), and is masked by `same`.
-    earlier = values[np.arange(len(values)) - shift]
-    mismatch = np.concatenate(([0], np.cumsum(values != earlier)))
+    earlier: npt.NDArray[np.signedinteger[Any]] = np.arange(len(values), dtype=index_type)
+    earlier -= np.repeat(small, small)
+    mismatch = np.zeros(len(values) + 1, dtype=index_type)
+    np.cumsum(values != values[earlier], out=mismatch[1:])
     local = offsets - start
     same &= mismatch[local[1:]] == mismatch[local[:-1]]
 
@@ -243,7 +249,10 @@ class DedupPipeline:
                 sample_key="",
             )
             schema = pa.schema(
-                [pa.field(wire.SPARSE_PREFIX + f.name, wire.SPARSE_TYPE, nullable=False) for f in fs]
+                [
+                    pa.field(wire.SPARSE_PREFIX + f.name, wire.SPARSE_TYPE, nullable=False)
+                    for f in fs
+                ]
             )
             group_schema = None
             if input_schema is not None:
@@ -286,7 +295,8 @@ class DedupPipeline:
         rows = batch.num_rows
         for group in self._groups:
             raw = pa.RecordBatch.from_arrays(
-                [batch.column(wire.EXTRA_PREFIX + c) for c in group.inputs], names=list(group.inputs)
+                [batch.column(wire.EXTRA_PREFIX + c) for c in group.inputs],
+                names=list(group.inputs),
             )
             first, inverse = unique_rows(raw)
             unique = group.pipeline.apply(raw.take(pa.array(first)))
@@ -330,4 +340,6 @@ def expand(
             column = wire.SPARSE_PREFIX + name
             fields.append(section.schema.field(column))
             arrays.append(section.column(column).take(take))
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=rows.schema.metadata))
+    return pa.RecordBatch.from_arrays(
+        arrays, schema=pa.schema(fields, metadata=rows.schema.metadata)
+    )

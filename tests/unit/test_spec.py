@@ -49,6 +49,7 @@ def valid_proto(**overrides: Any) -> spec_pb2.SessionSpec:
                     {"op": "first_x", "params": {"x": 20}},
                     {"op": "sigrid_hash", "params": {"salt": 7, "max_value": 1000}},
                 ],
+                "dedup_group": "user",
             },
         ],
         "label": "label",
@@ -63,6 +64,7 @@ def valid_proto(**overrides: Any) -> spec_pb2.SessionSpec:
         "negative_downsample_rate": 0.5,
         "sample_rate": 0.75,
         "sample_key": "row_id",
+        "dedup_min_share": 0.25,
     }
     fields.update(overrides)
     return spec_pb2.SessionSpec(**fields)
@@ -227,10 +229,38 @@ def test_kind_not_set() -> None:
     assert str(err) == "features[0].kind: is not set; set kind to dense or sparse"
 
 
-def test_dedup_group_is_reserved() -> None:
-    err = rejects(valid_proto(features=[feature(kind=SPARSE, dedup_group="g")]))
+def test_dedup_groups_are_kept_in_spec_order() -> None:
+    feats = [
+        feature(name="a", kind=SPARSE, dedup_group="user"),
+        feature(name="b", kind=SPARSE),
+        feature(name="c", kind=SPARSE, dedup_group="item"),
+        feature(name="d", kind=SPARSE, dedup_group="user"),
+    ]
+    spec = spec_from_proto(valid_proto(features=feats))
+    assert {g: [f.name for f in fs] for g, fs in spec.dedup_groups.items()} == {
+        "user": ["a", "d"],
+        "item": ["c"],
+    }
+    assert list(spec.dedup_groups) == ["user", "item"]
+
+
+def test_dedup_group_on_dense_is_rejected() -> None:
+    err = rejects(valid_proto(features=[feature(kind=DENSE, dedup_group="g")]))
     assert err.field == "features[0].dedup_group"
-    assert err.problem == "dedup groups are reserved and not supported yet (got 'g')"
+    assert err.problem == "feature 'f' is dense; only sparse features are deduplicated"
+
+
+def test_dedup_group_name_is_checked() -> None:
+    err = rejects(valid_proto(features=[feature(kind=SPARSE, dedup_group="9 x")]))
+    assert err.field == "features[0].dedup_group"
+    assert err.problem == "'9 x' is not a valid group name"
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, float("nan")])
+def test_dedup_min_share_range(share: float) -> None:
+    err = rejects(valid_proto(dedup_min_share=share))
+    assert err.field == "dedup_min_share"
+    assert err.problem.startswith("must be in [0, 1), got ")
 
 
 def test_unknown_op() -> None:

@@ -93,12 +93,12 @@ def test_section_that_is_not_arrow() -> None:
         decode_frame(frame)
 
 
-def test_dedup_section_is_refused_clearly() -> None:
+def test_malformed_dedup_section_is_refused_clearly() -> None:
     h = worker_pb2.FrameHeader(split_id="a")
     h.sections.add(name="dedup/g", offset=64, length=0)
     raw = h.SerializeToString()
     prefix = b"DPPF" + struct.pack("<I", len(raw)) + raw
-    with pytest.raises(FrameError, match="remove dedup_group"):
+    with pytest.raises(FrameError, match="dedup/g section of split a seq 0 is not an Arrow IPC"):
         decode_frame(prefix + b"\0" * (64 - len(prefix)))
 
 
