@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build lies in the local wheel store; any other spec pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,torchrec]'
+	# torchrec without its requirements, which would pull the CUDA fbgemm-gpu (the extra has the CPU build).
+	$(PY) -m pip install -q --no-deps torchrec==1.8.0
 	# Prometheus (promtool and the server) for the deploy/ checks and tests/integration/test_prometheus.py.
 	command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 	touch $(STAMP)

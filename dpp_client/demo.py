@@ -4,8 +4,9 @@ Run with ``python -m dpp_client.demo`` (what ``make demo`` runs). Owns only this
 to the cluster through subprocesses (``python -m dpp_server gen`` / ``up``) and the public
 client API, and must never import ``dpp_server`` or ``storage``.
 
-Lifecycle: the cluster runs in its own process group and is stopped in a ``finally`` (SIGTERM
-to the group, SIGKILL after 10 s), so no process outlives the demo, even on Ctrl-C.
+Lifecycle: the cluster runs in its own process group and is stopped in a ``finally`` (SIGINT
+to the group: every process stops at once, without the drain a SIGTERM asks of a worker;
+SIGKILL after 10 s), so no process outlives the demo, even on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -91,14 +92,14 @@ def _wait_ready(cluster: subprocess.Popen[bytes], ready_file: Path, stderr_path:
 
 
 def _stop(cluster: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the cluster's process group, then SIGKILL it after a grace period."""
+    """SIGINT the cluster's process group, then SIGKILL it after a grace period."""
     if cluster.poll() is not None:
         return
     try:
-        os.killpg(cluster.pid, signal.SIGTERM)
+        os.killpg(cluster.pid, signal.SIGINT)
         cluster.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
-        _log.warning("cluster ignored SIGTERM for %.0f s; killing it", STOP_GRACE_S)
+        _log.warning("cluster did not stop in %.0f s; killing it", STOP_GRACE_S)
         os.killpg(cluster.pid, signal.SIGKILL)
         cluster.wait()
     except ProcessLookupError:

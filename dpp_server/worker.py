@@ -156,7 +156,7 @@ class _Session:
 
 
 class _ActiveSplits:
-    """How many splits the pipeline threads are producing; a drain waits for none.
+    """A count a drain waits to see at zero (splits being produced, client streams open).
     Thread-safe: ``_cond`` guards ``_count``."""
 
     def __init__(self) -> None:
@@ -226,6 +226,9 @@ class Worker:
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._active = _ActiveSplits()
+        # Client streams open now (worker_service counts them): a drain with none left has
+        # nobody to hand its buffered frames to.
+        self.streams = _ActiveSplits()
         self._threads: list[threading.Thread] = []
         self._registration: Registration | None = None
 
@@ -256,19 +259,28 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout_s)
 
-    def drain(self, timeout_s: float = 30.0) -> None:
+    def drain(self, timeout_s: float = 30.0, unattended_s: float = 2.0) -> None:
         """Leaves gracefully (on SIGTERM): stops taking splits, finishes the ones in hand,
         waits for clients to take the buffered frames, then unregisters, which hands back
-        whatever is unfinished or unacknowledged. Bounded by ``timeout_s``."""
+        whatever is unfinished or unacknowledged. Bounded by ``timeout_s``; it also stops
+        waiting once no client has streamed for ``unattended_s`` (nobody would take the
+        frames: the splits are handed back instead)."""
         self._draining.set()
         deadline = time.monotonic() + timeout_s
         logger.info("worker %s draining (up to %.0fs)", self.worker_id, timeout_s)
-        finished = self._active.wait_idle(deadline - time.monotonic())
+        attended = time.monotonic()
+        finished = False
         while time.monotonic() < deadline:
             with self._lock:
                 buffers = list(self._buffers.values())
-            if all(b.empty() for b in buffers):
+            if self._active.wait_idle(0) and all(b.empty() for b in buffers):
+                finished = True
                 break
+            if self.streams.wait_idle(0):
+                if time.monotonic() - attended > unattended_s:
+                    break
+            else:
+                attended = time.monotonic()
             time.sleep(0.05)
         try:
             self._link.unregister(self.worker_id)
@@ -277,7 +289,7 @@ class Worker:
         logger.info(
             "worker %s drained (%s)",
             self.worker_id,
-            "all splits finished" if finished else "timed out with splits in hand",
+            "all splits finished and taken" if finished else "splits handed back",
         )
         self.stop()
 

@@ -179,10 +179,14 @@ class WorkerServicer:
     ) -> Iterator[bytes]:
         buffer = self.worker.buffer(request.session_id, request.rank)
         logger.info("client streaming session %s rank %d", request.session_id, request.rank)
-        while context.is_active() and not self.worker.stopping:
-            frame = buffer.get(self.poll_s)
-            if frame is not None:
-                yield frame
+        self.worker.streams.add(1)
+        try:
+            while context.is_active() and not self.worker.stopping:
+                frame = buffer.get(self.poll_s)
+                if frame is not None:
+                    yield frame
+        finally:
+            self.worker.streams.add(-1)
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         """The StreamBatches handler with raw-bytes responses (no response serializer)."""

@@ -40,10 +40,11 @@ def rows_of(cluster: LocalCluster, spec: SessionSpec) -> tuple[dict[int, tuple],
             assert list(plain.sparse) == ["u0", "u1", "s3"]
             for i, row_id in enumerate(plain.extras["row_id"].tolist()):
                 assert row_id not in out, f"row {row_id} delivered twice"
-                out[row_id] = tuple(
+                lists = [
                     tuple(jt.values[jt.offsets[i] : jt.offsets[i + 1]].tolist())
                     for jt in plain.sparse.values()
-                ) + (float(plain.dense[i, 0]), float(batch.labels[i]))  # type: ignore[index]
+                ]
+                out[row_id] = (*lists, float(plain.dense[i, 0]), float(batch.labels[i]))  # type: ignore[index]
         bytes_received = loader.stats.bytes_received
     return out, bytes_received, deduplicated
 

@@ -1,0 +1,110 @@
+"""Worker memory: peak RSS of one worker streaming a table far larger than its budget.
+
+    python -m bench.worker_memory [--rows 4400000] [--budget-mb 512]
+
+The budget is what the whole worker process may hold resident (``VmHWM``: interpreter,
+libraries, gRPC, every pipeline thread's chunks and the frame buffers), not only the frame
+buffer. The worker is configured to fit it: ``--buffer-mb`` frames per (session, rank), one
+pipeline thread reading ``--read-batch-rows`` rows at a time. The trainer is deliberately
+slower than the worker (``--consumer-sleep-ms`` per batch), so the frame buffer fills up and
+stays full: the worst case for memory. Reported: the table's size on disk and decoded (what
+the job's projection holds in memory), the worker's RSS when idle and its peak, and whether the
+peak stayed under the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.measure import ProcessSampler, peak_rss_mb
+from bench.workloads import Workload
+from dpp_client import DppLoader
+from dpp_server.cluster import LocalCluster
+from storage import GenConfig
+
+
+def _disk_bytes(uri: str) -> int:
+    return sum(p.stat().st_size for p in Path(uri).rglob("*.parquet"))
+
+
+def run(
+    table_dir: Path,
+    rows: int,
+    budget_mb: int,
+    buffer_mb: int,
+    read_batch_rows: int,
+    consumer_sleep_ms: float,
+    max_seconds: float,
+) -> dict[str, Any]:
+    workload = Workload("dlrm", GenConfig(rows=rows, seed=0), read_dense=13, read_sparse=26)
+    uri = workload.ensure_table(table_dir)
+    spec = workload.spec(uri)
+    worker_args = ["--buffer-mb", str(buffer_mb), "--read-batch-rows", str(read_batch_rows)]
+    sampler = ProcessSampler().start()
+    with LocalCluster(workers=1, pipeline_threads=1, worker_args=worker_args) as cluster:
+        worker_pid = cluster.workers[0].process.pid
+        time.sleep(1.0)
+        idle_mb = peak_rss_mb(worker_pid)
+        sampler.mark()
+        started = time.perf_counter()
+        delivered = nbytes = 0
+        with DppLoader(cluster.master_address, spec, prefetch_batches=4) as loader:
+            for batch in loader:
+                delivered += batch.num_rows
+                nbytes += batch.dense.nbytes + sum(
+                    j.values.nbytes + j.offsets.nbytes for j in batch.sparse.values()
+                )
+                if consumer_sleep_ms:
+                    time.sleep(consumer_sleep_ms / 1000)
+                if time.perf_counter() - started > max_seconds:
+                    break
+        seconds = time.perf_counter() - started
+        processes = sampler.stop()
+    worker = next(p for p in processes if p["pid"] == worker_pid)
+    peak = float(worker["peak_rss_mb"])  # type: ignore[arg-type]
+    decoded_estimate = nbytes / max(delivered, 1) * rows
+    return {
+        "table_rows": rows,
+        "table_disk_mb": round(_disk_bytes(uri) / 1e6),
+        "table_decoded_mb_estimate": round(decoded_estimate / 1e6),
+        "rows_delivered": delivered,
+        "seconds": round(seconds, 1),
+        "budget_mb": budget_mb,
+        "buffer_mb": buffer_mb,
+        "read_batch_rows": read_batch_rows,
+        "pipeline_threads": 1,
+        "consumer_sleep_ms": consumer_sleep_ms,
+        "worker_idle_rss_mb": round(idle_mb, 1),
+        "worker_peak_rss_mb": peak,
+        "under_budget": peak <= budget_mb,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table-dir", default="/tmp/dpp-bench")
+    parser.add_argument("--rows", type=int, default=4_400_000, help="about 2 GB of Parquet")
+    parser.add_argument("--budget-mb", type=int, default=512)
+    parser.add_argument("--buffer-mb", type=int, default=128)
+    parser.add_argument("--read-batch-rows", type=int, default=16_384)
+    parser.add_argument("--consumer-sleep-ms", type=float, default=20.0)
+    parser.add_argument("--max-seconds", type=float, default=240.0)
+    args = parser.parse_args()
+    result = run(
+        Path(args.table_dir),
+        args.rows,
+        args.budget_mb,
+        args.buffer_mb,
+        args.read_batch_rows,
+        args.consumer_sleep_ms,
+        args.max_seconds,
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
