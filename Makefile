@@ -3,42 +3,50 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck proto check-proto check-deploy bench clean
 
+# Runtime: what `make demo` needs (dpp, CPU torch).
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dpp needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build lies in the local wheel store; any other spec pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $(STAMP)
+
+# Tests: linters, type checker, torchrec (CPU), and a Prometheus server for the deploy checks.
+$(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,torchrec]'
 	# torchrec without its requirements, which would pull the CUDA fbgemm-gpu (the extra has the CPU build).
 	$(PY) -m pip install -q --no-deps torchrec==1.8.0
 	# Prometheus (promtool and the server) for the deploy/ checks and tests/integration/test_prometheus.py.
-	command -v prometheus >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
-	touch $(STAMP)
+	command -v prometheus >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
+	touch $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m dpp_client.demo $(DEMO_ARGS)
 
-test: $(STAMP) check-proto lint typecheck check-deploy
+test: $(DEV_STAMP) check-proto lint typecheck check-deploy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy
 
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	PYTHON=$(PY) scripts/gen_proto.sh
 
-check-proto: $(STAMP)
+check-proto: $(DEV_STAMP)
 	PYTHON=$(PY) scripts/check_proto.sh
 
 # deploy/: Prometheus config, alert rules and their unit tests, Kubernetes manifests (offline).
-check-deploy: $(STAMP)
+check-deploy: $(DEV_STAMP)
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
