@@ -8,6 +8,9 @@ processes) and streams frames to the trainer. Reported: median rows/s over repea
 ratio dpp / in-process.
 
     python -m bench.e2e --rows 1000000 --workers 1,2 --repeats 3
+
+The full suite (peers, both workloads, master rate, trainer CPU, worker memory) is
+``python -m bench.run`` (``make bench``); see ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations

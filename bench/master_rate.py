@@ -26,6 +26,7 @@ import os
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from dpp_client import Feature, Op, SessionSpec
@@ -137,11 +138,11 @@ def drive_grpc(num_splits: int, workers: int, threads: int, budget_s: float) -> 
         child.start()
         try:
             deadline = time.monotonic() + 120
-            while not os.path.exists(port_file) or not open(port_file).read():
+            while not os.path.exists(port_file) or not Path(port_file).read_text():
                 if time.monotonic() > deadline or not child.is_alive():
                     raise RuntimeError("the master child did not start")
                 time.sleep(0.05)
-            address = open(port_file).read()
+            address = Path(port_file).read_text()
             channel = grpc.insecure_channel(address)
             stub = master_pb2_grpc.MasterServiceStub(channel)
             ids = [

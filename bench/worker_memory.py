@@ -5,11 +5,11 @@
 The budget is what the whole worker process may hold resident (``VmHWM``: interpreter,
 libraries, gRPC, every pipeline thread's chunks and the frame buffers), not only the frame
 buffer. The worker is configured to fit it: ``--buffer-mb`` frames per (session, rank), one
-pipeline thread reading ``--read-batch-rows`` rows at a time. The trainer is deliberately
-slower than the worker (``--consumer-sleep-ms`` per batch), so the frame buffer fills up and
-stays full: the worst case for memory. Reported: the table's size on disk and decoded (what
-the job's projection holds in memory), the worker's RSS when idle and its peak, and whether the
-peak stayed under the budget.
+pipeline thread reading ``--read-batch-rows`` rows at a time. The trainer sleeps
+``--consumer-sleep-ms`` per batch, about the worker's pace on 2 cores, so frames queue up in
+the worker rather than being taken as soon as they are made. Reported: the table's size on
+disk and decoded (what the job's projection holds in memory), the worker's RSS when idle and
+its peak, and whether the peak stayed under the budget.
 """
 
 from __future__ import annotations

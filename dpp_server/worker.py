@@ -33,7 +33,7 @@ from dpp_proto import worker_pb2
 from dpp_server.frames import FrameEncoder
 from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
-from dpp_server.transforms.dedup import DedupPipeline
+from dpp_server.transforms.dedup import DedupPipeline, concat_rows
 from storage import Filter, parse_filter, read_split, resolve
 
 logger = logging.getLogger(__name__)
@@ -466,7 +466,7 @@ class Worker:
         self, session: _Session, lease: LeaseGrant, seq: int, batch: pa.RecordBatch
     ) -> bytes:
         started = time.perf_counter()
-        rows, sections = session.pipeline.finish(batch)  # dedup groups: per batch, unique rows
+        rows, sections = session.pipeline.finish(batch)  # dedup groups: the batch's unique rows
         self._stats.add_seconds("transform_s", time.perf_counter() - started)
         started = time.perf_counter()
         frame = session.encoder.encode(self._header(lease, seq, batch.num_rows), rows, sections)
@@ -551,4 +551,4 @@ def _take_rows(pieces: collections.deque[pa.RecordBatch], rows: int) -> pa.Recor
             piece = piece.slice(0, needed)
         taken.append(piece)
         needed -= piece.num_rows
-    return pa.Table.from_batches(taken).combine_chunks().to_batches()[0]
+    return concat_rows(taken)  # dedup groups: dictionary columns of several chunks

@@ -25,15 +25,16 @@ Worked example (batch of 4 rows, group ``user`` = features ``u0`` (source ``spar
 
 1. Raw inputs per row: ``(sparse_0, sparse_1, sparse_2)`` = A, A, B, A (rows 0, 1 and 3 equal).
 2. :func:`unique_rows`: rows 0 and 1 are adjacent and equal (a run); the run heads 0, 2 and 3
-   are grouped exactly: 0 and 3 are equal. Unique rows ``[0, 2]`` (first occurrence order),
-   inverse ``[0, 0, 1, 0]``.
+   are bucketed by hash and compared: 0 and 3 are equal. Unique rows ``[0, 2]`` (first
+   occurrence order), inverse ``[0, 0, 1, 0]``.
 3. ``u0`` and ``u1`` are computed on 2 rows; ``dedup/user`` holds them; rows hold the inverse.
    The client's expansion ``unique[inverse]`` is the plain batch, exactly.
 
 Exactness: rows are merged only when their raw inputs are equal, never on a hash alone:
 adjacent rows are compared value by value (numpy over flat ids for integer lists and
-integers, polars ``eq_missing`` otherwise), and the run heads are grouped by polars
-``group_by`` (which compares keys, not only hashes). Equality is polars' (a null list equals a
+integers, polars ``eq_missing`` otherwise); the run heads are bucketed by a 64-bit hash and
+each is compared, the same way, with the first row of its bucket (a collision only starts a
+group of its own). Equality is polars' (a null list equals a
 null list, NaN equals NaN, -0.0 equals 0.0); every op gives equal outputs for equal inputs under
 it, so the expansion equals the plain batch. Thread-safe like ``FeaturePipeline``: immutable
 after ``__init__`` apart from the pipelines' own guarded caches.
@@ -56,12 +57,13 @@ from dpp_server import wire
 from dpp_server.spec import Feature, Spec
 from dpp_server.transforms.pipeline import FeaturePipeline
 
-__all__ = ["DedupPipeline", "Section", "session_starts", "unique_rows"]
+__all__ = ["DedupPipeline", "Section", "concat_rows", "session_starts", "unique_rows"]
 
 #: A frame section besides "rows": its name and its record batch.
 Section = tuple[str, pa.RecordBatch]
 
-_ROW_INDEX = "__dpp_row"
+#: Rows per block in :func:`_and_same_int_lists` (its temporaries then stay in cache).
+_SAME_BLOCK_ROWS = 8192
 
 
 def unique_rows(
@@ -77,25 +79,108 @@ def unique_rows(
         order of first occurrence; ``inverse`` int32 ``[B]``, with ``first[inverse[i]]`` a row
         equal to row ``i`` (and ``inverse[first[u]] == u``).
     """
+    first, inverse, _ = _unique(batch)
+    return first, inverse
+
+
+def _unique(
+    batch: pa.RecordBatch | pa.Table,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], pa.RecordBatch | pa.Table]:
+    """:func:`unique_rows`, and the unique rows themselves (``batch.take(first)``)."""
     rows = batch.num_rows
     if rows == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int32)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int32), batch
     same = _same_as_previous(batch)
     heads = np.flatnonzero(~same)
-    run = np.cumsum(~same) - 1  # each row's run (index into heads)
     if len(heads) == 1:
-        return heads.astype(np.int64), np.zeros(rows, dtype=np.int32)
-    frame = cast(pl.DataFrame, pl.from_arrow(batch))
-    head_frame = frame[heads].with_row_index(_ROW_INDEX)
-    groups = head_frame.group_by(frame.columns, maintain_order=True).agg(pl.col(_ROW_INDEX))
-    members = groups.get_column(_ROW_INDEX)
-    flat = members.explode().to_numpy().astype(np.int64)
-    sizes = members.list.len().to_numpy()
-    group_of_head = np.empty(len(heads), dtype=np.int32)
-    group_of_head[flat] = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
-    first_head = members.list.first().to_numpy().astype(np.int64)
+        return heads.astype(np.int64), np.zeros(rows, dtype=np.int32), batch.slice(0, 1)
+    run = np.cumsum(~same) - 1  # each row's run (index into heads)
+    head_rows = batch.take(pa.array(heads))
+    group_of_head, first_head = _group_heads(head_rows)
     inverse: npt.NDArray[np.int32] = group_of_head[run]
-    return heads[first_head].astype(np.int64), inverse
+    if len(first_head) < len(heads):  # else every run head is a unique row
+        head_rows = head_rows.take(pa.array(first_head))
+    return heads[first_head].astype(np.int64), inverse, head_rows
+
+
+def _group_heads(
+    heads: pa.RecordBatch | pa.Table,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """Groups equal rows exactly: each row's group (in order of first occurrence) and each
+    group's first row.
+
+    Rows are bucketed by a 64-bit hash of their values, and each row is then compared value by
+    value with the first row of its bucket; a row that differs (a hash collision) starts a
+    group of its own, so a collision can cost a missed merge, never a wrong one.
+    """
+    count = heads.num_rows
+    hashes = cast(pl.DataFrame, pl.from_arrow(heads)).hash_rows(seed=0x5EED).to_numpy()
+    _, first_of_hash, bucket = np.unique(hashes, return_index=True, return_inverse=True)
+    candidate = first_of_hash[bucket.reshape(-1)].astype(np.int64)
+    rows = np.arange(count, dtype=np.int64)
+    check = np.flatnonzero(candidate != rows)
+    if len(check):
+        equal = np.ones(len(check), dtype=np.bool_)
+        for column in heads.columns:
+            array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+            equal &= _pairs_equal(array, check, candidate[check])
+        candidate[check[~equal]] = check[~equal]
+    # candidate[i] is now the first row equal to row i; number the groups by first occurrence.
+    is_first = candidate == rows
+    group_of_first = np.cumsum(is_first) - 1
+    group: npt.NDArray[np.int32] = group_of_first[candidate].astype(np.int32)
+    return group, np.flatnonzero(is_first).astype(np.int64)
+
+
+def _pairs_equal(
+    array: pa.Array, left: npt.NDArray[np.int64], right: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """``array[left[k]] == array[right[k]]`` for every k (polars equality, nulls equal nulls)."""
+    dtype = array.type
+    if (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and pa.types.is_integer(
+        dtype.value_type
+    ):
+        offsets = array.offsets.to_numpy().astype(np.int64)
+        start, stop = int(offsets[0]), int(offsets[-1])
+        values = array.values.slice(start, stop - start)
+        if values.null_count == 0:
+            return _int_list_pairs_equal(array, offsets - start, values.to_numpy(), left, right)
+    elif pa.types.is_integer(dtype) and array.null_count == 0:
+        ints = array.to_numpy()
+        equal: npt.NDArray[np.bool_] = ints[left] == ints[right]
+        return equal
+    series = cast(pl.Series, pl.from_arrow(array))
+    index_l, index_r = pl.Series(left), pl.Series(right)
+    return series.gather(index_l).eq_missing(series.gather(index_r)).to_numpy()
+
+
+def _int_list_pairs_equal(
+    array: pa.Array,
+    offsets: npt.NDArray[np.int64],
+    values: npt.NDArray[Any],
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+) -> npt.NDArray[np.bool_]:
+    """:func:`_pairs_equal` for integer lists without null ids, over the flat ids."""
+    lengths = np.diff(offsets)
+    equal: npt.NDArray[np.bool_] = lengths[left] == lengths[right]
+    if array.null_count:
+        valid = array.is_valid().to_numpy(zero_copy_only=False)
+        equal &= valid[left] == valid[right]
+    pairs = np.flatnonzero(equal)
+    sizes = lengths[left[pairs]]
+    total = int(sizes.sum())
+    if total == 0:
+        return equal
+    # Flat positions of the compared ids: start of the row plus the position inside it.
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    at_left = np.repeat(offsets[left[pairs]], sizes) + within
+    at_right = np.repeat(offsets[right[pairs]], sizes) + within
+    mismatch = np.zeros(total + 1, dtype=np.int64)
+    np.cumsum(values[at_left] != values[at_right], out=mismatch[1:])
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    equal[pairs] = mismatch[bounds[1:]] == mismatch[bounds[:-1]]
+    return equal
 
 
 def session_starts(batch: pa.RecordBatch | pa.Table) -> npt.NDArray[np.int64]:
@@ -162,14 +247,21 @@ def _and_same_int_lists(
     values = array.values.slice(start, stop - start).to_numpy()
     index_type = np.int32 if len(values) < 2**31 else np.int64
     small: npt.NDArray[np.signedinteger[Any]] = lengths.astype(index_type)
-    # For a row as long as the previous one, id p's counterpart sits one length earlier.
-    # Elsewhere the index points anywhere in range (>= -len(values)), and is masked by `same`.
-    earlier: npt.NDArray[np.signedinteger[Any]] = np.arange(len(values), dtype=index_type)
-    earlier -= np.repeat(small, small)
-    mismatch = np.zeros(len(values) + 1, dtype=index_type)
-    np.cumsum(values != values[earlier], out=mismatch[1:])
     local = offsets - start
-    same &= mismatch[local[1:]] == mismatch[local[:-1]]
+    # Blocks of rows keep the temporaries in cache (3x faster than one pass over the column).
+    for first in range(0, len(lengths), _SAME_BLOCK_ROWS):
+        last = min(len(lengths), first + _SAME_BLOCK_ROWS)
+        lo, hi = int(local[first]), int(local[last])
+        if hi == lo:
+            continue
+        # For a row as long as the previous one, id p's counterpart sits one length earlier.
+        # Elsewhere the index points anywhere in [-len(values), p], masked by `same`.
+        earlier = np.repeat(small[first:last], small[first:last])
+        np.subtract(np.arange(lo, hi, dtype=index_type), earlier, out=earlier)
+        mismatch = np.zeros(hi - lo + 1, dtype=index_type)
+        np.cumsum(values[lo:hi] != np.take(values, earlier), out=mismatch[1:])
+        bounds = local[first : last + 1] - lo
+        same[first:last] &= mismatch[bounds[1:]] == mismatch[bounds[:-1]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +304,7 @@ class DedupPipeline:
             self.input_columns: list[str] = self._rows.input_columns
             self._groups: tuple[_Group, ...] = ()
             self._helpers: frozenset[str] = frozenset()
+            self._group_columns: frozenset[str] = frozenset()
             return
         if input_schema is not None:
             spec_lib.check_against_schema(spec, input_schema)
@@ -261,14 +354,43 @@ class DedupPipeline:
                 _Group(g, fs, inputs[g], FeaturePipeline(group_spec, group_schema), schema)
             )
         self._groups = tuple(groups)
+        self._group_columns = frozenset(f.name for g in groups for f in g.section_schema)
         self._metadata = {
             wire.METADATA_SPARSE: json.dumps([f.name for f in spec.sparse_features]).encode(),
             wire.METADATA_DEDUP: json.dumps(self.groups).encode(),
         }
 
     def apply(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
-        """Stage 1, per read chunk: everything but the dedup groups (see the module doc)."""
-        return self._rows.apply(batch)
+        """Stage 1, per read chunk: every feature; a group's features on the chunk's unique rows.
+
+        Each feature of a group becomes a dictionary column ``sparse.<name>`` (indices: the
+        chunk's inverse, shared by the group's features; dictionary: the feature on the chunk's
+        unique rows), which :meth:`finish` turns into the wire layout per cut batch. Slices of
+        the result are zero-copy; join pieces of several chunks with :func:`concat_rows`.
+        """
+        out = self._rows.apply(batch)
+        if not self._groups:
+            return out
+        arrays: list[pa.Array] = []
+        fields: list[pa.Field] = []
+        for i, field in enumerate(out.schema):
+            if field.name not in self._helpers:
+                fields.append(field)
+                arrays.append(out.column(i))
+        for group in self._groups:
+            raw = pa.RecordBatch.from_arrays(
+                [out.column(wire.EXTRA_PREFIX + c) for c in group.inputs],
+                names=list(group.inputs),
+            )
+            _, inverse, unique_raw = _unique(raw)
+            unique = group.pipeline.apply(unique_raw)
+            indices = pa.array(inverse, type=wire.INVERSE_TYPE)
+            for field in group.section_schema:
+                column = pa.DictionaryArray.from_arrays(indices, unique.column(field.name))
+                fields.append(pa.field(field.name, column.type, nullable=False))
+                arrays.append(column)
+        schema = pa.schema(fields, metadata=out.schema.metadata)
+        return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
     def session_starts(self, batch: pa.RecordBatch | pa.Table) -> npt.NDArray[np.int64] | None:
         """Where the sessions of a raw read chunk begin: runs of rows whose inputs of the first
@@ -280,43 +402,71 @@ class DedupPipeline:
     def finish(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, list[Section]]:
         """Stage 2, per delivered batch: the rows section's batch and the dedup sections.
 
+        Only integer work per group: the batch's slice of the chunk's inverse is re-numbered to
+        the batch's own unique rows (in order of first occurrence in the batch), and those are
+        taken from the chunk's unique results.
+
         Args:
-            batch: ``B >= 1`` rows cut from :meth:`apply`'s output.
+            batch: ``B >= 1`` rows cut from :meth:`apply`'s output (a slice, or pieces joined
+                by :func:`concat_rows`).
         """
         if not self._groups:
             return batch, []
         arrays: list[pa.Array] = []
         fields: list[pa.Field] = []
         for i, field in enumerate(batch.schema):
-            if field.name not in self._helpers:
+            if field.name not in self._group_columns:
                 fields.append(field)
                 arrays.append(batch.column(i))
         sections: list[Section] = []
         rows = batch.num_rows
         for group in self._groups:
-            raw = pa.RecordBatch.from_arrays(
-                [batch.column(wire.EXTRA_PREFIX + c) for c in group.inputs],
-                names=list(group.inputs),
+            columns = [batch.column(field.name) for field in group.section_schema]
+            unique = pa.RecordBatch.from_arrays(
+                [c.dictionary for c in columns], schema=group.section_schema
             )
-            first, inverse = unique_rows(raw)
-            unique = group.pipeline.apply(raw.take(pa.array(first)))
-            columns = [unique.column(wire.SPARSE_PREFIX + f.name) for f in group.features]
-            if 1.0 - len(first) / rows >= self._min_share:
+            chunk_ids = columns[0].indices.to_numpy()
+            ids, first, local = np.unique(chunk_ids, return_index=True, return_inverse=True)
+            # Number the batch's unique rows by first occurrence in the batch.
+            order = np.argsort(first, kind="stable")
+            rank = np.empty(len(order), dtype=np.int32)
+            rank[order] = np.arange(len(order), dtype=np.int32)
+            if 1.0 - len(ids) / rows >= self._min_share:
+                take = pa.array(ids[order])
                 fields.append(pa.field(wire.inverse_column(group.name), wire.INVERSE_TYPE, False))
-                arrays.append(pa.array(inverse, type=wire.INVERSE_TYPE))
-                sections.append(
-                    (
-                        wire.DEDUP_SECTION_PREFIX + group.name,
-                        pa.RecordBatch.from_arrays(columns, schema=group.section_schema),
-                    )
-                )
+                arrays.append(pa.array(rank[local.reshape(-1)], type=wire.INVERSE_TYPE))
+                sections.append((wire.DEDUP_SECTION_PREFIX + group.name, unique.take(take)))
             else:
-                take = pa.array(inverse)
                 fields.extend(group.section_schema)
-                arrays.extend(column.take(take) for column in columns)
+                arrays.extend(unique.take(pa.array(chunk_ids)).columns)
         metadata = {**(batch.schema.metadata or {}), **self._metadata}
         schema = pa.schema(fields, metadata=metadata)
         return pa.RecordBatch.from_arrays(arrays, schema=schema), sections
+
+
+def concat_rows(pieces: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
+    """Joins consecutive pieces of :meth:`DedupPipeline.apply` outputs (of one or several
+    chunks) into one batch; a dictionary column's dictionaries are concatenated and its
+    indices rebased (Arrow cannot unify list dictionaries)."""
+    schema = pieces[0].schema
+    if not any(pa.types.is_dictionary(field.type) for field in schema):
+        return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
+    arrays: list[pa.Array] = []
+    for i, field in enumerate(schema):
+        parts = [piece.column(i) for piece in pieces]
+        if not pa.types.is_dictionary(field.type):
+            arrays.append(pa.concat_arrays(parts))
+            continue
+        sizes = np.array([len(part.dictionary) for part in parts], dtype=np.int64)
+        starts = np.cumsum(sizes) - sizes
+        indices = np.concatenate(
+            [part.indices.to_numpy() + start for part, start in zip(parts, starts, strict=True)]
+        )
+        dictionary = pa.concat_arrays([part.dictionary for part in parts])
+        arrays.append(
+            pa.DictionaryArray.from_arrays(pa.array(indices, type=wire.INVERSE_TYPE), dictionary)
+        )
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def expand(

@@ -232,3 +232,23 @@ def test_group_only_spec_without_other_features(rows: int) -> None:
     pipeline = DedupPipeline(spec, table.schema)
     out, sections = pipeline.finish(pipeline.apply(table))
     assert out.num_rows == rows and sections[0][1].num_rows == 1
+
+
+def test_hash_collisions_never_merge_different_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import polars as pl
+
+    def colliding(self: pl.DataFrame, seed: int = 0) -> pl.Series:
+        return pl.Series([0] * self.height, dtype=pl.UInt64)
+
+    monkeypatch.setattr(pl.DataFrame, "hash_rows", colliding)
+    table = pa.table(
+        {
+            "a": pa.array([[1], [2], [1], [2, 3], None, [2, 3], None], pa.list_(pa.int64())),
+            "s": pa.array(["x", "x", "x", "y", "x", "y", "x"]),
+        }
+    )
+    first, inverse = unique_rows(table)
+    rows = table.to_pylist()
+    # Every row still maps to an equal row (a collision costs merges, never correctness).
+    assert [rows[int(first[u])] for u in inverse] == rows
+    assert list(inverse[:3]) == [0, 1, 0]  # row 2 equals row 0, its bucket's first row
