@@ -23,14 +23,11 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
-from dpp_client import DppLoader, Feature, Op, SessionSpec, batch_from_arrow
+from bench.pipelines import run_inprocess
+from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_server.cluster import LocalCluster
-from dpp_server.spec import spec_from_proto
-from dpp_server.transforms import FeaturePipeline
-from dpp_server.worker import _take_rows
-from storage import GenConfig, Table, generate_table, parse_filter, read_split
+from storage import GenConfig, generate_table
 
 ROW_FILTER = "dense_12 IS NOT NULL OR label = 1"
 
@@ -74,35 +71,10 @@ def ensure_table(directory: Path, rows: int) -> str:
 
 
 def run_in_process(spec: SessionSpec) -> tuple[int, float]:
-    """The same read/filter/transform/batch/decode in the trainer's process."""
+    """The same read/filter/transform/batch/decode in the trainer's process (the suite's
+    in-process pipeline), timed."""
     started = time.perf_counter()
-    server_spec = spec_from_proto(spec.to_proto())
-    table = Table.open(server_spec.table_uri)
-    row_filter = parse_filter(server_spec.row_filter, "row_filter")
-    plan = table.plan_splits(server_spec.target_split_rows, row_filter=row_filter)
-    pipeline = FeaturePipeline(server_spec)
-    rows = 0
-    pieces: collections.deque[Any] = collections.deque()
-    held = 0
-    for split in plan.splits:
-        for raw in read_split(
-            split,
-            filesystem=table.filesystem,
-            columns=pipeline.input_columns,
-            row_filter=row_filter,
-            batch_rows=65_536,
-        ):
-            if raw.num_rows == 0:
-                continue
-            wire = pipeline.apply(raw)
-            pieces.append(wire)
-            held += wire.num_rows
-            while held >= server_spec.batch_size:
-                batch = batch_from_arrow(_take_rows(pieces, server_spec.batch_size))
-                rows += batch.num_rows
-                held -= server_spec.batch_size
-    if held:
-        rows += batch_from_arrow(_take_rows(pieces, held)).num_rows
+    rows, _ = run_inprocess(spec, max_rows=1 << 62)
     return rows, time.perf_counter() - started
 
 
