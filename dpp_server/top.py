@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -126,18 +127,20 @@ def cmd_scale(args: argparse.Namespace) -> int:
     _stub(args.master).SetWorkerTarget(
         master_pb2.SetWorkerTargetRequest(workers=workers), timeout=10
     )
-    print(
-        f"worker target of {args.master}: {workers}"
+    # Command output (this module holds the `dpp top` / `dpp scale` commands), not logging.
+    sys.stdout.write(
+        f"worker target of {args.master}: {workers}\n"
         if workers
-        else f"worker target of {args.master}: cleared (autoscaler decides)",
-        flush=True,
+        else f"worker target of {args.master}: cleared (autoscaler decides)\n"
     )
+    sys.stdout.flush()
     return 0
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     if args.json:
-        print(json.dumps(status_to_dict(fetch_status(args.master)), indent=2, sort_keys=True))
+        status = status_to_dict(fetch_status(args.master))
+        sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
         return 0
     from rich.console import Console
     from rich.live import Live
