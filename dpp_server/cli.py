@@ -77,6 +77,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
         sparse=args.sparse,
         rows_per_session=args.rows_per_session,
         user_sparse_share=args.user_sparse_share,
+        max_list_len=args.max_list_len,
+        max_user_list_len=args.max_user_list_len,
         row_group_rows=args.row_group_rows,
         rows_per_file=args.rows_per_file,
         seed=args.seed,
@@ -244,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean rows per user session (their user-side features are identical)",
     )
     gen.add_argument("--user-sparse-share", type=float, default=0.5)
+    gen.add_argument(
+        "--max-list-len", type=int, default=30, help="most ids per list (mean about a third)"
+    )
+    gen.add_argument(
+        "--max-user-list-len",
+        type=int,
+        default=None,
+        help="most ids per user-side list, e.g. 100 for history-like features "
+        "(default: --max-list-len)",
+    )
     gen.add_argument("--row-group-rows", type=int, default=32_768)
     gen.add_argument("--rows-per-file", type=int, default=131_072)
     gen.add_argument("--seed", type=int, default=0)

@@ -3,9 +3,9 @@
 Owns: session clustering of an existing table. Recommendation logs arrive in time order, so
 one user session's rows are scattered among other sessions' rows; Parquet then stores the
 session's repeated user-side features many times in many pages. Clustering each partition by
-a session key puts those rows next to each other, so dictionary and run-length encoding store
-a repeated list once per session (the storage half of RecD), and a worker's batches hold
-whole sessions, which is what per-batch deduplication needs.
+a session key puts those rows next to each other, so the codec stores a repeated list about
+once per session (the storage half of RecD), and a worker's batches hold whole sessions,
+which is what per-batch deduplication needs.
 
 How (one partition at a time, so memory holds one partition, never the table):
 
@@ -15,7 +15,8 @@ How (one partition at a time, so memory holds one partition, never the table):
    order; keys keep the order in which they first appear, so time order is roughly kept):
    ``argsort(dictionary_encode(key).indices, stable)``. Null keys go last.
 4. The clustered rows are written back as the same files (same relative paths, same row
-   counts per file) with the source's row group size and compression codec.
+   counts per file) with the source's row group size and compression codec, and list columns
+   without dictionaries (see :func:`storage.synthetic.dictionary_columns` for why).
 
 Must never import: grpc, torch, ``dpp_server``, ``dpp_client``.
 """
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 
 from storage.errors import StorageError
 from storage.filesystem import resolve
-from storage.synthetic import refuse_existing
+from storage.synthetic import dictionary_columns, refuse_existing
 from storage.table import FileInfo, Table
 
 logger = logging.getLogger(__name__)
@@ -174,7 +175,12 @@ def _write_file(
     try:
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with filesystem.open_output_stream(path) as sink:
-            with pq.ParquetWriter(sink, data.schema, compression=codec) as writer:
+            with pq.ParquetWriter(
+                sink,
+                data.schema,
+                compression=codec,
+                use_dictionary=dictionary_columns(data.schema, clustered=True),
+            ) as writer:
                 writer.write_table(data, row_group_size=max(1, row_group_rows))
             return int(sink.tell())
     except OSError as exc:

@@ -43,7 +43,14 @@ from storage.filesystem import resolve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GenConfig", "GenSummary", "generate_table", "refuse_existing", "table_schema"]
+__all__ = [
+    "GenConfig",
+    "GenSummary",
+    "dictionary_columns",
+    "generate_table",
+    "refuse_existing",
+    "table_schema",
+]
 
 FIRST_DAY = dt.date(2026, 1, 1)
 # Files generated at once. Each holds ~rows_per_file * sparse * max_list_len/3 ids in memory
@@ -71,6 +78,10 @@ class GenConfig:
         zipf_a: Zipf exponent (> 1) of id popularity; smaller is heavier-tailed.
         max_list_len: sparse lists hold 0..max_list_len ids (mean about a third of it,
             empty lists included); longer lists cost bytes linearly.
+        max_user_list_len: the same for user-side lists; None means ``max_list_len``. Real
+            user-side features are mostly histories (ids the user clicked, watched, followed),
+            far longer than an impression's item-side lists, so they hold most of a row's bytes
+            and most of what deduplication saves; set it to model that.
         null_share: share of null dense values, to exercise null handling in transforms.
         click_rate: mean of ``label``; it rises weakly with ``dense_0`` so a model can learn.
         row_group_rows: rows per Parquet row group; smaller gives finer splits and more
@@ -93,6 +104,7 @@ class GenConfig:
     id_space: int = 10_000_000
     zipf_a: float = 1.2
     max_list_len: int = 30
+    max_user_list_len: int | None = None
     null_share: float = 0.1
     click_rate: float = 0.03
     row_group_rows: int = 32_768
@@ -111,6 +123,10 @@ class GenConfig:
             (self.id_space >= 1, "id_space must be >= 1"),
             (self.zipf_a > 1.0, "zipf_a must be > 1 (a Zipf law needs it to normalize)"),
             (self.max_list_len >= 0, "max_list_len must be >= 0"),
+            (
+                self.max_user_list_len is None or self.max_user_list_len >= 0,
+                "max_user_list_len must be >= 0 (or None for max_list_len)",
+            ),
             (0.0 <= self.null_share < 1.0, "null_share must be in [0, 1)"),
             (0.0 < self.click_rate < 1.0, "click_rate must be in (0, 1)"),
             (self.row_group_rows >= 1, "row_group_rows must be >= 1"),
@@ -124,6 +140,12 @@ class GenConfig:
     def num_user_sparse(self) -> int:
         """How many leading ``sparse_*`` columns are user-side (identical within a session)."""
         return round(self.sparse * self.user_sparse_share)
+
+    def list_len_cap(self, feature: int) -> int:
+        """The most ids a list of ``sparse_<feature>`` holds (user-side or item-side cap)."""
+        if feature < self.num_user_sparse and self.max_user_list_len is not None:
+            return self.max_user_list_len
+        return self.max_list_len
 
 
 @dataclass(frozen=True)
@@ -228,6 +250,26 @@ def refuse_existing(filesystem: pafs.FileSystem, root: str, uri: str) -> None:
         )
 
 
+def dictionary_columns(schema: pa.Schema, clustered: bool) -> bool | list[str]:
+    """Which columns Parquet should dictionary-encode (``use_dictionary`` of the writer).
+
+    Interleaved tables: every column (pyarrow's default), which is smallest there. Clustered
+    tables: all but the list columns. A session's repeated list is then a byte-identical run
+    of plain int64 ids that zstd stores about once; dictionary indices are bit-packed at
+    widths that shift each repeat off byte boundaries, so zstd finds few of them. Measured on
+    a 131k-row file (10 rows per session, half the features user-side, histories up to 100
+    ids, zstd level 1): clustered 74 MB with dictionaries, 56 MB without; interleaved 123 MB
+    with dictionaries, 142 MB without.
+    """
+    if not clustered:
+        return True
+    return [
+        field.name
+        for field in schema
+        if not (pa.types.is_list(field.type) or pa.types.is_large_list(field.type))
+    ]
+
+
 def _plan_files(root: str, config: GenConfig) -> Iterator[_FileTask]:
     """Spreads rows evenly over days, then cuts each day into files of rows_per_file."""
     base, extra = divmod(config.rows, config.days)
@@ -253,7 +295,13 @@ def _write_file(
     try:
         filesystem.create_dir(folder, recursive=True)
         with filesystem.open_output_stream(task.path) as sink:
-            with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as w:
+            with pq.ParquetWriter(
+                sink,
+                schema,
+                compression="zstd",
+                compression_level=1,
+                use_dictionary=dictionary_columns(schema, config.clustered),
+            ) as w:
                 w.write_table(table, row_group_size=config.row_group_rows)
             size = int(sink.tell())
     except OSError as exc:
@@ -333,13 +381,13 @@ def _dense(rng: np.random.Generator, n: int, config: GenConfig) -> list[pa.Array
 def _id_lists(rng: np.random.Generator, count: int, feature: int, config: GenConfig) -> pa.Array:
     """``count`` lists of Zipf-distributed ids built from offsets and values, never per row.
 
-    Lengths are floor(exponential) clipped to max_list_len: mean about max_list_len / 3,
-    with roughly 1 in 10 lists empty at the defaults.
+    Lengths are floor(exponential) clipped to the feature's cap (``max_list_len``, or
+    ``max_user_list_len`` for user-side features): mean about a third of the cap, with roughly
+    1 in 10 lists empty at the defaults.
     """
-    scale = config.max_list_len / 3.0 + 0.5
-    lengths = np.minimum(np.floor(rng.exponential(scale, size=count)), config.max_list_len).astype(
-        np.int32
-    )
+    cap = config.list_len_cap(feature)
+    scale = cap / 3.0 + 0.5
+    lengths = np.minimum(np.floor(rng.exponential(scale, size=count)), cap).astype(np.int32)
     offsets = np.zeros(count + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])

@@ -31,11 +31,11 @@ Worked example (batch of 4 rows, group ``user`` = features ``u0`` (source ``spar
    The client's expansion ``unique[inverse]`` is the plain batch, exactly.
 
 Exactness: rows are merged only when their raw inputs are equal, never on a hash alone:
-adjacent rows are compared value by value (numpy over flat ids for integer lists and
-integers, polars ``eq_missing`` otherwise); the run heads are bucketed by a 64-bit hash and
-each is compared, the same way, with the first row of its bucket (a collision only starts a
-group of its own). Equality is polars' (a null list equals a
-null list, NaN equals NaN, -0.0 equals 0.0); every op gives equal outputs for equal inputs under
+adjacent rows are compared value by value (numpy for integer columns, Arrow's binary
+``equal`` over a byte view of integer lists, polars ``eq_missing`` otherwise); the run heads
+are bucketed by a 64-bit hash and each is compared, the same way, with the first row of its
+bucket (a collision only starts a group of its own). Equality is polars' (a null list equals
+a null list, NaN equals NaN, -0.0 equals 0.0); every op gives equal outputs for equal inputs under
 it, so the expansion equals the plain batch. Thread-safe like ``FeaturePipeline``: immutable
 after ``__init__`` apart from the pipelines' own guarded caches.
 """
@@ -45,12 +45,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dpp_server import spec as spec_lib
 from dpp_server import wire
@@ -61,9 +62,6 @@ __all__ = ["DedupPipeline", "Section", "concat_rows", "session_starts", "unique_
 
 #: A frame section besides "rows": its name and its record batch.
 Section = tuple[str, pa.RecordBatch]
-
-#: Rows per block in :func:`_and_same_int_lists` (its temporaries then stay in cache).
-_SAME_BLOCK_ROWS = 8192
 
 
 def unique_rows(
@@ -137,49 +135,56 @@ def _pairs_equal(
 ) -> npt.NDArray[np.bool_]:
     """``array[left[k]] == array[right[k]]`` for every k (polars equality, nulls equal nulls)."""
     dtype = array.type
-    if (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and pa.types.is_integer(
-        dtype.value_type
-    ):
-        offsets = array.offsets.to_numpy().astype(np.int64)
-        start, stop = int(offsets[0]), int(offsets[-1])
-        values = array.values.slice(start, stop - start)
-        if values.null_count == 0:
-            return _int_list_pairs_equal(array, offsets - start, values.to_numpy(), left, right)
-    elif pa.types.is_integer(dtype) and array.null_count == 0:
+    if pa.types.is_integer(dtype) and array.null_count == 0:
         ints = array.to_numpy()
         equal: npt.NDArray[np.bool_] = ints[left] == ints[right]
         return equal
+    as_bytes = _int_lists_as_bytes(array)
+    if as_bytes is not None:
+        index_l, index_r = pa.array(left), pa.array(right)
+        same = pc.equal(as_bytes.take(index_l), as_bytes.take(index_r))
+        return _nulls_equal(same, array, left, right)
     series = cast(pl.Series, pl.from_arrow(array))
     index_l, index_r = pl.Series(left), pl.Series(right)
     return series.gather(index_l).eq_missing(series.gather(index_r)).to_numpy()
 
 
-def _int_list_pairs_equal(
+def _int_lists_as_bytes(array: pa.Array) -> pa.Array | None:
+    """A zero-copy ``large_binary`` view of an integer list array: row ``i`` is the bytes of
+    its ids, so Arrow's binary ``equal`` (a length check and a memcmp per row) compares lists
+    exactly; 5-10x faster than polars' list equality or a numpy pass over the flat ids
+    (measured). Every row of the view is valid (a null list reads as its offsets' bytes): the
+    caller decides nulls. None when this does not apply: not a list of integers, or null ids.
+    """
+    dtype = array.type
+    if not (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)):
+        return None
+    if not pa.types.is_integer(dtype.value_type):
+        return None
+    offsets = array.offsets.to_numpy()
+    values = array.values
+    if values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])).null_count:
+        return None
+    width = dtype.value_type.bit_width // 8
+    byte_offsets = (offsets.astype(np.int64) + values.offset) * width
+    return pa.Array.from_buffers(
+        pa.large_binary(), len(array), [None, pa.py_buffer(byte_offsets), values.buffers()[1]]
+    )
+
+
+def _nulls_equal(
+    same: pa.BooleanArray,
     array: pa.Array,
-    offsets: npt.NDArray[np.int64],
-    values: npt.NDArray[Any],
-    left: npt.NDArray[np.int64],
-    right: npt.NDArray[np.int64],
+    left: npt.NDArray[np.int64] | slice,
+    right: npt.NDArray[np.int64] | slice,
 ) -> npt.NDArray[np.bool_]:
-    """:func:`_pairs_equal` for integer lists without null ids, over the flat ids."""
-    lengths = np.diff(offsets)
-    equal: npt.NDArray[np.bool_] = lengths[left] == lengths[right]
+    """``same`` as numpy, corrected for null rows of ``array``: a null equals a null, never a
+    value (``left`` and ``right`` pick the compared rows, as indices or slices)."""
+    equal: npt.NDArray[np.bool_] = same.to_numpy(zero_copy_only=False)
     if array.null_count:
         valid = array.is_valid().to_numpy(zero_copy_only=False)
-        equal &= valid[left] == valid[right]
-    pairs = np.flatnonzero(equal)
-    sizes = lengths[left[pairs]]
-    total = int(sizes.sum())
-    if total == 0:
-        return equal
-    # Flat positions of the compared ids: start of the row plus the position inside it.
-    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    at_left = np.repeat(offsets[left[pairs]], sizes) + within
-    at_right = np.repeat(offsets[right[pairs]], sizes) + within
-    mismatch = np.zeros(total + 1, dtype=np.int64)
-    np.cumsum(values[at_left] != values[at_right], out=mismatch[1:])
-    bounds = np.concatenate(([0], np.cumsum(sizes)))
-    equal[pairs] = mismatch[bounds[1:]] == mismatch[bounds[:-1]]
+        valid_l, valid_r = valid[left], valid[right]
+        equal = np.where(valid_l & valid_r, equal, valid_l == valid_r)
     return equal
 
 
@@ -205,63 +210,23 @@ def _same_as_previous(batch: pa.RecordBatch | pa.Table) -> npt.NDArray[np.bool_]
 
 
 def _and_same(array: pa.Array, same: npt.NDArray[np.bool_]) -> None:
-    """``same &= array[i] == array[i - 1]``, in place; numpy for integer lists and integers."""
-    dtype = array.type
-    is_list = pa.types.is_list(dtype) or pa.types.is_large_list(dtype)
-    if is_list and pa.types.is_integer(dtype.value_type):
-        offsets = array.offsets.to_numpy().astype(np.int64)
-        values = array.values
-        if (
-            values.null_count == 0
-            or values.slice(offsets[0], offsets[-1] - offsets[0]).null_count == 0
-        ):
-            _and_same_int_lists(array, offsets, same)
-            return
-    elif pa.types.is_integer(dtype):
+    """``same &= array[i] == array[i - 1]``, in place: numpy for integers, a byte view for
+    integer lists, polars otherwise."""
+    if pa.types.is_integer(array.type):
         ints = array.fill_null(0).to_numpy()
         same[1:] &= ints[1:] == ints[:-1]
         if array.null_count:
             valid = array.is_valid().to_numpy(zero_copy_only=False)
             same[1:] &= valid[1:] == valid[:-1]
         return
+    as_bytes = _int_lists_as_bytes(array)
+    if as_bytes is not None:
+        rows = len(array)
+        equal = pc.equal(as_bytes.slice(1), as_bytes.slice(0, rows - 1))
+        same[1:] &= _nulls_equal(equal, array, slice(1, rows), slice(0, rows - 1))
+        return
     series = cast(pl.Series, pl.from_arrow(array))
     same[1:] &= series.eq_missing(series.shift(1)).to_numpy()[1:]
-
-
-def _and_same_int_lists(
-    array: pa.Array, offsets: npt.NDArray[np.int64], same: npt.NDArray[np.bool_]
-) -> None:
-    """The integer-list case of :func:`_and_same`, over the flat ids without a row loop.
-
-    Row ``i`` equals row ``i - 1`` when both are valid (or both null), their lengths are equal
-    and every id equals the id one list length earlier in the flat values.
-    """
-    lengths = np.diff(offsets)
-    same[1:] &= lengths[1:] == lengths[:-1]
-    if array.null_count:
-        valid = array.is_valid().to_numpy(zero_copy_only=False)
-        same[1:] &= valid[1:] == valid[:-1]
-    start, stop = int(offsets[0]), int(offsets[-1])
-    if stop == start:
-        return
-    values = array.values.slice(start, stop - start).to_numpy()
-    index_type = np.int32 if len(values) < 2**31 else np.int64
-    small: npt.NDArray[np.signedinteger[Any]] = lengths.astype(index_type)
-    local = offsets - start
-    # Blocks of rows keep the temporaries in cache (3x faster than one pass over the column).
-    for first in range(0, len(lengths), _SAME_BLOCK_ROWS):
-        last = min(len(lengths), first + _SAME_BLOCK_ROWS)
-        lo, hi = int(local[first]), int(local[last])
-        if hi == lo:
-            continue
-        # For a row as long as the previous one, id p's counterpart sits one length earlier.
-        # Elsewhere the index points anywhere in [-len(values), p], masked by `same`.
-        earlier = np.repeat(small[first:last], small[first:last])
-        np.subtract(np.arange(lo, hi, dtype=index_type), earlier, out=earlier)
-        mismatch = np.zeros(hi - lo + 1, dtype=index_type)
-        np.cumsum(values[lo:hi] != np.take(values, earlier), out=mismatch[1:])
-        bounds = local[first : last + 1] - lo
-        same[first:last] &= mismatch[bounds[1:]] == mismatch[bounds[:-1]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -173,3 +173,33 @@ def test_config_is_validated() -> None:
         GenConfig(zipf_a=1.0)
     with pytest.raises(ValueError, match="rows_per_session must be >= 1"):
         GenConfig(rows_per_session=0.5)
+    with pytest.raises(ValueError, match="max_user_list_len must be >= 0"):
+        GenConfig(max_user_list_len=-1)
+
+
+def test_user_side_lists_follow_their_own_cap(tmp_path: Path) -> None:
+    config = GenConfig(
+        rows=3_000, days=1, dense=1, sparse=4, max_list_len=6, max_user_list_len=60, seed=1
+    )
+    generate_table(str(tmp_path / "t"), config)
+    rows = pq.read_table(tmp_path / "t")
+    assert config.num_user_sparse == 2
+    for i in range(4):
+        lengths = pc.list_value_length(rows.column(f"sparse_{i}")).to_numpy()
+        cap = 60 if i < 2 else 6
+        assert config.list_len_cap(i) == cap
+        assert lengths.max() <= cap
+        assert cap / 5 < lengths.mean() < cap / 2  # about a third of the cap
+
+
+def test_list_columns_skip_dictionaries_only_when_clustered(tmp_path: Path) -> None:
+    for clustered in (True, False):
+        uri = tmp_path / f"t{clustered}"
+        config = GenConfig(rows=500, days=1, dense=1, sparse=2, clustered=clustered)
+        generate_table(str(uri), config)
+        meta = pq.ParquetFile(next(uri.rglob("*.parquet"))).metadata.row_group(0)
+        encodings = {
+            meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)
+        }
+        assert ("RLE_DICTIONARY" in encodings["sparse_0.list.element"]) is not clustered
+        assert "RLE_DICTIONARY" in encodings["user_id"]

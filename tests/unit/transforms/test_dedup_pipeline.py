@@ -156,6 +156,50 @@ def test_unique_rows_is_exact_and_in_first_occurrence_order(
     assert list(first) == sorted(first)
 
 
+@SETTINGS
+@given(
+    pool=st.lists(st.none() | st.lists(st.integers(-(2**40), 2**40), max_size=4), min_size=1),
+    picks=st.lists(st.integers(0, 6), min_size=2, max_size=60),
+    start=st.integers(0, 5),
+    list_type=st.sampled_from(
+        [pa.list_(pa.int64()), pa.large_list(pa.int64()), pa.list_(pa.int32())]
+    ),
+)
+def test_sliced_integer_lists_compare_exactly(
+    pool: list[list[int] | None], picks: list[int], start: int, list_type: pa.DataType
+) -> None:
+    """The byte-view comparison of integer lists on slices (non-zero offsets into shared
+    buffers), null lists beside empty ones, and 32-bit ids."""
+    if list_type.value_type == pa.int32():
+        pool = [None if r is None else [v % 2**31 for v in r] for r in pool]
+    rows = [pool[p % len(pool)] for p in picks]
+    whole = pa.record_batch({"a": pa.array([[9, 9, 9], *rows], list_type)})
+    batch = whole.slice(1 + min(start, len(rows) - 1))
+    check_runs_and_uniques(batch)
+    # The same lists over a child array that is itself a slice (its own non-zero offset).
+    flat = [v for r in rows for v in (r or [])]
+    child = pa.array([5] * start + flat, list_type.value_type).slice(start)
+    offsets = np.concatenate([[0], np.cumsum([len(r or []) for r in rows])])
+    large = pa.types.is_large_list(list_type)
+    array_type = pa.LargeListArray if large else pa.ListArray
+    nested = array_type.from_arrays(
+        pa.array(offsets, pa.int64() if large else pa.int32()),
+        child,
+        mask=pa.array([r is None for r in rows]),
+    )
+    assert nested.to_pylist() == rows
+    check_runs_and_uniques(pa.record_batch({"a": nested}))
+
+
+def check_runs_and_uniques(batch: pa.RecordBatch) -> None:
+    values = batch.column(0).to_pylist()
+    expected_starts = [i for i in range(len(values)) if i == 0 or values[i] != values[i - 1]]
+    assert list(session_starts(batch)) == expected_starts
+    first, inverse = unique_rows(batch)
+    assert [values[int(first[u])] for u in inverse] == values
+    assert len(first) == len({repr(v) for v in values})
+
+
 def test_no_duplicates_and_all_duplicates() -> None:
     table = pa.table({"a": pa.array([[i] for i in range(50)], pa.list_(pa.int64()))})
     first, inverse = unique_rows(table)
