@@ -97,7 +97,13 @@ def cmd_gen(args: argparse.Namespace) -> int:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from storage.cluster import cluster_table
 
-    summary = cluster_table(args.src, args.dst, args.by, _storage_options(args.storage_option))
+    summary = cluster_table(
+        args.src,
+        args.dst,
+        args.by,
+        _storage_options(args.storage_option),
+        dictionary_lists=args.dictionary_lists,
+    )
     ratio = summary.source_bytes / summary.bytes if summary.bytes else 0.0
     print(
         f"clustered {summary.rows} rows of {summary.partitions} partitions by {args.by} into "
@@ -275,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("src", help="table URI to read")
     cluster.add_argument("dst", help="table URI to write (must be empty or absent)")
     cluster.add_argument("--by", required=True, help="key column, e.g. session_id")
+    cluster.add_argument(
+        "--dictionary-lists",
+        action="store_true",
+        help="dictionary-encode list columns too: larger files that decode faster where "
+        "lists are short (default: plain ids, which zstd stores about once per session)",
+    )
     cluster.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     cluster.set_defaults(func=cmd_cluster)
 

@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "GenConfig",
     "GenSummary",
-    "dictionary_columns",
     "generate_table",
     "refuse_existing",
     "table_schema",
@@ -250,26 +249,6 @@ def refuse_existing(filesystem: pafs.FileSystem, root: str, uri: str) -> None:
         )
 
 
-def dictionary_columns(schema: pa.Schema, clustered: bool) -> bool | list[str]:
-    """Which columns Parquet should dictionary-encode (``use_dictionary`` of the writer).
-
-    Interleaved tables: every column (pyarrow's default), which is smallest there. Clustered
-    tables: all but the list columns. A session's repeated list is then a byte-identical run
-    of plain int64 ids that zstd stores about once; dictionary indices are bit-packed at
-    widths that shift each repeat off byte boundaries, so zstd finds few of them. Measured on
-    a 131k-row file (10 rows per session, half the features user-side, histories up to 100
-    ids, zstd level 1): clustered 74 MB with dictionaries, 56 MB without; interleaved 123 MB
-    with dictionaries, 142 MB without.
-    """
-    if not clustered:
-        return True
-    return [
-        field.name
-        for field in schema
-        if not (pa.types.is_list(field.type) or pa.types.is_large_list(field.type))
-    ]
-
-
 def _plan_files(root: str, config: GenConfig) -> Iterator[_FileTask]:
     """Spreads rows evenly over days, then cuts each day into files of rows_per_file."""
     base, extra = divmod(config.rows, config.days)
@@ -295,13 +274,7 @@ def _write_file(
     try:
         filesystem.create_dir(folder, recursive=True)
         with filesystem.open_output_stream(task.path) as sink:
-            with pq.ParquetWriter(
-                sink,
-                schema,
-                compression="zstd",
-                compression_level=1,
-                use_dictionary=dictionary_columns(schema, config.clustered),
-            ) as w:
+            with pq.ParquetWriter(sink, schema, compression="zstd", compression_level=1) as w:
                 w.write_table(table, row_group_size=config.row_group_rows)
             size = int(sink.tell())
     except OSError as exc:

@@ -1,4 +1,4 @@
-"""The ``dpp`` command as an operator runs it: gen, up (Ctrl-C stops everything)."""
+"""The ``dpp`` command as an operator runs it: gen, cluster, up (Ctrl-C stops everything)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,36 @@ def test_gen_writes_a_partitioned_table(tmp_path: Path) -> None:
     assert {"row_id", "user_id", "session_id", "label", "dense_1", "sparse_2"} <= set(
         table.column_names
     )
+
+
+def test_gen_interleaved_then_cluster_by_session(tmp_path: Path) -> None:
+    raw, clustered = str(tmp_path / "raw"), str(tmp_path / "clustered")
+
+    def dpp(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "dpp_server", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    dpp(
+        "gen", raw, "--rows", "4000", "--days", "1", "--dense", "1", "--sparse", "4",
+        "--rows-per-session", "8", "--max-list-len", "6", "--max-user-list-len", "40",
+        "--no-cluster", "--quiet",
+    )  # fmt: skip
+    out = dpp("cluster", raw, clustered, "--by", "session_id")
+    assert "clustered 4000 rows" in out
+    table = ds.dataset(clustered, format="parquet", partitioning="hive").to_table()
+    assert sorted(table.column("row_id").to_pylist()) == list(range(4000))
+    sessions = table.column("session_id").to_numpy()
+    runs = 1 + int((sessions[1:] != sessions[:-1]).sum())
+    assert runs == len(set(sessions.tolist()))  # every session is one run of rows
+    user_lengths = [len(v) for v in table.column("sparse_0").to_pylist()]
+    item_lengths = [len(v) for v in table.column("sparse_3").to_pylist()]
+    assert max(user_lengths) > 6 >= max(item_lengths)
 
 
 def test_up_prints_its_address_and_ctrl_c_leaves_no_process(tmp_path: Path) -> None:

@@ -190,16 +190,3 @@ def test_user_side_lists_follow_their_own_cap(tmp_path: Path) -> None:
         assert config.list_len_cap(i) == cap
         assert lengths.max() <= cap
         assert cap / 5 < lengths.mean() < cap / 2  # about a third of the cap
-
-
-def test_list_columns_skip_dictionaries_only_when_clustered(tmp_path: Path) -> None:
-    for clustered in (True, False):
-        uri = tmp_path / f"t{clustered}"
-        config = GenConfig(rows=500, days=1, dense=1, sparse=2, clustered=clustered)
-        generate_table(str(uri), config)
-        meta = pq.ParquetFile(next(uri.rglob("*.parquet"))).metadata.row_group(0)
-        encodings = {
-            meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)
-        }
-        assert ("RLE_DICTIONARY" in encodings["sparse_0.list.element"]) is not clustered
-        assert "RLE_DICTIONARY" in encodings["user_id"]
