@@ -153,8 +153,9 @@ def _int_lists_as_bytes(array: pa.Array) -> pa.Array | None:
     """A zero-copy ``large_binary`` view of an integer list array: row ``i`` is the bytes of
     its ids, so Arrow's binary ``equal`` (a length check and a memcmp per row) compares lists
     exactly; on 65k-row chunks of id lists 4x faster than polars' list equality and 12x
-    faster than a numpy pass over the flat ids (measured). Every row of the view is valid (a null list reads as its offsets' bytes): the
-    caller decides nulls. None when this does not apply: not a list of integers, or null ids.
+    faster than a numpy pass over the flat ids (measured). Every row of the view is valid (a
+    null list reads as its offsets' bytes): the caller decides nulls. None when this does
+    not apply: not a list of integers, or null ids.
     """
     dtype = array.type
     if not (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)):
