@@ -13,8 +13,8 @@ Columns:
 * clustered: the clustered table, no dedup (storage clustering alone);
 * RecD: the clustered table with the user-side features in one dedup group.
 
-Measures (modes alternate, ``--repeats`` times, and the best run counts, since other load on a
-shared machine only ever slows a run):
+Measures (modes alternate, ``--repeats`` times; the medians are reported, and their ratios,
+with the median of the per-repeat ratios in the JSON):
 
 * Parquet bytes of the table read;
 * worker rows/s: one worker's pipeline in process (read, transform, cut, dedup, encode) on one
@@ -24,7 +24,7 @@ shared machine only ever slows a run):
   ``--workers`` worker processes), tensors ready, no model;
 * end-to-end rows/s: the same, with the trainer training the example DLRM
   (``dpp_client.examples.dlrm``) on every batch: RecD's "training throughput";
-* model step time: the best training step of that DLRM on a batch as each mode delivers it
+* model step time: the median training step of that DLRM on a batch as each mode delivers it
   (RecD pools unique rows, then expands).
 
     python -m bench.dedup --rows 300000 --workers 2
@@ -157,7 +157,7 @@ def decoded(frame: bytes) -> Batch:
 
 
 def step_ms(model: DLRM, batches: list[Batch]) -> float:
-    """Best time of one training step over ``batches`` (ms); the first step warms up."""
+    """Median time of one training step over ``batches`` (ms); the first step warms up."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     train_step(model, opt, batches[0])
     times = []
@@ -165,7 +165,12 @@ def step_ms(model: DLRM, batches: list[Batch]) -> float:
         started = time.perf_counter()
         train_step(model, opt, batch)
         times.append(time.perf_counter() - started)
-    return min(times) * 1e3
+    return statistics.median(times) * 1e3
+
+
+def improvement(old: float, new: float, lower_is_better: bool) -> float:
+    """How many times better ``new`` is than ``old`` (> 1: better)."""
+    return old / new if lower_is_better else new / old
 
 
 def main() -> None:
@@ -214,37 +219,35 @@ def run(args: argparse.Namespace, config: GenConfig, root: Path) -> None:
         mode: make_spec(tables[mode], config, mode == "recd", args.batch_size) for mode in MODES
     }
 
-    results: dict[str, dict[str, float]] = {mode: {} for mode in MODES}
-    results["baseline"]["parquet_bytes"] = raw_bytes
-    results["clustered"]["parquet_bytes"] = results["recd"]["parquet_bytes"] = clustered_bytes
+    # Every run of every measure, in repeat order (modes alternate within a repeat).
+    results: dict[str, dict[str, list[float]]] = {mode: {} for mode in MODES}
+    results["baseline"]["parquet_bytes"] = [raw_bytes]
+    results["clustered"]["parquet_bytes"] = results["recd"]["parquet_bytes"] = [clustered_bytes]
 
-    def keep_best(mode: str, key: str, value: float, low: bool = False) -> None:
-        old = results[mode].get(key)
-        if old is None or (value < old if low else value > old):
-            results[mode][key] = value
+    def record(mode: str, key: str, value: float) -> None:
+        results[mode].setdefault(key, []).append(value)
 
     frames: dict[str, list[bytes]] = {}
-    # Modes alternate and the best run counts: on a shared machine, other load only slows runs.
     for _ in range(args.repeats):
         for mode in MODES:
             rows, size, seconds, frames[mode] = worker_pass(tables[mode], specs[mode])
-            keep_best(mode, "worker_rows_per_s", rows / seconds)
-            results[mode]["wire_bytes_per_row"] = size / rows
+            record(mode, "worker_rows_per_s", rows / seconds)
+            record(mode, "wire_bytes_per_row", size / rows)
     with LocalCluster(workers=args.workers, pipeline_threads=args.threads) as cluster:
         for _ in range(args.repeats):
             for mode in MODES:
                 rows, received, seconds = client_pass(cluster, specs[mode])
-                keep_best(mode, "client_rows_per_s", rows / seconds)
-                results[mode]["client_wire_bytes_per_row"] = received / rows
+                record(mode, "client_rows_per_s", rows / seconds)
+                record(mode, "client_wire_bytes_per_row", received / rows)
         for _ in range(args.repeats):
             for mode in MODES:
                 rows, _, seconds = client_pass(cluster, specs[mode], new_model(config))
-                keep_best(mode, "train_rows_per_s", rows / seconds)
+                record(mode, "train_rows_per_s", rows / seconds)
 
     batches = {mode: [decoded(f) for f in fs] for mode, fs in frames.items()}
     for _ in range(args.repeats):
         for mode in MODES:
-            keep_best(mode, "model_step_ms", step_ms(new_model(config), batches[mode]), low=True)
+            record(mode, "model_step_ms", step_ms(new_model(config), batches[mode]))
     unique_share = statistics.mean(b.dedup["user"].num_unique / b.num_rows for b in batches["recd"])
 
     measures = [
@@ -265,10 +268,14 @@ def run(args: argparse.Namespace, config: GenConfig, root: Path) -> None:
     )
     summary: list[dict[str, Any]] = []
     for name, key in measures:
-        base, clus, recd = (results[mode][key] for mode in MODES)
-        lower_is_better = "bytes" in name or "ms" in name
-        gain = base / recd if lower_is_better else recd / base
-        gain_clustered = clus / recd if lower_is_better else recd / clus
+        runs = [results[mode][key] for mode in MODES]
+        base, clus, recd = (statistics.median(r) for r in runs)
+        lower = "bytes" in name or "ms" in name
+        gain, gain_clustered = improvement(base, recd, lower), improvement(clus, recd, lower)
+        # Per-repeat ratios pair runs that ran back to back, so drift hits both sides.
+        paired = statistics.median(
+            improvement(b, r, lower) for b, r in zip(runs[0], runs[2], strict=False)
+        )
         print(
             f"{name:44s} {base:13,.1f} {clus:13,.1f} {recd:13,.1f} "
             f"{gain:9.2f}x {gain_clustered:9.2f}x"
@@ -281,6 +288,8 @@ def run(args: argparse.Namespace, config: GenConfig, root: Path) -> None:
                 "recd": recd,
                 "gain_vs_baseline": gain,
                 "gain_vs_clustered": gain_clustered,
+                "gain_vs_baseline_paired": paired,
+                "runs": dict(zip(MODES, runs, strict=True)),
             }
         )
     print(f"unique rows per batch (user group): {unique_share:.3f} of B")
