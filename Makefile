@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-# Tests: linters, type checker, torchrec (CPU), and a Prometheus server for the deploy checks.
+# Tests: linters, type checker, torchrec (CPU), a Prometheus server for the deploy checks and Ceph's radosgw.
 $(DEV_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[dev,torchrec]'
 	# torchrec without its requirements, which would pull the CUDA fbgemm-gpu (the extra has the CPU build).
 	$(PY) -m pip install -q --no-deps torchrec==1.8.0
 	# Prometheus (promtool and the server) for the deploy/ checks and tests/integration/test_prometheus.py.
 	command -v prometheus >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus; }
+	# Ceph's radosgw (a one-node cluster in memory, about 265 MB) as a real S3 endpoint for tests/integration/test_s3.py.
+	{ command -v radosgw && command -v ceph-mon && command -v ceph-osd && command -v monmaptool; } >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends ceph-mon ceph-osd radosgw ceph-common; }
 	touch $(DEV_STAMP)
 
 demo: $(STAMP)

@@ -1,8 +1,10 @@
-"""A table on S3: moto's S3 server on 127.0.0.1 as the endpoint, written by `dpp gen`, planned by
-the master and read by workers through s3fs, every row delivered once."""
+"""A table on S3, written by `dpp gen`, planned by the master and read by workers through s3fs,
+every row delivered once. Two endpoints on 127.0.0.1: moto's S3 server (light, a second to
+start) and Ceph's radosgw (a production S3 implementation, one-node cluster, about 15 s)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,8 +12,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from radosgw import missing_binaries, radosgw
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_server.cluster import LocalCluster
@@ -19,6 +23,7 @@ from dpp_server.cluster import LocalCluster
 pytestmark = pytest.mark.integration
 
 KEY, SECRET = "testing", "testing"
+BUCKET = "dpp-tables"
 
 
 def _free_port() -> int:
@@ -28,9 +33,36 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server as a plain process on loopback, with one bucket."""
+@pytest.fixture(scope="module", params=["moto", "radosgw"])
+def s3_endpoint(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str, str]]:
+    """``(endpoint, key, secret)`` of an S3 server on loopback holding an empty bucket."""
+    import s3fs
+
+    servers = {"moto": _moto, "radosgw": _radosgw}
+    with servers[request.param](tmp_path_factory.mktemp(request.param)) as (endpoint, key, secret):
+        s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint}).mkdir(
+            BUCKET
+        )
+        yield endpoint, key, secret
+
+
+@contextlib.contextmanager
+def _radosgw(root: Path) -> Iterator[tuple[str, str, str]]:
+    missing = missing_binaries()
+    if missing:
+        pytest.fail(
+            f"Ceph's {', '.join(missing)} not installed: run `make test` (it installs the Debian "
+            "packages ceph-mon ceph-osd radosgw ceph-common)"
+        )
+    with radosgw(root) as gateway:
+        yield gateway.endpoint, gateway.key, gateway.secret
+
+
+@contextlib.contextmanager
+def _moto(root: Path) -> Iterator[tuple[str, str, str]]:
+    """moto's S3 server as a plain process."""
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     if server is None:
         pytest.fail("moto_server is not installed: run `make test` (moto[server] is a dev extra)")
@@ -40,7 +72,6 @@ def s3_endpoint() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -51,20 +82,16 @@ def s3_endpoint() -> Iterator[str]:
                 assert process.poll() is None, "moto_server exited"
                 assert time.monotonic() < deadline, "moto_server did not start in 30 s"
                 time.sleep(0.1)
-        import s3fs
-
-        s3fs.S3FileSystem(key=KEY, secret=SECRET, client_kwargs={"endpoint_url": endpoint}).mkdir(
-            "dpp-tables"
-        )
-        yield endpoint
+        yield f"http://127.0.0.1:{port}", KEY, SECRET
     finally:
         process.terminate()
         process.wait(10)
 
 
-def test_a_table_on_s3_is_read_exactly_once(s3_endpoint: str) -> None:
-    uri = "s3://dpp-tables/clicks"
-    options = [f"endpoint_url={s3_endpoint}", f"key={KEY}", f"secret={SECRET}"]
+def test_a_table_on_s3_is_read_exactly_once(s3_endpoint: tuple[str, str, str]) -> None:
+    endpoint, key, secret = s3_endpoint
+    uri = f"s3://{BUCKET}/clicks"
+    options = [f"endpoint_url={endpoint}", f"key={key}", f"secret={secret}"]
     gen = subprocess.run(
         [sys.executable, "-m", "dpp_server", "gen", uri, "--rows", "6000", "--days", "2",
          "--dense", "2", "--sparse", "2", "--row-group-rows", "1000", "--rows-per-file", "3000",
