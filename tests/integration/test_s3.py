@@ -118,3 +118,35 @@ def test_a_table_on_s3_is_read_exactly_once(s3_endpoint: tuple[str, str, str]) -
         assert (loader.plan.num_files, loader.plan.num_splits) == (1, 3)
     # The second day's rows, each once (rows are written day by day).
     assert sorted(row_ids) == list(range(3000, 6000))
+
+
+def test_dpp_cluster_rewrites_a_table_on_s3(s3_endpoint: tuple[str, str, str]) -> None:
+    endpoint, key, secret = s3_endpoint
+    source, dest = f"s3://{BUCKET}/logged", f"s3://{BUCKET}/by-session"
+    options = [f"--storage-option={o}" for o in (f"endpoint_url={endpoint}", f"key={key}",
+               f"secret={secret}")]  # fmt: skip
+
+    def dpp(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "dpp_server", *args, *options],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    dpp("gen", source, "--rows", "3000", "--days", "1", "--dense", "1", "--sparse", "2",
+        "--rows-per-session", "6", "--no-cluster", "--quiet")  # fmt: skip
+    assert "clustered 3000 rows of 1 partitions" in dpp(
+        "cluster", source, dest, "--by", "session_id"
+    )
+    import pyarrow.dataset as ds
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint})
+    table = ds.dataset(dest.removeprefix("s3://"), filesystem=fs, partitioning="hive").to_table()
+    assert sorted(table.column("row_id").to_pylist()) == list(range(3000))
+    sessions = table.column("session_id").to_numpy()
+    runs = 1 + int((sessions[1:] != sessions[:-1]).sum())
+    assert runs == len(set(sessions.tolist()))  # each session is one run of rows
