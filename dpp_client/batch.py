@@ -28,7 +28,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 

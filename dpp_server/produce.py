@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dpp_proto import worker_pb2
-from dpp_proto.wire import FrameEncoder, concat_rows
+from dpp_proto.wire import FrameEncoder, Section, concat_rows
 from dpp_server.master import LeaseGrant
 from dpp_server.spec import Spec
 from dpp_server.transforms.dedup import DedupPipeline
@@ -53,6 +53,7 @@ __all__ = [
     "StageTotals",
     "chunk_permutation",
     "frame_header",
+    "produce_batches",
     "produce_split",
     "take_rows",
 ]
@@ -151,9 +152,38 @@ def produce_split(
     seq = 0
     for batch in _batches(session, lease, recorder):
         if seq >= lease.start_batch:
-            yield _encode(session, lease, seq, batch, recorder)
+            rows, sections = _finish(session, batch, recorder)
+            started = time.perf_counter()
+            header = frame_header(lease, seq, rows.num_rows)
+            frame = session.encoder.encode(header, rows, sections)
+            recorder.add_seconds("serialize_s", time.perf_counter() - started)
+            recorder.add_count("rows_out", rows.num_rows)
+            recorder.add_count("batches_out", 1)
+            recorder.add_count("bytes_out", len(frame))
+            yield frame
         seq += 1
     yield FrameEncoder.encode_empty(frame_header(lease, seq, last=True))
+
+
+def produce_batches(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[tuple[int, pa.RecordBatch, list[Section]]]:
+    """:func:`produce_split` without encoding: ``(batch number, rows, dedup sections)`` of each
+    batch from ``lease.start_batch`` on, for callers that use Arrow batches in process."""
+    for seq, batch in enumerate(_batches(session, lease, recorder)):
+        if seq >= lease.start_batch:
+            rows, sections = _finish(session, batch, recorder)
+            yield seq, rows, sections
+
+
+def _finish(
+    session: SessionPipeline, batch: pa.RecordBatch, recorder: StageRecorder
+) -> tuple[pa.RecordBatch, list[Section]]:
+    """Dedup groups: the cut batch's own unique rows (counted as transform time)."""
+    started = time.perf_counter()
+    rows, sections = session.pipeline.finish(batch)
+    recorder.add_seconds("transform_s", time.perf_counter() - started)
+    return rows, sections
 
 
 def _batches(
@@ -214,25 +244,6 @@ def _transformed(
         wire = session.pipeline.apply(raw)
         recorder.add_seconds("transform_s", time.perf_counter() - started)
         yield wire
-
-
-def _encode(
-    session: SessionPipeline,
-    lease: LeaseGrant,
-    seq: int,
-    batch: pa.RecordBatch,
-    recorder: StageRecorder,
-) -> bytes:
-    started = time.perf_counter()
-    rows, sections = session.pipeline.finish(batch)  # dedup groups: the batch's unique rows
-    recorder.add_seconds("transform_s", time.perf_counter() - started)
-    started = time.perf_counter()
-    frame = session.encoder.encode(frame_header(lease, seq, batch.num_rows), rows, sections)
-    recorder.add_seconds("serialize_s", time.perf_counter() - started)
-    recorder.add_count("rows_out", batch.num_rows)
-    recorder.add_count("batches_out", 1)
-    recorder.add_count("bytes_out", len(frame))
-    return frame
 
 
 def chunk_permutation(

@@ -381,4 +381,3 @@ class Worker:
         session = SessionPipeline.compile(spec, self.config.read_batch_rows)
         with self._lock:
             return self._sessions.setdefault(session_id, session)
-

@@ -34,8 +34,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dpp_server import spec as spec_lib
 from dpp_proto import wire
+from dpp_server import spec as spec_lib
 from dpp_server.errors import SpecError
 from dpp_server.transforms import sampling
 from dpp_server.transforms.registry import ExprFn, VType, get_op, input_name

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dpp_client.frames import decode_frame
+from dpp_proto import spec_pb2
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import (
     SessionPipeline,
@@ -17,7 +18,6 @@ from dpp_server.produce import (
     produce_split,
     take_rows,
 )
-from dpp_proto import spec_pb2
 from dpp_server.spec import spec_from_proto
 from storage import SplitInfo, Table, read_split
 
@@ -89,7 +89,9 @@ def test_a_split_yields_its_filtered_rows_from_start_batch_and_times_every_stage
     assert end.last_in_split and no_rows is None and end.batch_seq == batch_count
     assert [h.batch_seq for h, _ in batches] == list(range(2, batch_count))
     assert {(h.session_id, h.epoch, h.split_id) for h, _ in batches} == {("s", 1, split.split_id)}
-    row_ids = [r for _, rows in batches if rows is not None for r in rows["extra.row_id"].to_pylist()]
+    row_ids = [
+        r for _, rows in batches if rows is not None for r in rows["extra.row_id"].to_pylist()
+    ]
     assert row_ids == want.column("row_id").to_pylist()[200:]
     assert totals.counts["rows_read"] == want.num_rows < split.num_rows
     assert totals.counts["rows_out"] == len(row_ids)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import threading
 
-import pyarrow as pa
 import pytest
 
 from dpp_client.frames import decode_frame
