@@ -15,7 +15,6 @@ CPU is this process's ``getrusage`` (every thread), divided by the rows the fram
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import multiprocessing
 import os
@@ -29,44 +28,27 @@ from bench.measure import self_cpu_s
 from bench.workloads import workloads
 from dpp_client.batch import batch_from_arrow
 from dpp_client.frames import decode_frame
-from dpp_proto import worker_pb2
-from dpp_server.frames import FrameEncoder
+from dpp_server.master import LeaseGrant
+from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import spec_from_proto
-from dpp_server.transforms import FeaturePipeline
-from dpp_server.worker import _take_rows
-from storage import Table, parse_filter, read_split
+from storage import Table, parse_filter
 
 _METHOD = "/bench.Frames/Stream"
 
 
 def make_frames(table_uri: str, quick: bool, count: int) -> list[bytes]:
-    """``count`` full-batch frames of the DLRM job, encoded as a worker encodes them."""
+    """``count`` full-batch frames of the DLRM job, produced by the worker's own
+    :func:`~dpp_server.produce.produce_split`."""
     spec = spec_from_proto(workloads(quick)["dlrm"].spec(table_uri).to_proto())
     table = Table.open(spec.table_uri)
     row_filter = parse_filter(spec.row_filter, "row_filter")
-    pipeline = FeaturePipeline(spec)
-    encoder = FrameEncoder()
+    session = SessionPipeline.compile(spec, read_batch_rows=65_536)
     frames: list[bytes] = []
     for split in table.plan_splits(spec.target_split_rows, row_filter=row_filter).splits:
-        pieces: collections.deque[Any] = collections.deque()
-        held = 0
-        for raw in read_split(
-            split,
-            filesystem=table.filesystem,
-            columns=pipeline.input_columns,
-            row_filter=row_filter,
-            batch_rows=65_536,
-        ):
-            wire = pipeline.apply(raw)
-            pieces.append(wire)
-            held += wire.num_rows
-            while held >= spec.batch_size:
-                batch = _take_rows(pieces, spec.batch_size)
-                held -= spec.batch_size
-                header = worker_pb2.FrameHeader(
-                    split_id=split.split_id, batch_seq=len(frames), num_rows=batch.num_rows
-                )
-                frames.append(encoder.encode(header, batch))
+        lease = LeaseGrant(session_id="", epoch=0, rank=0, split=split, start_batch=0)
+        for frame in produce_split(session, lease, StageTotals()):
+            if decode_frame(frame)[0].num_rows == spec.batch_size:
+                frames.append(frame)
                 if len(frames) >= count:
                     return frames
     return frames

@@ -17,8 +17,8 @@ Measures (modes alternate, ``--repeats`` times; the medians are reported, and th
 with the median of the per-repeat ratios in the JSON):
 
 * Parquet bytes of the table read;
-* worker rows/s: one worker's pipeline in process (read, transform, cut, dedup, encode) on one
-  thread;
+* worker rows/s: one worker's pipeline in process (``produce_split``: read, filter, transform,
+  cut, dedup, encode) on one thread;
 * wire bytes per row: frame bytes / rows;
 * client rows/s: rows the trainer receives per second through a local cluster (1 master,
   ``--workers`` worker processes), tensors ready, no model;
@@ -47,12 +47,11 @@ import torch
 from dpp_client import Batch, DppLoader, Feature, Op, SessionSpec, batch_from_arrow
 from dpp_client.examples.dlrm import DLRM, train_step
 from dpp_client.frames import decode_frame
-from dpp_proto import worker_pb2
 from dpp_server.cluster import LocalCluster
-from dpp_server.frames import FrameEncoder
+from dpp_server.master import LeaseGrant
+from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import spec_from_proto
-from dpp_server.transforms.dedup import DedupPipeline
-from storage import GenConfig, Table, generate_table, read_split
+from storage import GenConfig, Table, generate_table
 from storage.cluster import cluster_table
 
 BUCKETS = 100_000
@@ -97,33 +96,23 @@ def make_spec(table: str, config: GenConfig, dedup: bool, batch_size: int) -> Se
 
 
 def worker_pass(table: str, spec: SessionSpec) -> tuple[int, int, float, list[bytes]]:
-    """One worker's pipeline on one thread: returns rows, frame bytes, seconds, some frames."""
+    """One worker's pipeline (:func:`~dpp_server.produce.produce_split`, what a worker's
+    pipeline thread runs) on one thread: returns rows, frame bytes, seconds, some frames."""
     server_spec = spec_from_proto(spec.to_proto())
     opened = Table.open(table)
     plan = opened.plan_splits(server_spec.target_split_rows)
-    pipeline = DedupPipeline(server_spec, opened.schema)
-    encoder = FrameEncoder()
-    rows = size = 0
-    kept: list[bytes] = []
+    session = SessionPipeline.compile(server_spec, read_batch_rows=65_536)
+    totals = StageTotals()
+    first: list[bytes] = []
     started = time.perf_counter()
     for split in plan.splits:
-        for chunk in read_split(
-            split,
-            filesystem=opened.filesystem,
-            columns=pipeline.input_columns,
-            row_filter=None,
-            batch_rows=65_536,
-        ):
-            wire = pipeline.apply(chunk)
-            for start in range(0, wire.num_rows, server_spec.batch_size):
-                out, sections = pipeline.finish(wire.slice(start, server_spec.batch_size))
-                header = worker_pb2.FrameHeader(split_id=split.split_id, num_rows=out.num_rows)
-                frame = encoder.encode(header, out, sections)
-                rows += out.num_rows
-                size += len(frame)
-                if len(kept) < 8 and out.num_rows == server_spec.batch_size:
-                    kept.append(frame)
-    return rows, size, time.perf_counter() - started, kept
+        lease = LeaseGrant(session_id="", epoch=0, rank=0, split=split, start_batch=0)
+        for frame in produce_split(session, lease, totals):
+            if len(first) < 16:
+                first.append(frame)
+    seconds = time.perf_counter() - started
+    full = [f for f in first if decode_frame(f)[0].num_rows == server_spec.batch_size]
+    return totals.counts["rows_out"], totals.counts["bytes_out"], seconds, full[:8]
 
 
 def client_pass(

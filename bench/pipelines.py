@@ -26,7 +26,6 @@ Each run is its own process so that peak RSS and CPU are the pipeline's alone.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import math
 import os
@@ -44,10 +43,11 @@ import torch
 from bench.measure import ProcessSampler, Timer, peak_rss_mb
 from bench.workloads import workloads
 from dpp_client import Batch, DppLoader, SessionSpec, batch_from_arrow
+from dpp_server.master import LeaseGrant
+from dpp_server.produce import SessionPipeline, StageTotals, produce_batches
 from dpp_server.spec import Spec, spec_from_proto
 from dpp_server.transforms import FeaturePipeline
 from dpp_server.transforms.hashing import sigrid_hash_values
-from dpp_server.worker import _take_rows
 from storage import Table, parse_filter, read_split
 
 PIPELINES = ("ceiling", "inprocess", "dpp", "torch", "ray")
@@ -100,38 +100,26 @@ def run_ceiling(spec: SessionSpec, max_rows: int) -> tuple[int, int]:
 
 
 def run_inprocess(spec: SessionSpec, max_rows: int) -> tuple[int, int]:
-    """The same read/filter/transform/batch/tensor steps as a dpp worker and client, in the
-    trainer's own thread (what a user writes without a service)."""
+    """The worker's own read/filter/transform/cut steps (:func:`~dpp_server.produce.
+    produce_batches`, no encoding) and the client's tensor conversion, in the trainer's own
+    thread (what a user writes without a service). Each split's short last batch is handed
+    on as it is."""
     server_spec = _server_spec(spec)
     table = Table.open(server_spec.table_uri)
     row_filter = parse_filter(server_spec.row_filter, "row_filter")
     plan = table.plan_splits(server_spec.target_split_rows, row_filter=row_filter)
-    pipeline = FeaturePipeline(server_spec)
+    session = SessionPipeline.compile(server_spec, read_batch_rows=65_536)
     rows = nbytes = 0
-    pieces: collections.deque[Any] = collections.deque()
-    held = 0
     for split in plan.splits:
-        for raw in read_split(
-            split,
-            filesystem=table.filesystem,
-            columns=pipeline.input_columns,
-            row_filter=row_filter,
-            batch_rows=65_536,
-        ):
-            wire = pipeline.apply(raw)
-            pieces.append(wire)
-            held += wire.num_rows
-            while held >= server_spec.batch_size:
-                batch = batch_from_arrow(_take_rows(pieces, server_spec.batch_size))
-                rows += batch.num_rows
-                nbytes += batch_nbytes(batch)
-                held -= server_spec.batch_size
+        lease = LeaseGrant(session_id="", epoch=0, rank=0, split=split, start_batch=0)
+        for _, wire, sections in produce_batches(session, lease, StageTotals()):
+            if sections:
+                raise SystemExit("the in-process pipeline has no dedup join; use dpp")
+            batch = batch_from_arrow(wire)
+            rows += batch.num_rows
+            nbytes += batch_nbytes(batch)
         if rows >= max_rows:
             return rows, nbytes
-    if held:
-        batch = batch_from_arrow(_take_rows(pieces, held))
-        rows += batch.num_rows
-        nbytes += batch_nbytes(batch)
     return rows, nbytes
 
 

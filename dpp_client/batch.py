@@ -12,34 +12,27 @@ Python ``bytes`` object). Use ``.clone()`` first, or ``.to(device)`` / ``.pin_me
 copy. Torch warns once per process that the buffer "is not writable"; that one warning is
 silenced by a filter matching its exact text and this module only.
 
-The expected "rows" schema (see ``worker.proto``):
-
-* ``dense``: ``fixed_size_list<float32 not null, D>``, present only when D > 0;
-* ``sparse.<name>``: ``large_list<int64>`` per sparse feature, no nulls;
-* ``label`` / ``weight``: float32 when the spec names them;
-* ``extra.<name>``: passthrough columns;
-* schema metadata ``dpp.dense`` / ``dpp.sparse``: JSON lists of feature names in spec order;
-* deduplicated groups (``dpp.dedup`` metadata, ``{group: [names]}``): each feature of a group
-  is a ``dictionary<int32, large_list<int64>>`` column ``sparse.<name>`` joined by
-  :func:`dpp_client.frames.decode_frame` (dictionary = unique rows, indices = inverse). They
-  become :attr:`Batch.dedup` entries, zero-copy too.
+The "rows" batch it converts is the one :func:`dpp_client.frames.decode_frame` returns; its
+columns, types and metadata are :mod:`dpp_proto.wire`'s (described in ``docs/architecture.md``,
+"The wire"). A deduplicated group's features arrive as ``dictionary<int32, large_list<int64>>``
+columns (dictionary = unique rows, indices = inverse) and become :attr:`Batch.dedup` entries,
+zero-copy too.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import torch
 
 from dpp_client.errors import FrameError
+from dpp_proto import wire
 
 __all__ = [
     "Batch",
@@ -59,13 +52,6 @@ warnings.filterwarnings(
     category=UserWarning,
     module=r"dpp_client\.batch",
 )
-
-DENSE_COLUMN = "dense"
-SPARSE_PREFIX = "sparse."
-EXTRA_PREFIX = "extra."
-LABEL_COLUMN = "label"
-WEIGHT_COLUMN = "weight"
-METADATA_DEDUP = b"dpp.dedup"
 
 _TORCHREC_HINT = (
     "Batch.to_kjt() needs torchrec, which is not installed. Install the CPU build with: "
@@ -347,7 +333,6 @@ class Batch:
 
 _ITEMSIZES = {dtype: torch.empty(0, dtype=dtype).element_size() for dtype in _TORCH_DTYPES.values()}
 _INT64 = struct.Struct("<q")
-_LARGE_LIST_INT64 = pa.large_list(pa.int64())
 
 
 def _view(buf: pa.Buffer | None, dtype: torch.dtype, start: int, count: int) -> torch.Tensor:
@@ -408,7 +393,7 @@ def _jagged_view(arr: pa.Array, name: str) -> JaggedTensor:
     indexing a tensor) and builds the two views directly: about 4.5 us a feature here.
     """
     arr_type = arr.type
-    if arr_type != _LARGE_LIST_INT64 and (
+    if arr_type != wire.SPARSE_TYPE and (
         not pa.types.is_large_list(arr_type) or arr_type.value_type != pa.int64()
     ):
         raise FrameError(f"column {name!r} has type {arr.type}, expected large_list<int64>")
@@ -438,15 +423,16 @@ def _jagged_view(arr: pa.Array, name: str) -> JaggedTensor:
     return JaggedTensor(values=values, offsets=offsets)
 
 
-def _names_from_metadata(schema: pa.Schema, key: bytes) -> list[str] | None:
-    meta = schema.metadata or {}
-    raw = meta.get(key)
-    if raw is None:
-        return None
-    names = json.loads(raw)
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise FrameError(f"schema metadata {key.decode()} is not a JSON list of names: {raw!r}")
-    return names
+def _metadata(schema: pa.Schema) -> tuple[list[str] | None, list[str] | None, dict[str, list[str]]]:
+    """The dense names, sparse names and dedup groups a rows schema's metadata lists."""
+    try:
+        return (
+            wire.feature_names(schema, wire.METADATA_DENSE),
+            wire.feature_names(schema, wire.METADATA_SPARSE),
+            wire.dedup_groups(schema),
+        )
+    except wire.WireFormatError as exc:
+        raise FrameError(str(exc)) from exc
 
 
 def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
@@ -468,10 +454,9 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
     """
     schema = rb.schema
     rows = rb.num_rows
-    dense_names = _names_from_metadata(schema, b"dpp.dense")
-    sparse_names = _names_from_metadata(schema, b"dpp.sparse")
+    dense_names, sparse_names, groups = _metadata(schema)
 
-    dense_idx = schema.get_field_index(DENSE_COLUMN)
+    dense_idx = schema.get_field_index(wire.DENSE_COLUMN)
     if dense_idx >= 0:
         dense = _dense_view(rb.column(dense_idx))
     else:
@@ -485,14 +470,16 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
         )
 
     if sparse_names is None:
-        sparse_names = [n[len(SPARSE_PREFIX) :] for n in schema.names if n.startswith("sparse.")]
-    dedup = _dedup_groups(rb)
+        sparse_names = [
+            n[len(wire.SPARSE_PREFIX) :] for n in schema.names if n.startswith(wire.SPARSE_PREFIX)
+        ]
+    dedup = _dedup_groups(rb, groups)
     grouped = {name for ikjt in dedup.values() for name in ikjt.unique}
     sparse: dict[str, JaggedTensor] = {}
     for name in sparse_names:
         if name in grouped:
             continue
-        column = SPARSE_PREFIX + name
+        column = wire.SPARSE_PREFIX + name
         idx = schema.get_field_index(column)
         if idx < 0:
             raise FrameError(
@@ -501,19 +488,19 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
         sparse[name] = _jagged_view(rb.column(idx), column)
 
     labels = None
-    idx = schema.get_field_index(LABEL_COLUMN)
+    idx = schema.get_field_index(wire.LABEL_COLUMN)
     if idx >= 0:
-        labels = _primitive_view(rb.column(idx), LABEL_COLUMN)
+        labels = _primitive_view(rb.column(idx), wire.LABEL_COLUMN)
     weights = None
-    idx = schema.get_field_index(WEIGHT_COLUMN)
+    idx = schema.get_field_index(wire.WEIGHT_COLUMN)
     if idx >= 0:
-        weights = _primitive_view(rb.column(idx), WEIGHT_COLUMN)
+        weights = _primitive_view(rb.column(idx), wire.WEIGHT_COLUMN)
 
     extras: dict[str, torch.Tensor] = {}
     for idx, column in enumerate(schema.names):
-        if not column.startswith(EXTRA_PREFIX):
+        if not column.startswith(wire.EXTRA_PREFIX):
             continue
-        name = column[len(EXTRA_PREFIX) :]
+        name = column[len(wire.EXTRA_PREFIX) :]
         arr = rb.column(idx)
         if arr.type in _TORCH_DTYPES:
             extras[name] = _primitive_view(arr, column)
@@ -541,18 +528,16 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
     )
 
 
-def _dedup_groups(rb: pa.RecordBatch) -> dict[str, InverseKeyedJaggedTensor]:
+def _dedup_groups(
+    rb: pa.RecordBatch, groups: dict[str, list[str]]
+) -> dict[str, InverseKeyedJaggedTensor]:
     """The dedup groups of a decoded batch (dictionary columns; see the module docstring)."""
-    raw = (rb.schema.metadata or {}).get(METADATA_DEDUP)
-    if raw is None:
-        return {}
-    groups = json.loads(raw)
     out: dict[str, InverseKeyedJaggedTensor] = {}
     for group, names in groups.items():
         unique: dict[str, JaggedTensor] = {}
         inverse: torch.Tensor | None = None
         for name in names:
-            column = SPARSE_PREFIX + name
+            column = wire.SPARSE_PREFIX + name
             idx = rb.schema.get_field_index(column)
             if idx < 0 or not pa.types.is_dictionary(rb.schema.field(idx).type):
                 raise FrameError(
@@ -568,39 +553,6 @@ def _dedup_groups(rb: pa.RecordBatch) -> dict[str, InverseKeyedJaggedTensor]:
     return out
 
 
-def _concat_dedup(rbs: list[pa.RecordBatch]) -> pa.RecordBatch:
-    """:func:`concat_batches` for batches with dedup groups (dictionary columns).
-
-    The unique rows are concatenated and each part's inverse is rebased by the unique rows of
-    the parts before it; unique rows no row refers to any more (a part cut from a bigger
-    batch) are dropped. Features of one group share their inverse, so they stay aligned.
-    """
-    schema = rbs[0].schema
-    arrays: list[pa.Array] = []
-    for i, column_field in enumerate(schema):
-        columns = [rb.column(i) for rb in rbs]
-        if not pa.types.is_dictionary(column_field.type):
-            arrays.append(pa.concat_arrays(columns))
-            continue
-        sizes = [len(c.dictionary) for c in columns]
-        bases = np.cumsum([0, *sizes[:-1]])
-        indices = np.concatenate(
-            [
-                c.indices.to_numpy().astype(np.int64) + base
-                for c, base in zip(columns, bases, strict=True)
-            ]
-        )
-        dictionary = pa.concat_arrays([c.dictionary for c in columns])
-        used, compact = np.unique(indices, return_inverse=True)
-        if len(used) < len(dictionary):
-            dictionary = dictionary.take(pa.array(used))
-            indices = compact
-        arrays.append(
-            pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), dictionary)
-        )
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
 def concat_batches(rbs: list[pa.RecordBatch]) -> pa.RecordBatch:
     """Concatenates record batches of one schema into one contiguous record batch.
 
@@ -611,19 +563,4 @@ def concat_batches(rbs: list[pa.RecordBatch]) -> pa.RecordBatch:
     Raises:
         ValueError: ``rbs`` is empty (the schema would be unknown).
     """
-    if not rbs:
-        raise ValueError("concat_batches needs at least one record batch to know the schema")
-    if len(rbs) == 1:
-        return rbs[0]
-    if any(pa.types.is_dictionary(f.type) for f in rbs[0].schema):
-        return _concat_dedup(rbs)
-    table = pa.Table.from_batches(rbs).combine_chunks()
-    batches = table.to_batches()
-    if len(batches) == 1:
-        return batches[0]
-    if not batches:
-        return pa.RecordBatch.from_arrays(
-            [pa.array([], type=f.type) for f in table.schema], schema=table.schema
-        )
-    # combine_chunks leaves one chunk per column, so this is unreachable in practice.
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+    return wire.concat_rows(rbs, drop_unused_unique_rows=True)

@@ -1,40 +1,28 @@
 """The worker: leases splits from the master and turns them into ready frames for ranks.
 
-Owns the pipeline ``acquire split -> read (projection + pushdown + row filter) -> transform ->
-fixed-size batches -> serialize -> bounded buffer``, run by several pipeline threads (pyarrow
-and polars release the GIL, so threads overlap I/O and compute), plus the heartbeat thread.
-Clients drain the buffers through ``worker_service.py``; this module imports no grpc and
-reaches the master only through the :class:`MasterLink` protocol.
-
-Batches of a split are deterministic: the split's rows in file order, transformed, cut into
-``batch_size`` rows from the first row on, numbered from 0. The last batch of a split may be
-partial; after it a row-less end-of-split frame (numbered one past the last batch) tells the
-client the split is complete. The client re-batches partial batches across splits.
-
-No Python loop per row: every step is a vectorized Arrow or polars call.
+Owns the orchestration ``acquire split -> produce its frames -> bounded buffer -> report``, run
+by several pipeline threads (pyarrow and polars release the GIL, so threads overlap I/O and
+compute), plus the heartbeat thread, the frame buffers, draining and the statistics. Producing
+one split's frames (read, filter, transform, cut, dedup, encode) is
+:func:`dpp_server.produce.produce_split`, a plain generator this module calls. Clients drain the
+buffers through ``worker_service.py``; this module imports no grpc and reaches the master only
+through the :class:`MasterLink` protocol.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Protocol
 
-import numpy as np
-import pyarrow as pa
-
-from dpp_proto import worker_pb2
-from dpp_server.frames import FrameEncoder
+from dpp_proto.wire import FrameEncoder
 from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
+from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.spec import Spec
-from dpp_server.transforms.dedup import DedupPipeline, concat_rows
-from storage import Filter, parse_filter, read_split, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +37,9 @@ class WorkerConfig:
         max_buffer_bytes: frames buffered per (session, rank) before pipeline threads wait for
             the client. More absorbs consumer jitter; less bounds memory.
         read_batch_rows: rows per record batch read from storage and transformed at once.
-            Larger amortises per-call overhead; smaller bounds memory per thread.
+            Larger amortises per-call overhead; smaller bounds memory per thread. With
+            ``shuffle`` a read chunk is the unit of the seeded row order, so all workers of a
+            cluster must use one value for re-produced splits to repeat their batches.
         idle_sleep_s: wait before asking the master again when it has no work.
     """
 
@@ -144,17 +134,6 @@ class FrameBuffer:
             self._cond.notify_all()
 
 
-@dataclasses.dataclass(frozen=True)
-class _Session:
-    """What a worker compiles once per session."""
-
-    spec: Spec
-    pipeline: DedupPipeline
-    encoder: FrameEncoder
-    row_filter: Filter | None
-    filesystem: object
-
-
 class _ActiveSplits:
     """A count a drain waits to see at zero (splits being produced, client streams open).
     Thread-safe: ``_cond`` guards ``_count``."""
@@ -174,7 +153,8 @@ class _ActiveSplits:
 
 
 class _Stats:
-    """Cumulative stage seconds and counters. Thread-safe: ``_lock`` guards both dicts."""
+    """Cumulative stage seconds and counters; the :class:`~dpp_server.produce.StageRecorder` of
+    every pipeline thread. Thread-safe: ``_lock`` guards both dicts."""
 
     def __init__(self, observe: Callable[[str, float], None] | None = None) -> None:
         self._lock = threading.Lock()
@@ -221,7 +201,7 @@ class Worker:
         self._link = link
         self._lock = threading.Lock()
         self._buffers: dict[tuple[str, int], FrameBuffer] = {}
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, SessionPipeline] = {}
         self._stats = _Stats(observe)
         self._stop = threading.Event()
         self._draining = threading.Event()
@@ -357,7 +337,7 @@ class Worker:
         self._active.add(1)
         try:
             session = self._session(lease.session_id)
-            for frame in self._frames(session, lease):
+            for frame in produce_split(session, lease, self._stats):
                 waited = time.perf_counter()
                 buffer.put(frame)
                 self._stats.add_seconds("wait_consumer_s", time.perf_counter() - waited)
@@ -371,15 +351,7 @@ class Worker:
                 f"{type(exc).__name__}: {exc}"
             )
             logger.exception("%s", message)
-            header = worker_pb2.FrameHeader(
-                session_id=lease.session_id,
-                epoch=lease.epoch,
-                rank=lease.rank,
-                split_id=lease.split.split_id,
-                batch_seq=produced,
-                last_in_split=True,
-                error=message,
-            )
+            header = frame_header(lease, produced, last=True, error=message)
             buffer.put(FrameEncoder.encode_empty(header))
             self._report(lease, message)
             return
@@ -400,155 +372,12 @@ class Worker:
         except Exception:
             logger.exception("reporting split %s to the master failed", lease.split.split_id)
 
-    def _frames(self, session: _Session, lease: LeaseGrant) -> Iterator[bytes]:
-        """Yields the frames of a split from ``lease.start_batch`` on, then the end frame."""
-        seq = 0
-        for batch in self._batches(session, lease):
-            if seq >= lease.start_batch:
-                yield self._encode(session, lease, seq, batch)
-            seq += 1
-        header = self._header(lease, seq, 0)
-        header.last_in_split = True
-        yield FrameEncoder.encode_empty(header)
-
-    def _batches(self, session: _Session, lease: LeaseGrant) -> Iterator[pa.RecordBatch]:
-        """Cuts the transformed rows of a split into ``batch_size`` batches.
-
-        A batch that lies inside one transformed chunk is a zero-copy slice; only a batch that
-        straddles two chunks is concatenated.
-        """
-        batch_size = session.spec.batch_size
-        pieces: collections.deque[pa.RecordBatch] = collections.deque()
-        held = 0
-        for chunk in self._transformed(session, lease):
-            started = time.perf_counter()
-            pieces.append(chunk)
-            held += chunk.num_rows
-            out = []
-            while held >= batch_size:
-                out.append(_take_rows(pieces, batch_size))
-                held -= batch_size
-            self._stats.add_seconds("batch_s", time.perf_counter() - started)
-            yield from out
-        if held:
-            yield _take_rows(pieces, held)
-
-    def _transformed(self, session: _Session, lease: LeaseGrant) -> Iterator[pa.RecordBatch]:
-        reader = read_split(
-            lease.split,
-            filesystem=session.filesystem,
-            columns=session.pipeline.input_columns,
-            row_filter=session.row_filter,
-            batch_rows=self.config.read_batch_rows,
-        )
-        for chunk in itertools.count():
-            started = time.perf_counter()
-            raw = next(reader, None)
-            self._stats.add_seconds("read_s", time.perf_counter() - started)
-            if raw is None:
-                return
-            self._stats.add_count("rows_read", raw.num_rows)
-            self._stats.add_count("bytes_read", raw.nbytes)
-            if raw.num_rows == 0:
-                continue
-            started = time.perf_counter()
-            if session.spec.shuffle:
-                # With dedup groups, whole sessions move (see _chunk_permutation).
-                starts = session.pipeline.session_starts(raw)
-                raw = raw.take(
-                    _chunk_permutation(session.spec.seed, lease, chunk, raw.num_rows, starts)
-                )
-            wire = session.pipeline.apply(raw)
-            self._stats.add_seconds("transform_s", time.perf_counter() - started)
-            yield wire
-
-    def _encode(
-        self, session: _Session, lease: LeaseGrant, seq: int, batch: pa.RecordBatch
-    ) -> bytes:
-        started = time.perf_counter()
-        rows, sections = session.pipeline.finish(batch)  # dedup groups: the batch's unique rows
-        self._stats.add_seconds("transform_s", time.perf_counter() - started)
-        started = time.perf_counter()
-        frame = session.encoder.encode(self._header(lease, seq, batch.num_rows), rows, sections)
-        self._stats.add_seconds("serialize_s", time.perf_counter() - started)
-        self._stats.add_count("rows_out", batch.num_rows)
-        self._stats.add_count("batches_out", 1)
-        self._stats.add_count("bytes_out", len(frame))
-        return frame
-
-    @staticmethod
-    def _header(lease: LeaseGrant, seq: int, num_rows: int) -> worker_pb2.FrameHeader:
-        return worker_pb2.FrameHeader(
-            session_id=lease.session_id,
-            epoch=lease.epoch,
-            rank=lease.rank,
-            split_id=lease.split.split_id,
-            batch_seq=seq,
-            num_rows=num_rows,
-        )
-
-    def _session(self, session_id: str) -> _Session:
+    def _session(self, session_id: str) -> SessionPipeline:
         with self._lock:
             session = self._sessions.get(session_id)
         if session is not None:
             return session
         spec = self._link.get_spec(session_id)
-        pipeline = DedupPipeline(spec)
-        filesystem, _ = resolve(spec.table_uri, spec.storage_options)
-        session = _Session(
-            spec=spec,
-            pipeline=pipeline,
-            encoder=FrameEncoder(),
-            row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
-            filesystem=filesystem,
-        )
+        session = SessionPipeline.compile(spec, self.config.read_batch_rows)
         with self._lock:
             return self._sessions.setdefault(session_id, session)
-
-
-def _chunk_permutation(
-    seed: int,
-    lease: LeaseGrant,
-    chunk: int,
-    rows: int,
-    session_starts: np.ndarray | None = None,
-) -> pa.Array:
-    """The seeded row order of one read chunk of a split: the same for a given seed, epoch,
-    split and chunk on every worker, so a re-produced split yields the same batches.
-
-    With ``session_starts`` (ascending first rows of the chunk's sessions, from 0), sessions
-    are shuffled as blocks and each keeps its rows adjacent and in order, so a session's
-    duplicate rows meet in one batch (RecD); a session is cut only at a batch boundary.
-    """
-    digest = hashlib.blake2b(
-        f"{seed}/{lease.epoch}/{lease.split.split_id}/{chunk}".encode(), digest_size=8
-    ).digest()
-    rng = np.random.default_rng(int.from_bytes(digest, "little"))
-    if session_starts is None:
-        return pa.array(rng.permutation(rows))
-    lengths = np.diff(np.append(session_starts, rows))
-    order = rng.permutation(len(session_starts))
-    moved = lengths[order]
-    # Row r of the output belongs to block order[k]: its source is start + (r - output start).
-    shift = np.repeat(session_starts[order] - (np.cumsum(moved) - moved), moved)
-    return pa.array(np.arange(rows, dtype=np.int64) + shift)
-
-
-def _take_rows(pieces: collections.deque[pa.RecordBatch], rows: int) -> pa.RecordBatch:
-    """Removes the first ``rows`` rows from ``pieces`` and returns them as one batch."""
-    first = pieces[0]
-    if first.num_rows >= rows:
-        pieces.popleft()
-        if first.num_rows > rows:
-            pieces.appendleft(first.slice(rows))
-        return first.slice(0, rows)
-    taken = []
-    needed = rows
-    while needed:
-        piece = pieces.popleft()
-        if piece.num_rows > needed:
-            pieces.appendleft(piece.slice(needed))
-            piece = piece.slice(0, needed)
-        taken.append(piece)
-        needed -= piece.num_rows
-    return concat_rows(taken)  # dedup groups: dictionary columns of several chunks

@@ -13,6 +13,7 @@ PATH="$bin:$PATH" "$py" -m grpc_tools.protoc -I "$root/proto" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" --mypy_grpc_out="$out" \
   "$root"/proto/dpp_proto/*.proto
 cat > "$out/dpp_proto/__init__.py" <<'PY'
-"""Generated protobuf and gRPC code for dpp. Do not edit: run scripts/gen_proto.sh."""
+"""dpp's protocol: generated protobuf and gRPC code (do not edit: run scripts/gen_proto.sh),
+and the hand-written frame contract both sides import (:mod:`dpp_proto.wire`)."""
 PY
 touch "$out/dpp_proto/py.typed"

@@ -4,6 +4,12 @@ Owns: turning a :class:`~storage.table.SplitInfo` into record batches: exactly t
 groups, only the requested columns (partition columns materialized from the split's partition
 values), the row filter applied exactly. Workers call this; it keeps no state between calls.
 
+Two steps, so a caller can time them apart (the worker reports ``read_s`` and ``filter_s``):
+:func:`scan_split` decodes the row groups (projection plus the filter's own columns) and
+:func:`filter_rows` applies the row filter exactly and drops the filter-only columns;
+:func:`read_split` is both. Row groups whose statistics rule the filter out were already
+dropped at planning (:meth:`storage.table.Table.plan_splits`), so the scan needs no filter.
+
 Memory stays bounded whatever the split size: the scan holds one row group's column chunks
 plus a couple of decoded batches of at most ``batch_rows`` rows; the split is never
 materialized whole.
@@ -26,7 +32,7 @@ from storage.table import SplitInfo, partition_expression
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_split"]
+__all__ = ["filter_rows", "read_split", "scan_split"]
 
 # Batches decoded ahead of the consumer: enough to overlap decode with the caller's transform,
 # small enough that a wide table's batches do not pile up.
@@ -59,6 +65,29 @@ def read_split(
         FilterError: the row filter names a column the file lacks.
         ValueError: ``batch_rows`` is below 1.
     """
+    scan = scan_split(
+        split, filesystem=filesystem, columns=columns, row_filter=row_filter, batch_rows=batch_rows
+    )
+    for batch in scan:
+        kept = filter_rows(batch, row_filter, columns)
+        if kept.num_rows:
+            yield kept
+
+
+def scan_split(
+    split: SplitInfo,
+    *,
+    filesystem: pafs.FileSystem,
+    columns: Sequence[str],
+    row_filter: Filter | None,
+    batch_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """Yields the split's rows before the row filter: ``columns``, then the columns only
+    ``row_filter`` reads, in file order; pass each batch to :func:`filter_rows`.
+
+    Arguments, limits and errors are :func:`read_split`'s; the filter's column types are
+    checked here, before the first batch, so a type error never looks like an I/O failure.
+    """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     _check_unchanged(split, filesystem)
@@ -88,13 +117,13 @@ def read_split(
             f"split {split.split_id} ({split.path!r}): unknown column(s) {missing}; the file "
             f"has {schema.names}: fix the projection"
         )
+    scanned = list(columns)
     if row_filter is not None:
-        # Type errors surface here as FilterError, not mid-scan as an I/O-looking failure.
         validate_types(row_filter, schema, "row_filter")
+        scanned += sorted(c for c in row_filter.columns if c not in scanned)
     batches = fragment.to_batches(
         schema=schema,
-        columns=list(columns),
-        filter=row_filter.expression if row_filter is not None else None,
+        columns=scanned,
         batch_size=batch_rows,
         batch_readahead=_BATCH_READAHEAD,
         fragment_readahead=1,
@@ -102,6 +131,17 @@ def read_split(
         fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True),
     )
     yield from _bounded(batches, batch_rows, split)
+
+
+def filter_rows(
+    batch: pa.RecordBatch, row_filter: Filter | None, columns: Sequence[str]
+) -> pa.RecordBatch:
+    """The rows of a :func:`scan_split` batch that pass ``row_filter`` (a null result drops
+    the row, as SQL's WHERE does), ``columns`` only; the batch itself when there is no filter."""
+    if row_filter is None:
+        return batch
+    kept = batch.filter(row_filter.expression)
+    return kept if kept.num_columns == len(columns) else kept.select(list(columns))
 
 
 def _check_unchanged(split: SplitInfo, filesystem: pafs.FileSystem) -> None:

@@ -16,7 +16,7 @@ feature still run once per read chunk, where per-call overhead is amortised:
    raw inputs (its features' sources and the columns their ops name) gives ``U`` unique rows and
    an inverse index ``[B]``; the group's ops run on the ``U`` rows only. The batch's rows then
    carry ``dedup.<group>.inverse`` and the unique rows become the frame section
-   ``dedup/<group>`` (layout in :mod:`dpp_server.wire`). In auto mode (``dedup_min_share`` > 0)
+   ``dedup/<group>`` (layout in :mod:`dpp_proto.wire`). In auto mode (``dedup_min_share`` > 0)
    a batch whose duplicate share ``1 - U / B`` is below the threshold gets the group's features
    as plain columns instead (the unique results expanded by one ``take``).
 
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
@@ -53,15 +52,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dpp_proto import wire
+from dpp_proto.wire import Section
 from dpp_server import spec as spec_lib
-from dpp_server import wire
 from dpp_server.spec import Feature, Spec
 from dpp_server.transforms.pipeline import FeaturePipeline
 
-__all__ = ["DedupPipeline", "Section", "concat_rows", "session_starts", "unique_rows"]
-
-#: A frame section besides "rows": its name and its record batch.
-Section = tuple[str, pa.RecordBatch]
+__all__ = ["DedupPipeline", "session_starts", "unique_rows"]
 
 
 def unique_rows(
@@ -332,7 +329,8 @@ class DedupPipeline:
         Each feature of a group becomes a dictionary column ``sparse.<name>`` (indices: the
         chunk's inverse, shared by the group's features; dictionary: the feature on the chunk's
         unique rows), which :meth:`finish` turns into the wire layout per cut batch. Slices of
-        the result are zero-copy; join pieces of several chunks with :func:`concat_rows`.
+        the result are zero-copy; join pieces of several chunks with
+        :func:`dpp_proto.wire.concat_rows`.
         """
         out = self._rows.apply(batch)
         if not self._groups:
@@ -374,7 +372,7 @@ class DedupPipeline:
 
         Args:
             batch: ``B >= 1`` rows cut from :meth:`apply`'s output (a slice, or pieces joined
-                by :func:`concat_rows`).
+                by :func:`dpp_proto.wire.concat_rows`).
         """
         if not self._groups:
             return batch, []
@@ -401,61 +399,10 @@ class DedupPipeline:
                 take = pa.array(ids[order])
                 fields.append(pa.field(wire.inverse_column(group.name), wire.INVERSE_TYPE, False))
                 arrays.append(pa.array(rank[local.reshape(-1)], type=wire.INVERSE_TYPE))
-                sections.append((wire.DEDUP_SECTION_PREFIX + group.name, unique.take(take)))
+                sections.append((wire.dedup_section(group.name), unique.take(take)))
             else:
                 fields.extend(group.section_schema)
                 arrays.extend(unique.take(pa.array(chunk_ids)).columns)
         metadata = {**(batch.schema.metadata or {}), **self._metadata}
         schema = pa.schema(fields, metadata=metadata)
         return pa.RecordBatch.from_arrays(arrays, schema=schema), sections
-
-
-def concat_rows(pieces: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
-    """Joins consecutive pieces of :meth:`DedupPipeline.apply` outputs (of one or several
-    chunks) into one batch; a dictionary column's dictionaries are concatenated and its
-    indices rebased (Arrow cannot unify list dictionaries)."""
-    schema = pieces[0].schema
-    if not any(pa.types.is_dictionary(field.type) for field in schema):
-        return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
-    arrays: list[pa.Array] = []
-    for i, field in enumerate(schema):
-        parts = [piece.column(i) for piece in pieces]
-        if not pa.types.is_dictionary(field.type):
-            arrays.append(pa.concat_arrays(parts))
-            continue
-        sizes = np.array([len(part.dictionary) for part in parts], dtype=np.int64)
-        starts = np.cumsum(sizes) - sizes
-        indices = np.concatenate(
-            [part.indices.to_numpy() + start for part, start in zip(parts, starts, strict=True)]
-        )
-        dictionary = pa.concat_arrays([part.dictionary for part in parts])
-        arrays.append(
-            pa.DictionaryArray.from_arrays(pa.array(indices, type=wire.INVERSE_TYPE), dictionary)
-        )
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def expand(
-    rows: pa.RecordBatch, sections: Sequence[Section], groups: dict[str, tuple[str, ...]]
-) -> pa.RecordBatch:
-    """The plain batch a deduplicated one stands for (tests and benchmarks; the client has its
-    own): every group's features as ``sparse.<name>`` columns taken through the inverse."""
-    by_name = dict(sections)
-    arrays = []
-    fields = []
-    for i, field in enumerate(rows.schema):
-        if not field.name.startswith("dedup."):
-            fields.append(field)
-            arrays.append(rows.column(i))
-    for group, features in groups.items():
-        section = by_name.get(wire.DEDUP_SECTION_PREFIX + group)
-        if section is None:
-            continue
-        take = rows.column(wire.inverse_column(group))
-        for name in features:
-            column = wire.SPARSE_PREFIX + name
-            fields.append(section.schema.field(column))
-            arrays.append(section.column(column).take(take))
-    return pa.RecordBatch.from_arrays(
-        arrays, schema=pa.schema(fields, metadata=rows.schema.metadata)
-    )

@@ -15,7 +15,7 @@ How a batch flows (no Python loop per row anywhere):
 4. One polars ``select`` holding every feature's expression, so polars evaluates features in
    parallel on its own threads with the GIL released (ops needing numpy, like
    ``sigrid_hash``, run once per column on the flat ids).
-5. :func:`dpp_server.wire.assemble_wire_batch` packs the result in the wire layout; passthrough
+5. :func:`dpp_proto.wire.assemble_wire_batch` packs the result in the wire layout; passthrough
    columns come straight from the input batch so their Arrow type is untouched.
 
 Each feature expression is ``adapted source -> ops in order -> wire finish``. The adapters and
@@ -34,8 +34,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dpp_proto import wire
 from dpp_server import spec as spec_lib
-from dpp_server import wire
 from dpp_server.errors import SpecError
 from dpp_server.transforms import sampling
 from dpp_server.transforms.registry import ExprFn, VType, get_op, input_name

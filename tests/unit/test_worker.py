@@ -5,15 +5,12 @@ from __future__ import annotations
 import collections
 import threading
 
-import pyarrow as pa
 import pytest
 
 from dpp_client.frames import decode_frame
-from dpp_proto import worker_pb2
-from dpp_server.frames import FrameEncoder
 from dpp_server.master import LeaseGrant, Master, StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
-from dpp_server.worker import FrameBuffer, Registration, Worker, WorkerConfig, _take_rows
+from dpp_server.worker import FrameBuffer, Registration, Worker, WorkerConfig
 from tests.unit.test_master import make_spec
 
 
@@ -54,22 +51,19 @@ class InProcessLink:
         return view.spec
 
 
-def test_take_rows_slices_within_a_piece_and_joins_across() -> None:
-    pieces = collections.deque(
-        [pa.record_batch({"x": list(range(0, 5))}), pa.record_batch({"x": list(range(5, 8))})]
-    )
-    first = _take_rows(pieces, 3)
-    second = _take_rows(pieces, 4)
-    assert first.column("x").to_pylist() == [0, 1, 2]
-    assert second.column("x").to_pylist() == [3, 4, 5, 6]
-    assert [p.column("x").to_pylist() for p in pieces] == [[7]]
-
-
 def test_frame_buffer_blocks_producers_when_full() -> None:
     buffer = FrameBuffer(max_bytes=10)
     buffer.put(b"x" * 8)
     assert buffer.full() is False
     done = threading.Event()
+    waiting = threading.Event()
+    condition_wait = buffer._cond.wait
+
+    def observed_wait(timeout: float | None = None) -> bool:
+        waiting.set()  # the producer holds no frame in yet and is about to block
+        return condition_wait(timeout)
+
+    buffer._cond.wait = observed_wait  # type: ignore[method-assign]
 
     def produce() -> None:
         buffer.put(b"y" * 8)  # 16 > 10: waits until the first frame is taken
@@ -77,24 +71,14 @@ def test_frame_buffer_blocks_producers_when_full() -> None:
 
     thread = threading.Thread(target=produce)
     thread.start()
-    assert not done.wait(0.2)
+    assert waiting.wait(10.0), "the producer never waited for room"
+    assert not done.is_set()
+    assert buffer.fill()[0] == 8
     assert buffer.get(1.0) == b"x" * 8
     assert done.wait(2.0)
     assert buffer.get(1.0) == b"y" * 8
     assert buffer.get(0.01) is None
     thread.join()
-
-
-def test_encoded_frames_decode_with_header_and_rows() -> None:
-    batch = pa.record_batch({"label": pa.array([1.0, 0.0], pa.float32())})
-    encoder = FrameEncoder()
-    header = worker_pb2.FrameHeader(session_id="s", split_id="a", batch_seq=2, num_rows=2)
-    decoded_header, rows = decode_frame(encoder.encode(header, batch))
-    assert decoded_header.batch_seq == 2 and decoded_header.sections[0].offset % 64 == 0
-    assert rows is not None and rows.column("label").to_pylist() == [1.0, 0.0]
-    end = worker_pb2.FrameHeader(split_id="a", batch_seq=3, last_in_split=True)
-    end_header, no_rows = decode_frame(FrameEncoder.encode_empty(end))
-    assert end_header.last_in_split and no_rows is None
 
 
 @pytest.mark.parametrize("batch_size", [1000, 1500, 7000])

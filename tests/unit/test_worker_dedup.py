@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import itertools
 
-import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import torch
@@ -13,32 +12,10 @@ import torch
 from dpp_client.batch import batch_from_arrow
 from dpp_client.frames import decode_frame
 from dpp_proto import spec_pb2
-from dpp_server.master import LeaseGrant, Master
-from dpp_server.worker import Worker, WorkerConfig, _chunk_permutation
-from storage import SplitInfo
+from dpp_server.master import Master
+from dpp_server.worker import Worker, WorkerConfig
 from tests.unit.test_master import make_spec
 from tests.unit.test_worker import InProcessLink
-
-
-def lease() -> LeaseGrant:
-    split = SplitInfo("s1", "/x.parquet", 1, (0,), 10, {})
-    return LeaseGrant(session_id="x", epoch=2, rank=0, split=split, start_batch=0)
-
-
-def test_session_permutation_moves_whole_sessions() -> None:
-    starts = np.array([0, 3, 4, 9], dtype=np.int64)
-    order = _chunk_permutation(7, lease(), 0, 12, starts).to_pylist()
-    assert sorted(order) == list(range(12))
-    blocks = [[0, 1, 2], [3], [4, 5, 6, 7, 8], [9, 10, 11]]
-    i = 0
-    seen = []
-    while i < 12:
-        block = next(b for b in blocks if b[0] == order[i])
-        assert order[i : i + len(block)] == block
-        seen.append(block[0])
-        i += len(block)
-    assert sorted(seen) == [0, 3, 4, 9]
-    assert order == _chunk_permutation(7, lease(), 0, 12, starts).to_pylist()
 
 
 def dedup_spec(table: str, shuffle: bool) -> spec_pb2.SessionSpec:

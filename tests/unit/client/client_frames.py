@@ -1,21 +1,18 @@
 """Test-only builders of "rows" record batches and StreamBatches frames.
 
-The server owns frame encoding; this minimal encoder follows ``worker.proto`` (magic, uint32
-header length, FrameHeader, 64-byte aligned Arrow IPC sections) so the client's decoder can
-be tested without a server.
+Frames are encoded by the contract's own :class:`dpp_proto.wire.FrameEncoder` (which the
+client may import), so the client is tested without a server.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 
 import numpy as np
 import pyarrow as pa
 
 from dpp_proto import worker_pb2
-
-ALIGN = 64
+from dpp_proto.wire import FrameEncoder
 
 
 def make_rows(
@@ -67,40 +64,14 @@ def make_rows(
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def ipc_bytes(rb: pa.RecordBatch) -> bytes:
-    """Serializes one batch as an Arrow IPC stream (schema + the batch)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, rb.schema) as writer:
-        writer.write_batch(rb)
-    return sink.getvalue().to_pybytes()
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 def encode_frame(header: worker_pb2.FrameHeader, rb: pa.RecordBatch | None) -> bytes:
-    """Encodes a frame as the server does; fills ``header.sections`` and ``num_rows``."""
+    """Encodes a frame as the worker does; sets ``num_rows`` from ``rb`` on a copy of
+    ``header``."""
     header = worker_pb2.FrameHeader.FromString(header.SerializeToString())
-    del header.sections[:]
     if rb is None:
-        body = b""
-    else:
-        header.num_rows = rb.num_rows
-        body = ipc_bytes(rb)
-        section = header.sections.add(name="rows", offset=0, length=len(body))
-        # The offset depends on the header's length, which depends on the offset's varint.
-        while True:
-            start = _align(8 + header.ByteSize())
-            if section.offset == start:
-                break
-            section.offset = start
-    raw_header = header.SerializeToString()
-    out = bytearray(b"DPPF" + struct.pack("<I", len(raw_header)) + raw_header)
-    if rb is not None:
-        out += b"\0" * (header.sections[0].offset - len(out))
-        out += body
-    return bytes(out)
+        return FrameEncoder.encode_empty(header)
+    header.num_rows = rb.num_rows
+    return FrameEncoder().encode(header, rb)
 
 
 def header(

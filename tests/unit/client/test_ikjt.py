@@ -18,7 +18,7 @@ from dpp_client.examples.dlrm import DLRM
 from dpp_client.frames import decode_frame
 from dpp_client.spec import Feature, Op, SessionSpec
 from dpp_proto import worker_pb2
-from dpp_server.frames import FrameEncoder
+from dpp_proto.wire import FrameEncoder
 from dpp_server.spec import spec_from_proto
 from dpp_server.transforms import FeaturePipeline
 from dpp_server.transforms.dedup import DedupPipeline

@@ -1,0 +1,294 @@
+"""One split in, its frames out: the worker's pipeline as a plain generator.
+
+Owns :func:`produce_split` (read -> filter -> transform -> cut -> dedup -> encode) and what it
+needs once per session (:class:`SessionPipeline`), plus the one builder of a frame's header
+(:func:`frame_header`). No threads, no grpc, no leases kept, no buffers: the worker
+(:mod:`dpp_server.worker`) runs it on its pipeline threads and puts the frames into its
+buffers; the benchmarks (``bench/``) call the very same function, so they measure production
+code. Must never import grpc or torch.
+
+Batches of a split are deterministic: the split's rows in file order (with ``shuffle``, each
+read chunk in a seeded order), transformed, cut into ``batch_size`` rows from the first row
+on, numbered from 0. The last batch of a split may be partial; after it a row-less
+end-of-split frame (numbered one past the last batch) tells the client the split is complete.
+
+Worked example (``batch_size`` 4, read chunks of 6 and 3 rows, ``start_batch`` 1):
+
+1. Chunk 0 (6 rows) is filtered, shuffled, transformed: batch 0 is rows 0-3 of the chunk, a
+   zero-copy slice; rows 4-5 wait.
+2. Chunk 1 (3 rows): batch 1 is chunk 0's rows 4-5 joined with chunk 1's rows 0-1
+   (:func:`dpp_proto.wire.concat_rows`); chunk 1's row 2 waits.
+3. The split ends: batch 2 is that one row. Batch 0 was already delivered (``start_batch`` 1),
+   so it is cut but not encoded; batches 1 and 2 are deduplicated per batch
+   (:meth:`DedupPipeline.finish`) and encoded, then the end frame numbered 3.
+
+No Python loop per row: every step is a vectorized Arrow or polars call.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from dpp_proto import worker_pb2
+from dpp_proto.wire import FrameEncoder, Section, concat_rows
+from dpp_server.master import LeaseGrant
+from dpp_server.spec import Spec
+from dpp_server.transforms.dedup import DedupPipeline
+from storage import Filter, parse_filter, resolve
+from storage.reader import filter_rows, scan_split
+
+__all__ = [
+    "SessionPipeline",
+    "StageRecorder",
+    "StageTotals",
+    "chunk_permutation",
+    "frame_header",
+    "produce_batches",
+    "produce_split",
+    "take_rows",
+]
+
+
+class StageRecorder(Protocol):
+    """Where :func:`produce_split` reports its work: seconds per stage (the
+    :class:`~dpp_server.master.StageSeconds` names: ``read_s``, ``filter_s``, ``transform_s``,
+    ``batch_s``, ``serialize_s``) and counts (``rows_read``, ``bytes_read``, ``rows_out``,
+    ``batches_out``, ``bytes_out``). The worker's statistics implement it thread-safely."""
+
+    def add_seconds(self, stage: str, seconds: float) -> None: ...
+
+    def add_count(self, name: str, n: int) -> None: ...
+
+
+class StageTotals:
+    """A :class:`StageRecorder` that sums into two dicts; for one thread (benchmarks, tests)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.counts: dict[str, int] = collections.defaultdict(int)
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    def add_count(self, name: str, n: int) -> None:
+        self.counts[name] += n
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionPipeline:
+    """What a worker compiles once per session. Immutable, and safe to share between threads
+    (the feature pipelines and the encoder guard their own caches).
+
+    Attributes:
+        spec: the session's spec.
+        pipeline: its features, dedup groups included.
+        encoder: the session's frame encoder (it caches the wire schemas).
+        row_filter: the parsed ``row_filter``, or None.
+        filesystem: the table's file system.
+        read_batch_rows: rows per read chunk (``WorkerConfig.read_batch_rows``). With
+            ``shuffle`` the chunk is the unit of the seeded order, so every worker producing a
+            session's splits must use the same value.
+    """
+
+    spec: Spec
+    pipeline: DedupPipeline
+    encoder: FrameEncoder
+    row_filter: Filter | None
+    filesystem: pafs.FileSystem
+    read_batch_rows: int
+
+    @classmethod
+    def compile(cls, spec: Spec, read_batch_rows: int) -> SessionPipeline:
+        """Builds the pipeline, parses the filter and resolves the file system of ``spec``."""
+        filesystem, _ = resolve(spec.table_uri, spec.storage_options)
+        return cls(
+            spec=spec,
+            pipeline=DedupPipeline(spec),
+            encoder=FrameEncoder(),
+            row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
+            filesystem=filesystem,
+            read_batch_rows=read_batch_rows,
+        )
+
+
+def frame_header(
+    lease: LeaseGrant, seq: int, num_rows: int = 0, *, last: bool = False, error: str = ""
+) -> worker_pb2.FrameHeader:
+    """The header of frame ``seq`` of a leased split (a data, end-of-split or error frame)."""
+    return worker_pb2.FrameHeader(
+        session_id=lease.session_id,
+        epoch=lease.epoch,
+        rank=lease.rank,
+        split_id=lease.split.split_id,
+        batch_seq=seq,
+        num_rows=num_rows,
+        last_in_split=last,
+        error=error,
+    )
+
+
+def produce_split(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[bytes]:
+    """Yields the frames of a split from ``lease.start_batch`` on, then the end frame.
+
+    Time spent by the caller between frames (e.g. waiting for buffer room) is not counted in
+    any stage.
+
+    Raises:
+        Whatever reading or transforming raises (``storage`` and ``SpecError`` exceptions):
+        the worker turns it into an error frame.
+    """
+    seq = 0
+    for batch in _batches(session, lease, recorder):
+        if seq >= lease.start_batch:
+            rows, sections = _finish(session, batch, recorder)
+            started = time.perf_counter()
+            header = frame_header(lease, seq, rows.num_rows)
+            frame = session.encoder.encode(header, rows, sections)
+            recorder.add_seconds("serialize_s", time.perf_counter() - started)
+            recorder.add_count("rows_out", rows.num_rows)
+            recorder.add_count("batches_out", 1)
+            recorder.add_count("bytes_out", len(frame))
+            yield frame
+        seq += 1
+    yield FrameEncoder.encode_empty(frame_header(lease, seq, last=True))
+
+
+def produce_batches(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[tuple[int, pa.RecordBatch, list[Section]]]:
+    """:func:`produce_split` without encoding: ``(batch number, rows, dedup sections)`` of each
+    batch from ``lease.start_batch`` on, for callers that use Arrow batches in process."""
+    for seq, batch in enumerate(_batches(session, lease, recorder)):
+        if seq >= lease.start_batch:
+            rows, sections = _finish(session, batch, recorder)
+            yield seq, rows, sections
+
+
+def _finish(
+    session: SessionPipeline, batch: pa.RecordBatch, recorder: StageRecorder
+) -> tuple[pa.RecordBatch, list[Section]]:
+    """Dedup groups: the cut batch's own unique rows (counted as transform time)."""
+    started = time.perf_counter()
+    rows, sections = session.pipeline.finish(batch)
+    recorder.add_seconds("transform_s", time.perf_counter() - started)
+    return rows, sections
+
+
+def _batches(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
+    """Cuts the transformed rows of a split into ``batch_size`` batches.
+
+    A batch that lies inside one transformed chunk is a zero-copy slice; only a batch that
+    straddles two chunks is concatenated.
+    """
+    batch_size = session.spec.batch_size
+    pieces: collections.deque[pa.RecordBatch] = collections.deque()
+    held = 0
+    for chunk in _transformed(session, lease, recorder):
+        started = time.perf_counter()
+        pieces.append(chunk)
+        held += chunk.num_rows
+        out = []
+        while held >= batch_size:
+            out.append(take_rows(pieces, batch_size))
+            held -= batch_size
+        recorder.add_seconds("batch_s", time.perf_counter() - started)
+        yield from out
+    if held:
+        yield take_rows(pieces, held)
+
+
+def _transformed(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
+    """Reads, filters, shuffles (with ``shuffle``) and transforms the split chunk by chunk."""
+    columns = session.pipeline.input_columns
+    reader = scan_split(
+        lease.split,
+        filesystem=session.filesystem,
+        columns=columns,
+        row_filter=session.row_filter,
+        batch_rows=session.read_batch_rows,
+    )
+    for chunk in itertools.count():
+        started = time.perf_counter()
+        scanned = next(reader, None)
+        recorder.add_seconds("read_s", time.perf_counter() - started)
+        if scanned is None:
+            return
+        started = time.perf_counter()
+        raw = filter_rows(scanned, session.row_filter, columns)
+        recorder.add_seconds("filter_s", time.perf_counter() - started)
+        recorder.add_count("rows_read", raw.num_rows)
+        recorder.add_count("bytes_read", raw.nbytes)
+        if raw.num_rows == 0:
+            continue
+        started = time.perf_counter()
+        if session.spec.shuffle:
+            # With dedup groups, whole sessions move (see chunk_permutation).
+            starts = session.pipeline.session_starts(raw)
+            raw = raw.take(chunk_permutation(session.spec.seed, lease, chunk, raw.num_rows, starts))
+        wire = session.pipeline.apply(raw)
+        recorder.add_seconds("transform_s", time.perf_counter() - started)
+        yield wire
+
+
+def chunk_permutation(
+    seed: int,
+    lease: LeaseGrant,
+    chunk: int,
+    rows: int,
+    session_starts: np.ndarray | None = None,
+) -> pa.Array:
+    """The seeded row order of one read chunk of a split: the same for a given seed, epoch,
+    split and chunk on every worker, so a re-produced split yields the same batches.
+
+    With ``session_starts`` (ascending first rows of the chunk's sessions, from 0), sessions
+    are shuffled as blocks and each keeps its rows adjacent and in order, so a session's
+    duplicate rows meet in one batch (RecD); a session is cut only at a batch boundary.
+    """
+    digest = hashlib.blake2b(
+        f"{seed}/{lease.epoch}/{lease.split.split_id}/{chunk}".encode(), digest_size=8
+    ).digest()
+    rng = np.random.default_rng(int.from_bytes(digest, "little"))
+    if session_starts is None:
+        return pa.array(rng.permutation(rows))
+    lengths = np.diff(np.append(session_starts, rows))
+    order = rng.permutation(len(session_starts))
+    moved = lengths[order]
+    # Row r of the output belongs to block order[k]: its source is start + (r - output start).
+    shift = np.repeat(session_starts[order] - (np.cumsum(moved) - moved), moved)
+    return pa.array(np.arange(rows, dtype=np.int64) + shift)
+
+
+def take_rows(pieces: collections.deque[pa.RecordBatch], rows: int) -> pa.RecordBatch:
+    """Removes the first ``rows`` rows from ``pieces`` and returns them as one batch."""
+    first = pieces[0]
+    if first.num_rows >= rows:
+        pieces.popleft()
+        if first.num_rows > rows:
+            pieces.appendleft(first.slice(rows))
+        return first.slice(0, rows)
+    taken = []
+    needed = rows
+    while needed:
+        piece = pieces.popleft()
+        if piece.num_rows > needed:
+            pieces.appendleft(piece.slice(needed))
+            piece = piece.slice(0, needed)
+        taken.append(piece)
+        needed -= piece.num_rows
+    return concat_rows(taken)  # dedup groups: dictionary columns of several chunks

@@ -1,0 +1,354 @@
+"""The frame contract (dpp_proto.wire): encode -> decode round trips over every column kind,
+dedup sections, concatenation and expansion, and every decode error with its text."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from dpp_client.errors import FrameError
+from dpp_client.frames import decode_frame as client_decode_frame
+from dpp_proto import wire, worker_pb2
+from dpp_proto.wire import FrameEncoder, WireFormatError, decode_frame
+
+SPARSE = {
+    "a": [[1, 2, 3], [], None, [2**63 - 1, -(2**63)]],  # empty and null lists, int64 bounds
+    "b": [[], [], [], []],
+}
+
+
+def plain_rows() -> pa.RecordBatch:
+    """Every plain column kind: dense, sparse, label, weight and passthrough extras."""
+    schema = wire.wire_schema(
+        ["d0", "d1"],
+        list(SPARSE),
+        label=True,
+        weight=True,
+        extra={"row_id": pa.int64(), "country": pa.string(), "seen": pa.bool_()},
+    )
+    sparse_fields = [pa.field(wire.SPARSE_PREFIX + n, wire.SPARSE_TYPE) for n in SPARSE]
+    # A null list is not what a worker sends (the schema says not null), but the envelope must
+    # carry it unchanged: the client, not the frame, refuses it.
+    schema = pa.schema(
+        [schema.field(0), *sparse_fields, *list(schema)[3:]], metadata=schema.metadata
+    )
+    dense = np.arange(8, dtype=np.float32).reshape(4, 2)
+    columns = [
+        *(pa.array(v, wire.SPARSE_TYPE) for v in SPARSE.values()),
+        pa.array([1.0, 0.0, 1.0, 0.0], pa.float32()),
+        pa.array([0.5, 1.0, 2.0, 1.0], pa.float32()),
+        pa.array([10, 11, 12, 13], pa.int64()),
+        pa.array(["de", None, "fr", ""], pa.string()),
+        pa.array([True, False, None, True]),
+    ]
+    return wire.assemble_wire_batch(schema, dense, columns)
+
+
+def dedup_frame(seq: int = 0) -> tuple[pa.RecordBatch, list[wire.Section], bytes]:
+    """Rows with group ``user`` deduplicated (3 unique rows of 5) and group ``plain`` sent
+    plain, and the encoded frame."""
+    unique = pa.record_batch(
+        {
+            "sparse.u0": pa.array([[7], [], [8, 9]], wire.SPARSE_TYPE),
+            "sparse.u1": pa.array([[1], [2], [3]], wire.SPARSE_TYPE),
+        }
+    )
+    metadata = {
+        wire.METADATA_DENSE: b"[]",
+        wire.METADATA_SPARSE: b'["u0", "u1", "p0"]',
+        wire.METADATA_DEDUP: b'{"user": ["u0", "u1"], "plain": ["p0"]}',
+    }
+    rows = pa.RecordBatch.from_arrays(
+        [
+            pa.array([0, 1, 0, 2, 1], wire.INVERSE_TYPE),
+            pa.array([[5], [6], [], [5], [6]], wire.SPARSE_TYPE),
+            pa.array([1, 2, 3, 4, 5], pa.int64()),
+        ],
+        schema=pa.schema(
+            [
+                pa.field(wire.inverse_column("user"), wire.INVERSE_TYPE, nullable=False),
+                pa.field("sparse.p0", wire.SPARSE_TYPE, nullable=False),
+                pa.field("extra.row_id", pa.int64()),
+            ],
+            metadata=metadata,
+        ),
+    )
+    sections = [(wire.dedup_section("user"), unique)]
+    header = worker_pb2.FrameHeader(split_id="s", batch_seq=seq, num_rows=5)
+    return rows, sections, FrameEncoder().encode(header, rows, sections)
+
+
+def test_plain_columns_round_trip_exactly() -> None:
+    rows = plain_rows()
+    header = worker_pb2.FrameHeader(session_id="s1", epoch=2, rank=1, split_id="a", batch_seq=3)
+    header.num_rows = rows.num_rows
+    frame = FrameEncoder().encode(header, rows)
+    got_header, got = decode_frame(frame)
+    assert got is not None
+    assert got.equals(rows) and got.schema.equals(rows.schema, check_metadata=True)
+    assert got.column("sparse.a").to_pylist() == SPARSE["a"]
+    assert got.column("extra.country").to_pylist() == ["de", None, "fr", ""]
+    assert got.column("dense").values.to_numpy().tolist() == list(range(8))
+    assert wire.feature_names(got.schema, wire.METADATA_DENSE) == ["d0", "d1"]
+    assert wire.feature_names(got.schema, wire.METADATA_SPARSE) == ["a", "b"]
+    assert (got_header.session_id, got_header.epoch, got_header.rank) == ("s1", 2, 1)
+    assert (got_header.split_id, got_header.batch_seq, got_header.num_rows) == ("a", 3, 4)
+    assert [s.name for s in got_header.sections] == [wire.ROWS_SECTION]
+    assert got_header.sections[0].offset % wire.SECTION_ALIGNMENT == 0
+    assert frame[:4] == wire.FRAME_MAGIC
+
+
+def test_rows_buffers_point_into_the_frame() -> None:
+    frame = FrameEncoder().encode(worker_pb2.FrameHeader(num_rows=4), plain_rows())
+    _, rb = decode_frame(frame)
+    assert rb is not None
+    start = pa.py_buffer(frame).address
+    for column in rb.columns:
+        for buf in column.buffers():
+            if buf is not None and buf.size:
+                assert start <= buf.address < start + len(frame)
+                assert (buf.address - start) % 8 == 0
+
+
+def test_encoded_frames_decode_with_header_and_rows() -> None:
+    batch = pa.record_batch({"label": pa.array([1.0, 0.0], pa.float32())})
+    encoder = FrameEncoder()
+    header = worker_pb2.FrameHeader(session_id="s", split_id="a", batch_seq=2, num_rows=2)
+    decoded_header, rows = decode_frame(encoder.encode(header, batch))
+    assert decoded_header.batch_seq == 2 and decoded_header.sections[0].offset % 64 == 0
+    assert rows is not None and rows.column("label").to_pylist() == [1.0, 0.0]
+    end = worker_pb2.FrameHeader(split_id="a", batch_seq=3, last_in_split=True)
+    end_header, no_rows = decode_frame(FrameEncoder.encode_empty(end))
+    assert end_header.last_in_split and no_rows is None
+
+
+def test_end_marker_and_error_frames_have_no_batch() -> None:
+    end = worker_pb2.FrameHeader(split_id="a", batch_seq=3, last_in_split=True)
+    got_header, rb = decode_frame(FrameEncoder().encode(end, None))
+    assert rb is None
+    assert got_header.last_in_split and got_header.num_rows == 0 and not got_header.sections
+    failed = worker_pb2.FrameHeader(split_id="a", last_in_split=True, error="file vanished")
+    got_header, rb = decode_frame(FrameEncoder.encode_empty(failed))
+    assert rb is None
+    assert got_header.error == "file vanished"
+
+
+def test_dedup_sections_join_as_dictionaries_and_expand_to_the_plain_rows() -> None:
+    rows, sections, frame = dedup_frame()
+    header, got = decode_frame(frame)
+    assert got is not None
+    assert [s.name for s in header.sections] == ["rows", "dedup/user"]
+    assert all(s.offset % wire.SECTION_ALIGNMENT == 0 for s in header.sections)
+    assert got.schema.names == ["extra.row_id", "sparse.u0", "sparse.u1", "sparse.p0"]
+    for name in ("sparse.u0", "sparse.u1", "sparse.p0"):
+        assert got.schema.field(name).type == wire.IKJT_TYPE
+    assert got.column("sparse.u0").indices.to_pylist() == [0, 1, 0, 2, 1]
+    assert got.column("sparse.u0").dictionary.to_pylist() == [[7], [], [8, 9]]
+    assert got.column("sparse.p0").indices.to_pylist() == [0, 1, 2, 3, 4]  # a plain group
+    expanded = wire.expand(rows, sections, {"user": ["u0", "u1"]})
+    assert expanded.column("sparse.u0").to_pylist() == [[7], [], [7], [8, 9], []]
+    assert expanded.column("sparse.u1").to_pylist() == [[1], [2], [1], [3], [2]]
+    assert wire.inverse_column("user") not in expanded.schema.names
+    for name in ("sparse.u0", "sparse.u1", "sparse.p0"):
+        assert got.column(name).to_pylist() == expanded.column(name).to_pylist()
+
+
+@pytest.mark.parametrize("drop_unused", [False, True])
+def test_concat_rows_rebases_dictionary_indices(drop_unused: bool) -> None:
+    _, _, frame = dedup_frame()
+    _, got = decode_frame(frame)
+    assert got is not None
+    first, second = got.slice(3), got.slice(0, 2)  # [2, 1] and [0, 1] of 3 unique rows each
+    joined = wire.concat_rows([first, second], drop_unused_unique_rows=drop_unused)
+    column = joined.column("sparse.u0")
+    assert column.to_pylist() == [[8, 9], [], [7], []]
+    assert joined.column("sparse.u1").to_pylist() == [[3], [2], [1], [2]]
+    assert joined.column("extra.row_id").to_pylist() == [4, 5, 1, 2]
+    assert joined.schema.equals(got.schema, check_metadata=True)
+    if drop_unused:  # the unique rows no row refers to are gone, the rest keep their order
+        assert column.indices.to_pylist() == [1, 0, 2, 3]
+        assert column.dictionary.to_pylist() == [[], [8, 9], [7], []]
+    else:
+        assert column.indices.to_pylist() == [2, 1, 3, 4]
+        assert len(column.dictionary) == 6
+
+
+def test_concat_rows_of_plain_batches_and_its_limits() -> None:
+    rows = plain_rows()
+    joined = wire.concat_rows([rows.slice(0, 1), rows.slice(1)])
+    assert joined.equals(rows)
+    assert wire.concat_rows([rows]) is rows
+    with pytest.raises(ValueError, match="at least one record batch"):
+        wire.concat_rows([])
+
+
+def raw_frame(header: worker_pb2.FrameHeader, body: bytes = b"", offset: int = 64) -> bytes:
+    """A frame whose header and body are written by hand, to break the contract on purpose."""
+    raw = header.SerializeToString()
+    prefix = wire.FRAME_PREFIX.pack(wire.FRAME_MAGIC, len(raw)) + raw
+    return prefix + b"\0" * (offset - len(prefix)) + body
+
+
+def ipc_bytes(rb: pa.RecordBatch) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, rb.schema) as writer:
+        writer.write_batch(rb)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def row_count_mismatch() -> bytes:
+    h = worker_pb2.FrameHeader(split_id="a", num_rows=5)
+    body = ipc_bytes(plain_rows())
+    h.sections.add(name="rows", offset=128, length=len(body))
+    return raw_frame(h, body, 128)
+
+
+def not_arrow() -> bytes:
+    h = worker_pb2.FrameHeader(split_id="a", num_rows=1)
+    h.sections.add(name="rows", offset=64, length=16)
+    return raw_frame(h, b"\x01" * 16)
+
+
+def empty_dedup_section() -> bytes:
+    h = worker_pb2.FrameHeader(split_id="a")
+    h.sections.add(name="dedup/g", offset=64, length=0)
+    return raw_frame(h)
+
+
+def dedup_without_rows() -> bytes:
+    unique = pa.record_batch({"sparse.u0": pa.array([[1]], wire.SPARSE_TYPE)})
+    body = ipc_bytes(unique)
+    h = worker_pb2.FrameHeader(split_id="a", batch_seq=4, last_in_split=True)
+    h.sections.add(name="dedup/user", offset=64, length=len(body))
+    return raw_frame(h, body)
+
+
+def with_rows(change: Callable[[pa.RecordBatch], pa.RecordBatch]) -> bytes:
+    rows, sections, _ = dedup_frame()
+    header = worker_pb2.FrameHeader(split_id="s", batch_seq=0, num_rows=5)
+    return FrameEncoder().encode(header, change(rows), sections)
+
+
+def with_metadata(value: bytes) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    def change(rows: pa.RecordBatch) -> pa.RecordBatch:
+        return rows.replace_schema_metadata({**rows.schema.metadata, wire.METADATA_DEDUP: value})
+
+    return change
+
+
+def inverse_of(values: list[int]) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    def change(rows: pa.RecordBatch) -> pa.RecordBatch:
+        index = rows.schema.get_field_index("dedup.user.inverse")
+        return rows.set_column(index, "dedup.user.inverse", pa.array(values, pa.int32()))
+
+    return change
+
+
+def without_inverse(rows: pa.RecordBatch) -> pa.RecordBatch:
+    return rows.drop_columns(["dedup.user.inverse"])
+
+
+def good() -> bytes:
+    return FrameEncoder().encode(worker_pb2.FrameHeader(split_id="a", num_rows=4), plain_rows())
+
+
+BAD_FRAMES: list[tuple[str, Callable[[], bytes], str]] = [
+    ("bad magic", lambda: b"XXXX" + good()[4:], r"starts with b'XXXX', expected b'DPPF'"),
+    ("shorter than prefix", lambda: b"DPP", "frame of 3 bytes is shorter than its 8-byte prefix"),
+    (
+        "header past the end",
+        lambda: FrameEncoder.encode_empty(worker_pb2.FrameHeader(split_id="a"))[:-2],
+        "frame header claims 3 bytes but only 1 follow the prefix; the message was truncated",
+    ),
+    (
+        "header not protobuf",
+        lambda: wire.FRAME_PREFIX.pack(wire.FRAME_MAGIC, 2) + b"\xff\xff",
+        r"frame header \(2 bytes\) is not a FrameHeader",
+    ),
+    ("truncated section", lambda: good()[:-10], r"section 'rows' of split a seq 0 spans \["),
+    ("row count", row_count_mismatch, "num_rows=5 but its rows section holds 4 rows"),
+    ("bad IPC", not_arrow, "rows section of split a seq 0 is not an Arrow IPC stream"),
+    (
+        "empty dedup section",
+        empty_dedup_section,
+        "dedup/g section of split a seq 0 is not an Arrow IPC",
+    ),
+    (
+        "rows claimed, no section",
+        lambda: FrameEncoder.encode_empty(worker_pb2.FrameHeader(split_id="a", num_rows=3)),
+        "says num_rows=3 but has no 'rows' section",
+    ),
+    (
+        "dedup section without rows",
+        dedup_without_rows,
+        r"seq 4 carries sections \['user'\] but no rows to join them to",
+    ),
+    (
+        "unknown group",
+        lambda: with_rows(with_metadata(b'{"plain": ["p0"]}')),
+        r"sections for unknown dedup groups \['user'\]",
+    ),
+    (
+        "metadata not JSON",
+        lambda: with_rows(with_metadata(b"{oops")),
+        "frame of split s seq 0: schema metadata dpp.dedup is not JSON: b'{oops'",
+    ),
+    (
+        "metadata not groups",
+        lambda: with_rows(with_metadata(b'["u0"]')),
+        r"schema metadata dpp.dedup is not \{group: \[names\]\}",
+    ),
+    (
+        "inverse missing",
+        lambda: with_rows(without_inverse),
+        "section dedup/user without int32 'dedup.user.inverse'",
+    ),
+    (
+        "inverse out of range",
+        lambda: with_rows(inverse_of([5] * 5)),
+        "bad inverse of dedup group 'user'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"), [(m, t) for _, m, t in BAD_FRAMES], ids=[n for n, _, _ in BAD_FRAMES]
+)
+def test_every_malformed_frame_is_refused_with_its_reason(
+    make: Callable[[], bytes], message: str
+) -> None:
+    frame = make()
+    with pytest.raises(WireFormatError, match=message):
+        decode_frame(frame)
+    # The client raises the same text as its own FrameError.
+    with pytest.raises(FrameError, match=message):
+        client_decode_frame(frame)
+
+
+def test_metadata_names_must_be_a_json_list_of_strings() -> None:
+    schema = pa.schema([], metadata={wire.METADATA_DENSE: b'{"a": 1}', wire.METADATA_SPARSE: b"x"})
+    for key in (wire.METADATA_DENSE, wire.METADATA_SPARSE):
+        with pytest.raises(WireFormatError, match=f"{key.decode()} is not a JSON list of names"):
+            wire.feature_names(schema, key)
+    assert wire.feature_names(pa.schema([]), wire.METADATA_DENSE) is None
+    assert wire.dedup_groups(pa.schema([])) == {}
+
+
+def test_unknown_sections_are_skipped() -> None:
+    rows = plain_rows()
+    frame = FrameEncoder().encode(
+        worker_pb2.FrameHeader(num_rows=4), rows, [("future/x", pa.record_batch({"z": [1]}))]
+    )
+    header, got = decode_frame(frame)
+    assert [s.name for s in header.sections] == ["rows", "future/x"]
+    assert got is not None and got.equals(rows)
+
+
+def test_prefix_is_magic_and_little_endian_length() -> None:
+    frame = FrameEncoder.encode_empty(worker_pb2.FrameHeader(split_id="abc"))
+    magic, length = struct.unpack_from("<4sI", frame)
+    assert magic == b"DPPF" and length == len(frame) - 8
