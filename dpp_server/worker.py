@@ -31,7 +31,8 @@ import pyarrow as pa
 
 from dpp_proto import worker_pb2
 from dpp_server.frames import FrameEncoder
-from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
+from dpp_server.master import LeaseGrant
+from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
 from dpp_server.transforms.dedup import DedupPipeline, concat_rows
 from storage import Filter, parse_filter, read_split, resolve

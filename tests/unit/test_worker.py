@@ -11,7 +11,8 @@ import pytest
 from dpp_client.frames import decode_frame
 from dpp_proto import worker_pb2
 from dpp_server.frames import FrameEncoder
-from dpp_server.master import LeaseGrant, Master, StageSeconds, WorkerCounters
+from dpp_server.master import LeaseGrant, Master
+from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
 from dpp_server.worker import FrameBuffer, Registration, Worker, WorkerConfig, _take_rows
 from tests.unit.test_master import make_spec
