@@ -644,10 +644,3 @@ def is_numeric(dtype: pa.DataType) -> bool:
     return bool(
         pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
     )
-
-
-def is_sparse_source(dtype: pa.DataType) -> bool:
-    """Whether a column can feed a sparse feature: a list of integers, or one integer."""
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        return bool(pa.types.is_integer(dtype.value_type))
-    return bool(pa.types.is_integer(dtype))

@@ -504,3 +504,24 @@ def test_label_not_numeric() -> None:
     err = schema_rejects(spec, schema(label=pa.string()))
     assert err.field == "label"
     assert err.problem == "column 'label' has type string, which is not numeric"
+
+
+def test_spec_imports_without_the_feature_pipeline() -> None:
+    """No import cycle spec -> transforms -> pipeline -> spec: importing the spec (and with it
+    the op registry) in a fresh import state loads neither the pipeline nor a half-made spec."""
+    import importlib
+    import sys
+
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("dpp_server")}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        spec_module = importlib.import_module("dpp_server.spec")
+        assert "dpp_server.transforms.pipeline" not in sys.modules
+        assert spec_module.get_op("log1p") is not None  # every op family registered
+        pipeline = importlib.import_module("dpp_server.transforms").FeaturePipeline
+        assert pipeline.__module__ == "dpp_server.transforms.pipeline"
+    finally:
+        for name in [k for k in sys.modules if k.startswith("dpp_server")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
