@@ -13,6 +13,7 @@ PATH="$bin:$PATH" "$py" -m grpc_tools.protoc -I "$root/proto" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" --mypy_grpc_out="$out" \
   "$root"/proto/dpp_proto/*.proto
 cat > "$out/dpp_proto/__init__.py" <<'PY'
-"""Generated protobuf and gRPC code for dpp. Do not edit: run scripts/gen_proto.sh."""
+"""Generated protobuf and gRPC code for dpp (``*_pb2*``: do not edit, run scripts/gen_proto.sh),
+and the few hand-written, standard-library-only modules both sides share (``defaults.py``)."""
 PY
 touch "$out/dpp_proto/py.typed"
