@@ -24,7 +24,7 @@ import base64
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -142,23 +142,39 @@ def to_proto(message_type: type[_Message], record: Any) -> _Message:
 
 def from_proto(record_type: type[_Record], message: Message) -> _Record:
     """The inverse of :func:`to_proto`: repeated fields become tuples, maps dicts."""
-    hints = _hints(record_type)
-    values = {
-        field.name: _from_proto_value(hints[field.name], getattr(message, field.name))
-        for field in dataclasses.fields(record_type)  # type: ignore[arg-type]
-    }
-    return record_type(**values)
+    return record_type(
+        **{name: read(getattr(message, name)) for name, read in _readers(record_type)}
+    )
 
 
-def _from_proto_value(hint: Any, value: Any) -> Any:
+_READERS: dict[type[Any], list[tuple[str, Callable[[Any], Any]]]] = {}
+
+
+def _readers(record_type: type[Any]) -> list[tuple[str, Callable[[Any], Any]]]:
+    """How to read each field of a record from its proto, worked out once per type (a worker
+    reads a split per lease; resolving type hints each time would cost more than the copy)."""
+    readers = _READERS.get(record_type)
+    if readers is None:
+        hints = _hints(record_type)
+        readers = _READERS[record_type] = [
+            (f.name, _reader(hints[f.name])) for f in dataclasses.fields(record_type)
+        ]
+    return readers
+
+
+def _reader(hint: Any) -> Callable[[Any], Any]:
     origin = typing.get_origin(hint)
     if origin is tuple:
-        item = typing.get_args(hint)[0]
-        return tuple(_from_proto_value(item, v) for v in value)
+        item = _reader(typing.get_args(hint)[0])
+        return lambda value: tuple(item(v) for v in value)
     if origin in (dict, Mapping) or hint in (dict, Mapping):
-        return dict(value)
-    if dataclasses.is_dataclass(hint):
-        return from_proto(hint, value)  # type: ignore[arg-type]
+        return dict
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return lambda value: from_proto(hint, value)
+    return _same
+
+
+def _same(value: Any) -> Any:
     return value
 
 
