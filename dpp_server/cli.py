@@ -24,10 +24,7 @@ import typing
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from dpp_server.master import MasterConfig
-from dpp_server.scaling import ScalerConfig
 from dpp_server.top import add_observability_commands
-from dpp_server.worker import WorkerConfig
 
 logger = logging.getLogger("dpp")
 
@@ -149,11 +146,12 @@ class UpProcess:
 
 _NO_ENV = Flag(env=None)
 #: The flags whose name, environment variable or unit differ from the field's.
-FLAGS: Mapping[type[Any], Mapping[str, Flag]] = {
-    MasterProcess: {"port": Flag(env="master_port"), "ready_file": _NO_ENV},
-    WorkerProcess: {"port": Flag(env="worker_port"), "ready_file": _NO_ENV},
-    UpProcess: {"port": Flag(env="master_port"), "ready_file": _NO_ENV},
-    WorkerConfig: {
+#: By class name: the server's settings classes are imported only for the command that runs.
+FLAGS: Mapping[str, Mapping[str, Flag]] = {
+    "MasterProcess": {"port": Flag(env="master_port"), "ready_file": _NO_ENV},
+    "WorkerProcess": {"port": Flag(env="worker_port"), "ready_file": _NO_ENV},
+    "UpProcess": {"port": Flag(env="master_port"), "ready_file": _NO_ENV},
+    "WorkerConfig": {
         "pipeline_threads": Flag(names=("--threads", "--pipeline-threads")),
         "max_buffer_bytes": Flag(
             names=("--buffer-mb",), env="buffer_mb", scale=1 << 20, unit="MiB"
@@ -194,7 +192,7 @@ def add_config_flags(
     for field in dataclasses.fields(cls):
         if only is not None and field.name not in only:
             continue
-        flag = FLAGS.get(cls, {}).get(field.name, Flag())
+        flag = FLAGS.get(cls.__name__, {}).get(field.name, Flag())
         default: Any = field.default
         if default is dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{field.name} needs a default to become a flag")
@@ -229,7 +227,7 @@ def config_from_args(cls: type[_Config], args: argparse.Namespace) -> _Config:
     values = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if hasattr(args, field.name):
-            scale = FLAGS.get(cls, {}).get(field.name, Flag()).scale
+            scale = FLAGS.get(cls.__name__, {}).get(field.name, Flag()).scale
             values[field.name] = getattr(args, field.name) * scale
     return cls(**values)
 
@@ -315,9 +313,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def cmd_master(args: argparse.Namespace) -> int:
     from dpp_server.cluster import write_ready_file
-    from dpp_server.master import Master
+    from dpp_server.master import Master, MasterConfig
     from dpp_server.master_service import MasterServer
     from dpp_server.monitor_service import MasterObservability
+    from dpp_server.scaling import ScalerConfig
 
     config = config_from_args(MasterConfig, args)
     journal = None
@@ -357,6 +356,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from dpp_server.cluster import write_ready_file
     from dpp_server.metrics import WorkerObservability
+    from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
 
     config = config_from_args(WorkerConfig, args)
@@ -431,7 +431,9 @@ _ENV_NOTE = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``dpp`` parser. ``command``: the command about to run (only its flags are built);
+    None: every command's flags."""
     parser = argparse.ArgumentParser(prog="dpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -487,25 +489,32 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     cluster.set_defaults(func=cmd_cluster)
 
+    # The server's settings classes come with the master's and the worker's modules (polars,
+    # pyarrow, ...): their flags are built only for the command that runs, so that `dpp top`
+    # and `dpp gen` start fast.
+    server = command is None or command in ("master", "worker", "up")
     master = sub.add_parser("master", help="run a master", description="Run a master. " + _ENV_NOTE)
-    add_config_flags(master, MasterProcess)
-    add_config_flags(master, MasterConfig)
-    add_config_flags(master, ScalerConfig)
-    master.set_defaults(func=cmd_master)
-
     worker = sub.add_parser("worker", help="run a worker", description="Run a worker. " + _ENV_NOTE)
-    add_config_flags(worker, WorkerProcess)
-    add_config_flags(worker, WorkerConfig)
-    worker.set_defaults(func=cmd_worker)
-
     up = sub.add_parser(
         "up",
         help="run a local cluster: a master and N workers",
         description="Run a local cluster: a master and N workers. " + _ENV_NOTE,
     )
-    add_config_flags(up, UpProcess)
-    add_config_flags(up, WorkerConfig, only=("pipeline_threads",))
-    add_config_flags(up, ScalerConfig, only=("min_workers", "max_workers"))
+    if server:
+        from dpp_server.master import MasterConfig
+        from dpp_server.scaling import ScalerConfig
+        from dpp_server.worker import WorkerConfig
+
+        add_config_flags(master, MasterProcess)
+        add_config_flags(master, MasterConfig)
+        add_config_flags(master, ScalerConfig)
+        add_config_flags(worker, WorkerProcess)
+        add_config_flags(worker, WorkerConfig)
+        add_config_flags(up, UpProcess)
+        add_config_flags(up, WorkerConfig, only=("pipeline_threads",))
+        add_config_flags(up, ScalerConfig, only=("min_workers", "max_workers"))
+    master.set_defaults(func=cmd_master)
+    worker.set_defaults(func=cmd_worker)
     up.set_defaults(func=cmd_up)
 
     add_observability_commands(sub, DEFAULT_MASTER)
@@ -520,7 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dpp_server.cluster import die_with_parent
 
     die_with_parent()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command).parse_args(argv)
     _configure_logging(args.verbose)
     result: int = args.func(args)
     return result

@@ -51,7 +51,7 @@ def test_help_lists_each_flag_with_its_variable_and_default(command: str) -> Non
     text = help_of(command)
     for cls in COMMANDS[command]:
         for field in dataclasses.fields(cls):
-            flag = cli.FLAGS.get(cls, {}).get(field.name, cli.Flag())
+            flag = cli.FLAGS.get(cls.__name__, {}).get(field.name, cli.Flag())
             name = flag.names[0] if flag.names else "--" + field.name.replace("_", "-")
             env = field.name if flag.env == "" else flag.env
             default = field.default // flag.scale if flag.scale != 1 else field.default
