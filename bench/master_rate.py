@@ -32,7 +32,8 @@ from typing import Any
 from dpp_client import Feature, Op, SessionSpec
 from dpp_server import state
 from dpp_server.journal import FileJournal
-from dpp_server.master import Master, MasterConfig, StageSeconds, WorkerCounters
+from dpp_server.master import Master, MasterConfig
+from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import spec_from_proto, spec_to_proto
 from storage import SplitInfo
 

@@ -29,15 +29,10 @@ __all__ = ["LoaderCollector", "client_stats_to_proto"]
 
 
 def client_stats_to_proto(stats: LoaderStats) -> master_pb2.ClientStats:
-    """The loader's cumulative figures as sent to the master."""
-    return master_pb2.ClientStats(
-        batches=stats.batches,
-        rows=stats.rows,
-        bytes_received=stats.bytes_received,
-        stall_s=stats.stall_s,
-        decode_s=stats.decode_s,
-        wall_s=stats.wall_s,
-    )
+    """The loader's cumulative figures as sent to the master: every field of the message,
+    taken from the snapshot's attribute of the same name (the proto is the declaration)."""
+    fields = master_pb2.ClientStats.DESCRIPTOR.fields
+    return master_pb2.ClientStats(**{f.name: getattr(stats, f.name) for f in fields})
 
 
 class LoaderCollector(Collector):

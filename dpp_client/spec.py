@@ -25,9 +25,11 @@ YAML form (ops list their parameters flat beside ``op``)::
 
 from __future__ import annotations
 
+import functools
 import os
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -35,7 +37,7 @@ import yaml
 from google.protobuf import json_format
 
 from dpp_client.errors import SpecRejectedError
-from dpp_proto import spec_pb2
+from dpp_proto import defaults, spec_pb2
 
 __all__ = ["Feature", "FeatureKind", "Op", "SessionSpec"]
 
@@ -137,7 +139,7 @@ class Feature:
     def from_dict(cls, data: Mapping[str, Any], where: str = "feature") -> Feature:
         """Builds a feature from its YAML form."""
         _check_type(where, data, Mapping)
-        unknown = set(data) - {"name", "kind", "source", "ops", "dedup_group"}
+        unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise _reject(f"{where}.{sorted(unknown)[0]}", "unknown feature field")
         for key in ("name", "kind"):
@@ -176,38 +178,21 @@ class Feature:
 
     def to_proto(self) -> spec_pb2.FeatureSpec:
         """Returns the ``FeatureSpec`` message."""
-        return spec_pb2.FeatureSpec(
-            name=self.name,
-            source=self.source,
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(
             kind=cast(spec_pb2.FeatureKind, _KIND_TO_PROTO[self.kind]),
             ops=[o.to_proto() for o in self.ops],
-            dedup_group=self.dedup_group,
         )
+        return spec_pb2.FeatureSpec(**values)
 
     @classmethod
     def from_proto(cls, msg: spec_pb2.FeatureSpec) -> Feature:
         """Inverse of :meth:`to_proto`."""
         if msg.kind not in _PROTO_TO_KIND:
             raise _reject(f"features[{msg.name}].kind", f"unknown kind {msg.kind}")
-        return cls(
-            name=msg.name,
-            kind=_PROTO_TO_KIND[msg.kind],
-            source=msg.source,
-            ops=tuple(Op.from_proto(o) for o in msg.ops),
-            dedup_group=msg.dedup_group,
-        )
-
-
-_INT_FIELDS = (
-    "batch_size",
-    "epochs",
-    "seed",
-    "world_size",
-    "target_split_rows",
-    "max_splits_in_flight",
-)
-_STR_FIELDS = ("table_uri", "label", "weight", "partition_filter", "row_filter", "sample_key")
-_RATE_FIELDS = ("negative_downsample_rate", "sample_rate", "dedup_min_share")
+        values = {f.name: getattr(msg, f.name) for f in fields(cls)}
+        values.update(kind=_PROTO_TO_KIND[msg.kind], ops=tuple(Op.from_proto(o) for o in msg.ops))
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -233,7 +218,8 @@ class SessionSpec:
         deterministic: each rank gets a byte-identical batch sequence for a seed, whatever the
             number of workers and across failures and restarts; slower than arrival order.
         max_splits_in_flight: splits leased ahead of consumption in deterministic mode; more
-            hides slow splits, each may sit in the client's memory. 0: the default (8).
+            hides slow splits, each may sit in the client's memory. 0: the master's default
+            (``dpp_proto.defaults.MAX_SPLITS_IN_FLIGHT``).
         storage_options: fsspec options (endpoint_url, key, secret for s3://).
         negative_downsample_rate: share of label-0 rows kept, in (0, 1]; kept negatives get
             weight 1/rate (multiplied into ``weight``). Lower cuts cost on imbalanced data,
@@ -254,16 +240,16 @@ class SessionSpec:
     passthrough: tuple[str, ...] = ()
     partition_filter: str = ""
     row_filter: str = ""
-    epochs: int = 1
+    epochs: int = defaults.EPOCHS
     seed: int = 0
-    world_size: int = 1
+    world_size: int = defaults.WORLD_SIZE
     target_split_rows: int = 0
     shuffle: bool = False
     storage_options: dict[str, str] = field(default_factory=dict)
     deterministic: bool = False
     max_splits_in_flight: int = 0
-    negative_downsample_rate: float = 1.0
-    sample_rate: float = 1.0
+    negative_downsample_rate: float = defaults.RATE
+    sample_rate: float = defaults.RATE
     sample_key: str = ""
     dedup_min_share: float = 0.0
 
@@ -279,19 +265,14 @@ class SessionSpec:
         Raises:
             SpecRejectedError: naming the first offending field.
         """
-        for name in _STR_FIELDS:
-            _check_type(name, getattr(self, name), str)
-        for name in _INT_FIELDS:
+        for name, kind in _scalar_fields().items():
             value = getattr(self, name)
-            _check_type(name, value, int)
-            if value < 0:
+            # A float field takes an int too (YAML writes 1 for 1.0).
+            _check_type(name, value, (int, float) if kind is float else kind)
+            if kind is int and value < 0:
                 raise _reject(name, f"must be >= 0, got {value}")
         if self.batch_size == 0:
             raise _reject("batch_size", "must be > 0")
-        _check_type("shuffle", self.shuffle, bool)
-        _check_type("deterministic", self.deterministic, bool)
-        for name in _RATE_FIELDS:
-            _check_type(name, getattr(self, name), (int, float))
         for i, f in enumerate(self.features):
             _check_type(f"features[{i}]", f, Feature)
         for i, p in enumerate(self.passthrough):
@@ -349,79 +330,39 @@ class SessionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the dict/YAML form; ``from_dict(to_dict())`` gives an equal spec."""
-        return {
-            "table_uri": self.table_uri,
-            "features": [f.to_dict() for f in self.features],
-            "batch_size": self.batch_size,
-            "label": self.label,
-            "weight": self.weight,
-            "passthrough": list(self.passthrough),
-            "partition_filter": self.partition_filter,
-            "row_filter": self.row_filter,
-            "epochs": self.epochs,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "target_split_rows": self.target_split_rows,
-            "shuffle": self.shuffle,
-            "storage_options": dict(self.storage_options),
-            "deterministic": self.deterministic,
-            "max_splits_in_flight": self.max_splits_in_flight,
-            "negative_downsample_rate": self.negative_downsample_rate,
-            "sample_rate": self.sample_rate,
-            "sample_key": self.sample_key,
-            "dedup_min_share": self.dedup_min_share,
-        }
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out.update(
+            features=[f.to_dict() for f in self.features],
+            passthrough=list(self.passthrough),
+            storage_options=dict(self.storage_options),
+        )
+        return out
 
     def to_proto(self) -> spec_pb2.SessionSpec:
         """Returns the ``SessionSpec`` message sent in ``CreateSessionRequest``."""
-        return spec_pb2.SessionSpec(
-            table_uri=self.table_uri,
-            storage_options=dict(self.storage_options),
-            partition_filter=self.partition_filter,
-            row_filter=self.row_filter,
-            features=[f.to_proto() for f in self.features],
-            label=self.label,
-            weight=self.weight,
-            passthrough=list(self.passthrough),
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            seed=self.seed,
-            world_size=self.world_size,
-            target_split_rows=self.target_split_rows,
-            shuffle=self.shuffle,
-            deterministic=self.deterministic,
-            max_splits_in_flight=self.max_splits_in_flight,
-            negative_downsample_rate=float(self.negative_downsample_rate),
-            sample_rate=float(self.sample_rate),
-            sample_key=self.sample_key,
-            dedup_min_share=float(self.dedup_min_share),
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["features"] = [f.to_proto() for f in self.features]
+        return spec_pb2.SessionSpec(**values)
 
     @classmethod
     def from_proto(cls, msg: spec_pb2.SessionSpec) -> SessionSpec:
-        """Inverse of :meth:`to_proto` (proto zeros for epochs/world_size become 1)."""
-        return cls(
-            table_uri=msg.table_uri,
-            features=tuple(Feature.from_proto(f) for f in msg.features),
-            batch_size=msg.batch_size,
-            label=msg.label,
-            weight=msg.weight,
-            passthrough=tuple(msg.passthrough),
-            partition_filter=msg.partition_filter,
-            row_filter=msg.row_filter,
-            epochs=msg.epochs or 1,
-            seed=msg.seed,
-            world_size=msg.world_size or 1,
-            target_split_rows=msg.target_split_rows,
-            shuffle=msg.shuffle,
-            storage_options=dict(msg.storage_options),
-            deterministic=msg.deterministic,
-            max_splits_in_flight=msg.max_splits_in_flight,
-            negative_downsample_rate=msg.negative_downsample_rate or 1.0,
-            sample_rate=msg.sample_rate or 1.0,
-            sample_key=msg.sample_key,
-            dedup_min_share=msg.dedup_min_share,
-        )
+        """Inverse of :meth:`to_proto`. A field the proto says "0 means a default" and that
+        is 0 takes this class's default (``epochs`` 0 becomes 1, ``max_splits_in_flight`` 0
+        stays 0: the master's default)."""
+        by_name = msg.DESCRIPTOR.fields_by_name
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            value = getattr(msg, f.name)
+            kind = by_name[f.name].message_type
+            if kind is not None and kind.GetOptions().map_entry:
+                value = dict(value)
+            elif by_name[f.name].is_repeated:
+                value = tuple(value)
+            elif not value and f.name in defaults.SPEC_ZERO_MEANS:
+                value = f.default
+            values[f.name] = value
+        values["features"] = tuple(Feature.from_proto(f) for f in msg.features)
+        return cls(**values)
 
     @property
     def dense_names(self) -> list[str]:
@@ -432,6 +373,17 @@ class SessionSpec:
     def sparse_names(self) -> list[str]:
         """Sparse feature names in spec order (the keys of ``Batch.sparse``)."""
         return [f.name for f in self.features if f.kind == "sparse"]
+
+
+@functools.cache
+def _scalar_fields() -> dict[str, type]:
+    """Each scalar field of :class:`SessionSpec` (str, int, float, bool) and its type, in
+    declaration order: what :meth:`SessionSpec.check` type-checks."""
+    hints = typing.get_type_hints(SessionSpec)
+    return {f.name: hints[f.name] for f in fields(SessionSpec) if hints[f.name] in _SCALARS}
+
+
+_SCALARS = (str, int, float, bool)
 
 
 def coerce_spec(spec: SessionSpec | str | os.PathLike[str] | Mapping[str, Any]) -> SessionSpec:

@@ -1,2 +1,4 @@
-"""dpp's protocol: generated protobuf and gRPC code (do not edit: run scripts/gen_proto.sh),
-and the hand-written frame contract both sides import (:mod:`dpp_proto.wire`)."""
+"""dpp's protocol: generated protobuf and gRPC code (``*_pb2*``: do not edit, run
+scripts/gen_proto.sh), and the few hand-written modules both sides share: the frame contract
+(:mod:`dpp_proto.wire`, pyarrow only) and the spec defaults
+(:mod:`dpp_proto.defaults`, stdlib only)."""

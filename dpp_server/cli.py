@@ -1,29 +1,35 @@
 """The ``dpp`` command: ``gen``, ``cluster``, ``master``, ``worker``, ``up`` and ``demo``.
 
-Owns argument parsing, logging configuration and process signals. The one place that reads
-``DPP_*`` environment variables (:func:`_env`), so every setting has one default, one flag and
-one override.
+Owns argument parsing, logging configuration and process signals. The flags of ``dpp master``,
+``dpp worker`` and ``dpp up`` are derived from the settings dataclasses (:class:`MasterConfig`,
+:class:`WorkerConfig`, :class:`ScalerConfig` and this module's process settings) by one helper,
+:func:`add_config_flags`: a field gives its flag (``--lease-timeout-s``), its default, its help
+(the class docstring's line for it) and its ``DPP_<NAME>`` environment override, read in one
+place (:func:`_env`). So every setting has one default, one flag and one override, and
+``dpp master --help`` lists them all. ``dpp top`` and ``dpp scale`` live in :mod:`dpp_server.top`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import logging
 import os
+import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import typing
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from dpp_server.top import (
-    add_master_observability_args,
-    add_metrics_port_arg,
-    add_observability_commands,
-    add_up_scaling_args,
-)
+from dpp_server.top import add_observability_commands
 
 logger = logging.getLogger("dpp")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 def _env(name: str, default: Any) -> Any:
@@ -31,7 +37,199 @@ def _env(name: str, default: Any) -> Any:
     raw = os.environ.get(f"DPP_{name.upper()}")
     if raw is None:
         return default
-    return type(default)(raw)
+    if isinstance(default, bool):
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise SystemExit(f"DPP_{name.upper()}={raw!r}: expected one of 1/0, true/false")
+        return raw.strip().lower() in _TRUE
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise SystemExit(f"DPP_{name.upper()}={raw!r}: expected {type(default).__name__}") from None
+
+
+# -- settings as flags ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How one settings field appears on the command line, where the derived form won't do.
+
+    Attributes:
+        names: the option strings (default: ``--field-name``).
+        env: the environment variable without ``DPP_`` (default: the field name); None: none.
+        scale: the field holds the flag's value times this (``--buffer-mb`` for bytes).
+        unit: the flag's unit when it differs from the field's, e.g. ``MiB``.
+    """
+
+    names: tuple[str, ...] = ()
+    env: str | None = ""
+    scale: int = 1
+    unit: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterProcess:
+    """The master process: its address, journal and observability.
+
+    (Beside :class:`MasterConfig` and the scaler's settings, which are the master's own.)
+
+    Attributes:
+        host: address to bind; 0.0.0.0 serves other machines.
+        port: the master's gRPC port.
+        journal_dir: keep the journal here: a restarted master resumes every session from it
+            (empty: in memory only, state is lost with the process).
+        metrics_port: serve Prometheus /metrics on this port (0: any free port, announced in
+            the ready file; -1: no metrics).
+        initial_workers: the autoscaler's desired count before it has measured anything.
+        monitor_interval_s: sampling window of the verdict and the autoscaler: shorter reacts
+            sooner, longer is steadier.
+        ready_file: write the bound address (and the metrics address) here, as JSON.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    journal_dir: str = ""
+    metrics_port: int = 0
+    initial_workers: int = 1
+    monitor_interval_s: float = 5.0
+    ready_file: str = ""
+
+
+#: Where workers, ``dpp top`` and ``dpp scale`` find a master by default.
+DEFAULT_MASTER = f"127.0.0.1:{MasterProcess.port}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerProcess:
+    """The worker process: its master, address, draining and observability.
+
+    (Beside :class:`WorkerConfig`, the worker's own settings.)
+
+    Attributes:
+        master: host:port of the master.
+        host: address to bind; 0.0.0.0 serves other machines.
+        port: the worker's gRPC port (0: any free port).
+        advertise_host: host clients dial (empty: the bound host).
+        drain_timeout_s: on SIGTERM: time to finish splits in hand and hand frames to clients.
+        metrics_port: serve Prometheus /metrics on this port (0: any free port, announced in
+            the ready file; -1: no metrics).
+        ready_file: write the bound address (and the metrics address) here, as JSON.
+    """
+
+    master: str = DEFAULT_MASTER
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_host: str = ""
+    drain_timeout_s: float = 30.0
+    metrics_port: int = 0
+    ready_file: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class UpProcess:
+    """A local cluster: a master and its workers, as child processes.
+
+    (Beside the workers' pipeline threads and the scaler's bounds.)
+
+    Attributes:
+        workers: workers started at once.
+        port: master port (0: any free port).
+        autoscale: follow the master's desired worker count (dpp_desired_workers).
+        ready_file: write the master's address here, as JSON.
+    """
+
+    workers: int = 2
+    port: int = 0
+    autoscale: bool = False
+    ready_file: str = ""
+
+
+_NO_ENV = Flag(env=None)
+#: The flags whose name, environment variable or unit differ from the field's.
+#: By class name: the server's settings classes are imported only for the command that runs.
+FLAGS: Mapping[str, Mapping[str, Flag]] = {
+    "MasterProcess": {"port": Flag(env="master_port"), "ready_file": _NO_ENV},
+    "WorkerProcess": {"port": Flag(env="worker_port"), "ready_file": _NO_ENV},
+    "UpProcess": {"port": Flag(env="master_port"), "ready_file": _NO_ENV},
+    "WorkerConfig": {
+        "pipeline_threads": Flag(names=("--threads", "--pipeline-threads")),
+        "max_buffer_bytes": Flag(
+            names=("--buffer-mb",), env="buffer_mb", scale=1 << 20, unit="MiB"
+        ),
+    },
+}
+
+
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """Each field's description from the Google-style ``Attributes:`` section of a class's
+    docstring (continuation lines joined)."""
+    doc = inspect.getdoc(cls) or ""
+    _, found, section = doc.partition("Attributes:\n")
+    docs: dict[str, str] = {}
+    current = ""
+    for line in section.splitlines() if found else ():
+        entry = re.match(r"^ {4}(\w+): (.*)$", line)
+        if entry:
+            current = entry[1]
+            docs[current] = entry[2]
+        elif current and line.startswith(" " * 8):
+            docs[current] += " " + line.strip()
+        elif line.strip():
+            break
+    return docs
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, cls: type[Any], only: Collection[str] | None = None
+) -> None:
+    """Adds one flag per field of the dataclass ``cls`` (or of the fields in ``only``): its
+    default from the field (overridden by ``DPP_<NAME>``), its help from the docstring, the
+    variable and default shown in ``--help``. The parsed value lands in ``args.<field>``."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    summary = (inspect.getdoc(cls) or cls.__name__).splitlines()[0].rstrip(".")
+    group = parser.add_argument_group(f"{summary} ({cls.__name__})")
+    for field in dataclasses.fields(cls):
+        if only is not None and field.name not in only:
+            continue
+        flag = FLAGS.get(cls.__name__, {}).get(field.name, Flag())
+        default: Any = field.default
+        if default is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name} needs a default to become a flag")
+        if flag.scale != 1:
+            default //= flag.scale
+        env = field.name if flag.env == "" else flag.env
+        if env is not None:
+            default = _env(env, default)
+        text = (docs.get(field.name) or field.name).replace("%", "%%")
+        if flag.unit:
+            text += f" In {flag.unit}."
+        where = f"${'DPP_' + env.upper()}, " if env is not None else ""
+        text += f" [{where}default: %(default)s]"
+        names = flag.names or (f"--{field.name.replace('_', '-')}",)
+        metavar = names[0].removeprefix("--").replace("-", "_").upper()
+        if hints[field.name] is bool:
+            group.add_argument(
+                *names, dest=field.name, action="store_true", default=default, help=text
+            )
+        else:
+            kind = hints[field.name]
+            group.add_argument(
+                *names, dest=field.name, type=kind, default=default, metavar=metavar, help=text
+            )
+
+
+_Config = typing.TypeVar("_Config")
+
+
+def config_from_args(cls: type[_Config], args: argparse.Namespace) -> _Config:
+    """The dataclass ``cls`` with every field that has a flag taken from ``args``."""
+    values = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if hasattr(args, field.name):
+            scale = FLAGS.get(cls.__name__, {}).get(field.name, Flag()).scale
+            values[field.name] = getattr(args, field.name) * scale
+    return cls(**values)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -120,10 +318,7 @@ def cmd_master(args: argparse.Namespace) -> int:
     from dpp_server.monitor_service import MasterObservability
     from dpp_server.scaling import ScalerConfig
 
-    config = MasterConfig(
-        heartbeat_interval_s=args.heartbeat_interval_s,
-        lease_timeout_s=args.lease_timeout_s,
-    )
+    config = config_from_args(MasterConfig, args)
     journal = None
     if args.journal_dir:
         from dpp_server.journal import FileJournal
@@ -135,7 +330,7 @@ def cmd_master(args: argparse.Namespace) -> int:
         master,
         args.host,
         args.metrics_port,
-        ScalerConfig(min_workers=args.min_workers, max_workers=args.max_workers),
+        config_from_args(ScalerConfig, args),
         initial_workers=args.initial_workers,
         monitor_interval_s=args.monitor_interval_s,
     )
@@ -164,11 +359,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
 
-    config = WorkerConfig(
-        pipeline_threads=args.threads,
-        max_buffer_bytes=args.buffer_mb << 20,
-        read_batch_rows=args.read_batch_rows,
-    )
+    config = config_from_args(WorkerConfig, args)
     obs = WorkerObservability(args.host, args.metrics_port)
     server = WorkerServer(
         args.master,
@@ -200,7 +391,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     scaler_args = ["--min-workers", str(args.min_workers), "--max-workers", str(args.max_workers)]
     cluster = LocalCluster(
         workers=args.workers,
-        pipeline_threads=args.threads,
+        pipeline_threads=args.pipeline_threads,
         master_args=(["--port", str(args.port)] if args.port else [])
         + [*scaler_args, "--initial-workers", str(args.workers)],
     )
@@ -234,7 +425,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def build_parser() -> argparse.ArgumentParser:
+_ENV_NOTE = (
+    "Each setting also comes from the DPP_* environment variable shown beside it; a flag "
+    "wins over the variable."
+)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``dpp`` parser. ``command``: the command about to run (only its flags are built);
+    None: every command's flags."""
     parser = argparse.ArgumentParser(prog="dpp", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -290,52 +489,35 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     cluster.set_defaults(func=cmd_cluster)
 
-    master = sub.add_parser("master", help="run a master")
-    master.add_argument("--host", default=_env("host", "127.0.0.1"))
-    master.add_argument("--port", type=int, default=_env("master_port", 50051))
-    master.add_argument(
-        "--heartbeat-interval-s", type=float, default=_env("heartbeat_interval_s", 1.0)
+    # The server's settings classes come with the master's and the worker's modules (polars,
+    # pyarrow, ...): their flags are built only for the command that runs, so that `dpp top`
+    # and `dpp gen` start fast.
+    server = command is None or command in ("master", "worker", "up")
+    master = sub.add_parser("master", help="run a master", description="Run a master. " + _ENV_NOTE)
+    worker = sub.add_parser("worker", help="run a worker", description="Run a worker. " + _ENV_NOTE)
+    up = sub.add_parser(
+        "up",
+        help="run a local cluster: a master and N workers",
+        description="Run a local cluster: a master and N workers. " + _ENV_NOTE,
     )
-    master.add_argument("--lease-timeout-s", type=float, default=_env("lease_timeout_s", 10.0))
-    master.add_argument(
-        "--journal-dir",
-        default=_env("journal_dir", ""),
-        help="keep the journal here: a restarted master resumes every session from it "
-        "(empty: in memory only, state is lost with the process)",
-    )
-    master.add_argument("--ready-file", default="", help="write the bound address here")
-    add_master_observability_args(master, _env)
+    if server:
+        from dpp_server.master import MasterConfig
+        from dpp_server.scaling import ScalerConfig
+        from dpp_server.worker import WorkerConfig
+
+        add_config_flags(master, MasterProcess)
+        add_config_flags(master, MasterConfig)
+        add_config_flags(master, ScalerConfig)
+        add_config_flags(worker, WorkerProcess)
+        add_config_flags(worker, WorkerConfig)
+        add_config_flags(up, UpProcess)
+        add_config_flags(up, WorkerConfig, only=("pipeline_threads",))
+        add_config_flags(up, ScalerConfig, only=("min_workers", "max_workers"))
     master.set_defaults(func=cmd_master)
-
-    worker = sub.add_parser("worker", help="run a worker")
-    worker.add_argument("--master", default=_env("master", "127.0.0.1:50051"))
-    worker.add_argument("--host", default=_env("host", "127.0.0.1"))
-    worker.add_argument("--port", type=int, default=_env("worker_port", 0))
-    worker.add_argument(
-        "--advertise-host", default=_env("advertise_host", ""), help="host clients dial"
-    )
-    worker.add_argument("--threads", type=int, default=_env("pipeline_threads", 2))
-    worker.add_argument("--buffer-mb", type=int, default=_env("buffer_mb", 256))
-    worker.add_argument("--read-batch-rows", type=int, default=_env("read_batch_rows", 65_536))
-    worker.add_argument(
-        "--drain-timeout-s",
-        type=float,
-        default=_env("drain_timeout_s", 30.0),
-        help="on SIGTERM/SIGINT: time to finish splits in hand and hand frames to clients",
-    )
-    worker.add_argument("--ready-file", default="")
-    add_metrics_port_arg(worker, _env)
     worker.set_defaults(func=cmd_worker)
-
-    up = sub.add_parser("up", help="run a local cluster: a master and N workers")
-    up.add_argument("--workers", type=int, default=2)
-    up.add_argument("--threads", type=int, default=2, help="pipeline threads per worker")
-    up.add_argument("--port", type=int, default=0, help="master port (0: any free port)")
-    up.add_argument("--ready-file", default="")
-    add_up_scaling_args(up)
     up.set_defaults(func=cmd_up)
 
-    add_observability_commands(sub)
+    add_observability_commands(sub, DEFAULT_MASTER)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
     demo.add_argument("demo_args", nargs=argparse.REMAINDER)
@@ -347,7 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dpp_server.cluster import die_with_parent
 
     die_with_parent()
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command).parse_args(argv)
     _configure_logging(args.verbose)
     result: int = args.func(args)
     return result

@@ -1,6 +1,9 @@
 """The master's durable journal: one JSON line per ledger update, fsynced before it counts.
 
-Owns the on-disk format of :mod:`dpp_server.state` updates. Must never import grpc.
+Owns the on-disk format of :mod:`dpp_server.state` updates: ``{"type": <update class>, <its
+fields>}``, derived from the update dataclasses by :func:`dpp_server.records.to_json` and read
+back by their type hints (:func:`dpp_server.records.from_json`), so a new update type or field
+needs no edit here. Must never import grpc.
 
 Why JSON lines: the journal is small (a line per session, lease, ack batch and epoch), human
 readable when an operator needs to know what happened, and needs no schema tooling. Each append
@@ -14,91 +17,47 @@ calls; the lock keeps the file consistent for any other caller).
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
 import logging
 import os
 import threading
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dpp_server import state
-from storage import SplitInfo
+from dpp_server import records, state
 
 logger = logging.getLogger(__name__)
 
-_TYPES: dict[str, type[Any]] = {
-    cls.__name__: cls
-    for cls in (
-        state.SessionCreated,
-        state.WorkerRegistered,
-        state.WorkerRemoved,
-        state.EpochBegun,
-        state.SplitLeased,
-        state.SplitProduced,
-        state.BatchesAcked,
-        state.StreamRestored,
-        state.LeaseReleased,
-    )
-}
+#: Every update type, by name: the members of :data:`state.Update`, so a new update type needs
+#: no edit here.
+_TYPES: dict[str, type[Any]] = {cls.__name__: cls for cls in typing.get_args(state.Update)}
 
 
 def encode(update: state.Update) -> str:
-    """One journal line (without the newline) for an update."""
-    fields: dict[str, Any] = {}
-    for field in dataclasses.fields(update):
-        value = getattr(update, field.name)
-        if isinstance(value, bytes):
-            value = base64.b64encode(value).decode("ascii")
-        elif field.name == "splits":
-            value = [
-                {
-                    "split_id": s.split_id,
-                    "path": s.path,
-                    "file_size": s.file_size,
-                    "row_groups": list(s.row_groups),
-                    "num_rows": s.num_rows,
-                    "partition": dict(s.partition),
-                }
-                for s in value
-            ]
-        elif dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)  # type: ignore[arg-type]
-        elif field.name == "acks":
-            value = [dataclasses.asdict(a) for a in value]
-        elif isinstance(value, tuple):
-            value = list(value)
-        fields[field.name] = value
+    """One journal line (without the newline) for an update: its type's name and its fields,
+    derived from the update's dataclass (:func:`dpp_server.records.to_json`)."""
+    fields = records.to_json(update)
     return json.dumps({"type": type(update).__name__, **fields}, separators=(",", ":"))
 
 
 def decode(line: str) -> state.Update:
-    """The update a journal line records."""
+    """The update a journal line records.
+
+    Raises:
+        ValueError: not JSON, or an unknown update type.
+        TypeError, KeyError: a field missing, unknown or of the wrong type (the message names
+            it, e.g. ``SessionCreated.splits[2].num_rows``).
+    """
     data = json.loads(line)
-    cls = _TYPES[data.pop("type")]
-    if "spec_bytes" in data:
-        data["spec_bytes"] = base64.b64decode(data["spec_bytes"])
-    if "splits" in data:
-        data["splits"] = tuple(
-            SplitInfo(
-                split_id=s["split_id"],
-                path=s["path"],
-                file_size=s["file_size"],
-                row_groups=tuple(s["row_groups"]),
-                num_rows=s["num_rows"],
-                partition=dict(s["partition"]),
-            )
-            for s in data["splits"]
-        )
-    if "plan" in data:
-        data["plan"] = state.PlanSummary(**data["plan"])
-    if "acks" in data:
-        data["acks"] = tuple(state.SplitAck(**a) for a in data["acks"])
-    if "split_indices" in data:
-        data["split_indices"] = tuple(data["split_indices"])
-    update: state.Update = cls(**data)
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    name = data.pop("type", None)
+    cls = _TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown update type {name!r}; known: {sorted(_TYPES)}")
+    update: state.Update = records.from_json(cls, data)
     return update
 
 

@@ -72,6 +72,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dpp_proto import spec_pb2
 from dpp_server import state
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError
+from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
 from storage import SplitInfo, Table, check_columns, parse_filter
 
@@ -100,30 +101,6 @@ class MasterConfig:
     lease_timeout_s: float = 10.0
     acquire_retry_ms: int = 50
     plan_concurrency: int = 32
-
-
-@dataclasses.dataclass(frozen=True)
-class StageSeconds:
-    """Cumulative seconds a worker's pipeline threads spent per stage."""
-
-    read_s: float = 0.0
-    filter_s: float = 0.0
-    transform_s: float = 0.0
-    batch_s: float = 0.0
-    serialize_s: float = 0.0
-    wait_consumer_s: float = 0.0
-    idle_s: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerCounters:
-    """Cumulative counters of a worker."""
-
-    rows_read: int = 0
-    rows_out: int = 0
-    batches_out: int = 0
-    bytes_out: int = 0
-    splits_done: int = 0
 
 
 @dataclasses.dataclass

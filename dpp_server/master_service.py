@@ -7,7 +7,6 @@ graceful stop). Every exception is turned into a gRPC status by
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -16,13 +15,21 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
+from dpp_server import state
 from dpp_server.errors import grpc_status_of
-from storage import SplitInfo
+from dpp_server.records import (
+    StageSeconds,
+    WorkerCounters,
+    counters_to_proto,
+    from_proto,
+    split_to_proto,
+    stage_seconds_to_proto,
+    to_proto,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,54 +61,8 @@ def _rpc(
     return wrapper
 
 
-_Message = TypeVar("_Message", bound=Message)
-_Record = TypeVar("_Record")
-
-
-def record_to_proto(message_type: type[_Message], record: Any) -> _Message:
-    """A plain dataclass (StageSeconds, WorkerCounters, PlanSummary) as the proto message whose
-    fields have the same names: one rule instead of a hand-written copy per type."""
-    return message_type(**dataclasses.asdict(record))
-
-
-def record_from_proto(record_type: type[_Record], message: Message) -> _Record:
-    """The inverse of :func:`record_to_proto`."""
-    names = [f.name for f in dataclasses.fields(record_type)]  # type: ignore[arg-type]
-    return record_type(**{name: getattr(message, name) for name in names})
-
-
-def stage_seconds_to_proto(s: master_lib.StageSeconds) -> master_pb2.StageSeconds:
-    return record_to_proto(master_pb2.StageSeconds, s)
-
-
-def counters_to_proto(c: master_lib.WorkerCounters) -> master_pb2.WorkerCounters:
-    return record_to_proto(master_pb2.WorkerCounters, c)
-
-
-def split_to_proto(split: SplitInfo) -> master_pb2.Split:
-    return master_pb2.Split(
-        split_id=split.split_id,
-        path=split.path,
-        file_size=split.file_size,
-        row_groups=list(split.row_groups),
-        num_rows=split.num_rows,
-        partition=dict(split.partition),
-    )
-
-
-def split_from_proto(p: master_pb2.Split) -> SplitInfo:
-    return SplitInfo(
-        split_id=p.split_id,
-        path=p.path,
-        file_size=p.file_size,
-        row_groups=tuple(p.row_groups),
-        num_rows=p.num_rows,
-        partition=dict(p.partition),
-    )
-
-
-def _plan_to_proto(plan: Any) -> master_pb2.SessionPlan:
-    return record_to_proto(master_pb2.SessionPlan, plan)
+def _plan_to_proto(plan: state.PlanSummary) -> master_pb2.SessionPlan:
+    return to_proto(master_pb2.SessionPlan, plan)
 
 
 class MasterServicer(master_pb2_grpc.MasterServiceServicer):
@@ -170,8 +131,8 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     ) -> master_pb2.HeartbeatResponse:
         known = self.master.heartbeat(
             request.worker_id,
-            record_from_proto(master_lib.StageSeconds, request.stage_seconds),
-            record_from_proto(master_lib.WorkerCounters, request.counters),
+            from_proto(StageSeconds, request.stage_seconds),
+            from_proto(WorkerCounters, request.counters),
         )
         return master_pb2.HeartbeatResponse(reregister=not known)
 

@@ -34,7 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from dpp_server import bottleneck
-from dpp_server.master import StageSeconds, StreamView, WorkerCounters, WorkerRecord
+from dpp_server.master import StreamView, WorkerRecord
+from dpp_server.records import ClientFigures, StageSeconds, WorkerCounters
 from dpp_server.scaling import Scaler, ScalerInput
 
 logger = logging.getLogger(__name__)
@@ -160,18 +161,6 @@ class WorkerMetrics(Collector):
 
 
 # -- the ranks' figures -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientFigures:
-    """A rank's cumulative figures, as its loader measured them (see ``ClientStats``)."""
-
-    batches: int = 0
-    rows: int = 0
-    bytes_received: int = 0
-    stall_s: float = 0.0
-    decode_s: float = 0.0
-    wall_s: float = 0.0
 
 
 class ClientStatsStore:

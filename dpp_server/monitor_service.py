@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_server.metrics import (
-    ClientFigures,
     ClientStatsStore,
     ClusterMonitor,
     ClusterStatus,
@@ -31,20 +30,10 @@ from dpp_server.metrics import (
     add_process_metrics,
     serve_metrics,
 )
+from dpp_server.records import figures_from_proto
 from dpp_server.scaling import Scaler, ScalerConfig
 
 _METHOD_PREFIX = "/dpp.v1.MasterService/"
-
-
-def figures_from_proto(p: master_pb2.ClientStats) -> ClientFigures:
-    return ClientFigures(
-        batches=p.batches,
-        rows=p.rows,
-        bytes_received=p.bytes_received,
-        stall_s=p.stall_s,
-        decode_s=p.decode_s,
-        wall_s=p.wall_s,
-    )
 
 
 def status_to_proto(status: ClusterStatus) -> master_pb2.GetClusterStatusResponse:

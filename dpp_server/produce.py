@@ -61,7 +61,7 @@ __all__ = [
 
 class StageRecorder(Protocol):
     """Where :func:`produce_split` reports its work: seconds per stage (the
-    :class:`~dpp_server.master.StageSeconds` names: ``read_s``, ``filter_s``, ``transform_s``,
+    :class:`~dpp_server.records.StageSeconds` names: ``read_s``, ``filter_s``, ``transform_s``,
     ``batch_s``, ``serialize_s``) and counts (``rows_read``, ``bytes_read``, ``rows_out``,
     ``batches_out``, ``bytes_out``). The worker's statistics implement it thread-safely."""
 

@@ -40,6 +40,7 @@ read too (:attr:`Spec.input_columns`) and checked against the schema with their 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,7 @@ import pyarrow as pa
 from google.protobuf import struct_pb2
 
 from dpp_proto import spec_pb2
+from dpp_proto.defaults import MAX_SPLITS_IN_FLIGHT, RATE, SPEC_ZERO_MEANS, TARGET_SPLIT_ROWS
 from dpp_server.errors import SpecError
 from dpp_server.transforms.registry import (
     VTYPES,
@@ -82,9 +84,8 @@ Kind = Literal["dense", "sparse"]
 #: Largest batch a session may ask for: 1 Mi rows keeps one wire batch well under gRPC's
 #: message limits for typical widths while still amortising per-batch overhead.
 MAX_BATCH_SIZE = 1_048_576
-#: Rows per split when the spec says 0: large enough that master round trips are rare,
-#: small enough (a few row groups) to balance work across workers.
-DEFAULT_TARGET_SPLIT_ROWS = 262_144
+#: Rows per split when the spec says 0 (:data:`dpp_proto.defaults.TARGET_SPLIT_ROWS`).
+DEFAULT_TARGET_SPLIT_ROWS = TARGET_SPLIT_ROWS
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _KIND_OF_PROTO: dict[int, Kind] = {
@@ -152,9 +153,9 @@ class Spec:
     target_split_rows: int
     shuffle: bool
     deterministic: bool = False
-    max_splits_in_flight: int = 8
-    negative_downsample_rate: float = 1.0
-    sample_rate: float = 1.0
+    max_splits_in_flight: int = MAX_SPLITS_IN_FLIGHT
+    negative_downsample_rate: float = RATE
+    sample_rate: float = RATE
     sample_key: str = ""
     dedup_min_share: float = 0.0
 
@@ -303,34 +304,40 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
             "0 deduplicates every batch",
         )
 
-    return Spec(
-        table_uri=msg.table_uri,
-        storage_options=MappingProxyType(dict(msg.storage_options)),
-        partition_filter=msg.partition_filter,
-        row_filter=msg.row_filter,
+    # Every other field is the proto's, with the zeros that mean a default filled.
+    values = _proto_fields(msg)
+    values.update(
+        storage_options=MappingProxyType(values["storage_options"]),
         features=tuple(features),
-        label=msg.label,
-        weight=msg.weight,
         passthrough=passthrough,
-        batch_size=msg.batch_size,
-        epochs=msg.epochs or 1,
-        seed=msg.seed,
-        world_size=msg.world_size or 1,
-        target_split_rows=msg.target_split_rows or DEFAULT_TARGET_SPLIT_ROWS,
-        shuffle=msg.shuffle,
-        deterministic=msg.deterministic,
-        max_splits_in_flight=msg.max_splits_in_flight or 8,
         negative_downsample_rate=negative_rate,
         sample_rate=sample_rate,
-        sample_key=msg.sample_key,
-        dedup_min_share=msg.dedup_min_share,
     )
+    return Spec(**values)
+
+
+def _proto_fields(msg: spec_pb2.SessionSpec) -> dict[str, Any]:
+    """Every field of :class:`Spec` from the proto of the same name (repeated fields as tuples,
+    maps as dicts), a 0 replaced by what it means (:data:`dpp_proto.defaults.SPEC_ZERO_MEANS`)."""
+    by_name = msg.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(Spec):
+        value = getattr(msg, field.name)
+        kind = by_name[field.name].message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            value = dict(value)
+        elif by_name[field.name].is_repeated:
+            value = tuple(value)
+        elif not value and field.name in SPEC_ZERO_MEANS:
+            value = SPEC_ZERO_MEANS[field.name]
+        values[field.name] = value
+    return values
 
 
 def _rate(value: float, field_name: str) -> float:
-    """A sampling rate: 0 (unset) means 1; otherwise it must lie in (0, 1]."""
+    """A sampling rate: 0 (unset) means keep all; otherwise it must lie in (0, 1]."""
     if value == 0.0:
-        return 1.0
+        return float(SPEC_ZERO_MEANS[field_name])
     if not (math.isfinite(value) and 0.0 < value <= 1.0):
         raise SpecError(
             field_name,
@@ -450,7 +457,10 @@ def _check_chain(feature: Feature, path: str, start: frozenset[VType]) -> list[V
 
 
 def _from_value(value: struct_pb2.Value) -> Any:
-    """Converts a protobuf Value to plain Python (numbers are floats, as in JSON)."""
+    """Converts a protobuf Value to plain Python (numbers are floats, as in JSON).
+
+    Not ``json_format.MessageToDict``: it refuses NaN and infinities, and a param holding one
+    must reach its op's validator, which names the param (``expected a finite number``)."""
     which = value.WhichOneof("kind")
     if which == "number_value":
         return value.number_value
@@ -471,34 +481,15 @@ def spec_to_proto(spec: Spec) -> spec_pb2.SessionSpec:
     Defaults are written out (``epochs`` 1, not 0) and op params are written in full, so the
     proto a worker receives needs no knowledge of defaults to mean the same thing.
     """
-    msg = spec_pb2.SessionSpec(
-        table_uri=spec.table_uri,
-        storage_options=dict(spec.storage_options),
-        partition_filter=spec.partition_filter,
-        row_filter=spec.row_filter,
-        label=spec.label,
-        weight=spec.weight,
-        passthrough=list(spec.passthrough),
-        batch_size=spec.batch_size,
-        epochs=spec.epochs,
-        seed=spec.seed,
-        world_size=spec.world_size,
-        target_split_rows=spec.target_split_rows,
-        shuffle=spec.shuffle,
-        deterministic=spec.deterministic,
-        max_splits_in_flight=spec.max_splits_in_flight,
-        negative_downsample_rate=spec.negative_downsample_rate,
-        sample_rate=spec.sample_rate,
-        sample_key=spec.sample_key,
-        dedup_min_share=spec.dedup_min_share,
-    )
+    scalars = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    del scalars["features"]
+    scalars["storage_options"] = dict(spec.storage_options)
+    msg = spec_pb2.SessionSpec(**scalars)
     for feature in spec.features:
-        fmsg = msg.features.add(
-            name=feature.name,
-            source=feature.source,
-            kind=_PROTO_OF_KIND[feature.kind],
-            dedup_group=feature.dedup_group,
-        )
+        plain = {f.name: getattr(feature, f.name) for f in dataclasses.fields(feature)}
+        del plain["ops"]
+        plain["kind"] = _PROTO_OF_KIND[feature.kind]
+        fmsg = msg.features.add(**plain)
         for call in feature.ops:
             omsg = fmsg.ops.add(op=call.op)
             omsg.params.update(
@@ -644,10 +635,3 @@ def is_numeric(dtype: pa.DataType) -> bool:
     return bool(
         pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
     )
-
-
-def is_sparse_source(dtype: pa.DataType) -> bool:
-    """Whether a column can feed a sparse feature: a list of integers, or one integer."""
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
-        return bool(pa.types.is_integer(dtype.value_type))
-    return bool(pa.types.is_integer(dtype))

@@ -1,7 +1,7 @@
 """``dpp top`` and ``dpp scale``: the operator's view of a running cluster, and its pool size.
 
-Owns the two commands and the observability flags of ``dpp master``, ``dpp worker`` and
-``dpp up`` (so ``cli.py`` registers them in one line each). ``dpp top`` polls the master's
+Owns the two commands, their flags and their rendering (the flags of ``dpp master``,
+``dpp worker`` and ``dpp up`` live in :mod:`dpp_server.cli`). ``dpp top`` polls the master's
 ``MonitorService.GetClusterStatus`` and draws workers (rows/s, MB/s, stage shares), ranks
 (rows/s, stall share) and the bottleneck verdict with rich; ``--json`` prints one status as JSON
 instead (the same fields as the RPC). ``dpp scale N`` calls ``SetWorkerTarget``: ``dpp up``
@@ -15,65 +15,20 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from dpp_proto import master_pb2
 
-Env = Callable[[str, Any], Any]
-
 STAGE_ORDER = ("read", "filter", "transform", "batch", "serialize", "wait_consumer", "idle")
 
 
-# -- flags ----------------------------------------------------------------------------------
+# -- the commands' flags ----------------------------------------------------------------------
 
 
-def add_metrics_port_arg(parser: argparse.ArgumentParser, env: Env) -> None:
-    parser.add_argument(
-        "--metrics-port",
-        type=int,
-        default=env("metrics_port", 0),
-        help="serve Prometheus /metrics on this port (0: any free port, announced in the "
-        "ready file; -1: no metrics)",
-    )
-
-
-def add_master_observability_args(parser: argparse.ArgumentParser, env: Env) -> None:
-    add_metrics_port_arg(parser, env)
-    parser.add_argument(
-        "--min-workers", type=int, default=env("min_workers", 1), help="autoscaler floor"
-    )
-    parser.add_argument(
-        "--max-workers", type=int, default=env("max_workers", 32), help="autoscaler cap"
-    )
-    parser.add_argument(
-        "--initial-workers",
-        type=int,
-        default=env("initial_workers", 1),
-        help="the autoscaler's desired count before it has measured anything",
-    )
-    parser.add_argument(
-        "--monitor-interval-s",
-        type=float,
-        default=env("monitor_interval_s", 5.0),
-        help="sampling window of the verdict and the autoscaler: shorter reacts sooner, "
-        "longer is steadier",
-    )
-
-
-def add_up_scaling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--autoscale",
-        action="store_true",
-        help="follow the master's desired worker count (dpp_desired_workers)",
-    )
-    parser.add_argument("--min-workers", type=int, default=1)
-    parser.add_argument("--max-workers", type=int, default=16)
-
-
-def add_observability_commands(sub: Any) -> None:
+def add_observability_commands(sub: Any, default_master: str) -> None:
+    """Registers ``dpp top`` and ``dpp scale`` (``default_master``: where they look by default)."""
     top = sub.add_parser("top", help="live view of a cluster: workers, ranks, verdict")
-    top.add_argument("--master", default="127.0.0.1:50051")
+    top.add_argument("--master", default=default_master)
     top.add_argument("--interval-s", type=float, default=1.0)
     top.add_argument("--once", action="store_true", help="draw once and exit")
     top.add_argument("--json", action="store_true", help="print one status as JSON and exit")
@@ -81,7 +36,7 @@ def add_observability_commands(sub: Any) -> None:
 
     scale = sub.add_parser("scale", help="set the worker count of a running `dpp up`")
     scale.add_argument("workers", help="a count, or 'auto' to clear the operator's target")
-    scale.add_argument("--master", default="127.0.0.1:50051")
+    scale.add_argument("--master", default=default_master)
     scale.set_defaults(func=cmd_scale)
 
 

@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dpp_proto.wire import FrameEncoder
-from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
+from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
+from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
 
 logger = logging.getLogger(__name__)

@@ -20,8 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
-from dpp_server.master import LeaseGrant, StageSeconds, WorkerCounters
-from dpp_server.master_service import (
+from dpp_server.master import LeaseGrant
+from dpp_server.records import (
+    StageSeconds,
+    WorkerCounters,
     counters_to_proto,
     split_from_proto,
     stage_seconds_to_proto,

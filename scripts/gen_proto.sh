@@ -13,7 +13,9 @@ PATH="$bin:$PATH" "$py" -m grpc_tools.protoc -I "$root/proto" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" --mypy_grpc_out="$out" \
   "$root"/proto/dpp_proto/*.proto
 cat > "$out/dpp_proto/__init__.py" <<'PY'
-"""dpp's protocol: generated protobuf and gRPC code (do not edit: run scripts/gen_proto.sh),
-and the hand-written frame contract both sides import (:mod:`dpp_proto.wire`)."""
+"""dpp's protocol: generated protobuf and gRPC code (``*_pb2*``: do not edit, run
+scripts/gen_proto.sh), and the few hand-written modules both sides share: the frame contract
+(:mod:`dpp_proto.wire`, pyarrow only) and the spec defaults
+(:mod:`dpp_proto.defaults`, stdlib only)."""
 PY
 touch "$out/dpp_proto/py.typed"

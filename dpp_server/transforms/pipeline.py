@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import polars as pl
@@ -37,11 +37,9 @@ import pyarrow.compute as pc
 from dpp_proto import wire
 from dpp_server import spec as spec_lib
 from dpp_server.errors import SpecError
+from dpp_server.spec import Spec
 from dpp_server.transforms import sampling
 from dpp_server.transforms.registry import ExprFn, VType, get_op, input_name
-
-if TYPE_CHECKING:
-    from dpp_server.spec import Spec
 
 __all__ = ["FeaturePipeline"]
 

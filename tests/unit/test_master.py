@@ -8,7 +8,8 @@ from google.protobuf import struct_pb2
 from dpp_proto import spec_pb2
 from dpp_server import state
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
-from dpp_server.master import Master, MasterConfig, StageSeconds, WorkerCounters
+from dpp_server.master import Master, MasterConfig
+from dpp_server.records import StageSeconds, WorkerCounters
 from storage import TableNotFoundError
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from dpp_proto import spec_pb2
+from dpp_proto.defaults import SPEC_ZERO_MEANS
 from dpp_server.errors import SpecError
 from dpp_server.spec import (
     DEFAULT_TARGET_SPLIT_ROWS,
+    Feature,
+    OpCall,
     Spec,
     check_against_schema,
     spec_from_proto,
@@ -504,3 +508,45 @@ def test_label_not_numeric() -> None:
     err = schema_rejects(spec, schema(label=pa.string()))
     assert err.field == "label"
     assert err.problem == "column 'label' has type string, which is not numeric"
+
+
+def test_spec_imports_without_the_feature_pipeline() -> None:
+    """No import cycle spec -> transforms -> pipeline -> spec: importing the spec (and with it
+    the op registry) in a fresh import state loads neither the pipeline nor a half-made spec."""
+    import importlib
+    import sys
+
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("dpp_server")}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        spec_module = importlib.import_module("dpp_server.spec")
+        assert "dpp_server.transforms.pipeline" not in sys.modules
+        assert spec_module.get_op("log1p") is not None  # every op family registered
+        pipeline = importlib.import_module("dpp_server.transforms").FeaturePipeline
+        assert pipeline.__module__ == "dpp_server.transforms.pipeline"
+    finally:
+        for name in [k for k in sys.modules if k.startswith("dpp_server")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [(Spec, spec_pb2.SessionSpec), (Feature, spec_pb2.FeatureSpec), (OpCall, spec_pb2.OpSpec)],
+    ids=lambda t: t.__name__,
+)
+def test_every_proto_field_has_a_spec_field_and_back(record: type, message: type) -> None:
+    """The proto mapping is derived from the dataclass fields: they must be the same names."""
+    proto_fields = {f.name for f in message.DESCRIPTOR.fields}
+    assert proto_fields == {f.name for f in dataclasses.fields(record)}
+
+
+def test_zero_fields_take_the_shared_defaults() -> None:
+    msg = valid_proto()
+    for name in SPEC_ZERO_MEANS:
+        msg.ClearField(name)  # type: ignore[arg-type]
+    msg.ClearField("sample_key")
+    spec = spec_from_proto(msg)
+    assert {name: getattr(spec, name) for name in SPEC_ZERO_MEANS} == dict(SPEC_ZERO_MEANS)
+    assert spec.target_split_rows == DEFAULT_TARGET_SPLIT_ROWS

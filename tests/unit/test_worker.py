@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from dpp_client.frames import decode_frame
-from dpp_server.master import LeaseGrant, Master, StageSeconds, WorkerCounters
+from dpp_server.master import LeaseGrant, Master
+from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
 from dpp_server.worker import FrameBuffer, Registration, Worker, WorkerConfig
 from tests.unit.test_master import make_spec

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from dpp_client.errors import SpecRejectedError
 from dpp_client.spec import Feature, Op, SessionSpec, coerce_spec
-from dpp_proto import spec_pb2
+from dpp_proto import defaults, spec_pb2
 
 YAML = """
 table_uri: s3://bucket/ctr
@@ -143,3 +144,28 @@ def test_local_checks_name_the_field(data: dict[str, object], field: str, text: 
 def test_yaml_must_be_a_mapping() -> None:
     with pytest.raises(SpecRejectedError, match="YAML must hold a mapping"):
         SessionSpec.from_yaml("- a\n- b\n")
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [(SessionSpec, spec_pb2.SessionSpec), (Feature, spec_pb2.FeatureSpec), (Op, spec_pb2.OpSpec)],
+    ids=lambda t: t.__name__,
+)
+def test_every_proto_field_has_a_spec_field_and_back(record: type, message: type) -> None:
+    """The proto mapping is derived from the dataclass fields: they must be the same names."""
+    proto_fields = {f.name for f in message.DESCRIPTOR.fields}
+    assert proto_fields == {f.name for f in dataclasses.fields(record)}
+
+
+def test_zero_fields_read_as_the_shared_defaults() -> None:
+    """A proto left at 0 reads as the class defaults, which come from dpp_proto.defaults."""
+    msg = spec_pb2.SessionSpec(table_uri="/t", batch_size=8)
+    spec = SessionSpec.from_proto(msg)
+    assert spec == SessionSpec(table_uri="/t", features=(), batch_size=8)
+    assert (spec.epochs, spec.world_size) == (defaults.EPOCHS, defaults.WORLD_SIZE)
+    assert spec.sample_rate == spec.negative_downsample_rate == defaults.RATE
+    assert spec.max_splits_in_flight == 0 and spec.target_split_rows == 0  # the master's
+    assert (
+        SessionSpec.from_proto(spec_pb2.SessionSpec(table_uri="/t", batch_size=8, epochs=3)).epochs
+        == 3
+    )

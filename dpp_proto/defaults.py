@@ -1,0 +1,38 @@
+"""What a ``SessionSpec`` field left at 0 (proto3's "unset") means: one place for each default.
+
+Hand-written, not generated. Read by both sides: the client's :class:`dpp_client.spec.SessionSpec`
+takes its defaults from here and fills them when it reads a proto, and the master's
+:func:`dpp_server.spec.spec_from_proto` fills them before it validates. Standard library only
+(the client and the server both import it; it must never import either of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+#: Passes over the table, and ranks sharing a session, when the spec says 0.
+EPOCHS = 1
+WORLD_SIZE = 1
+
+#: Rows per split when the spec says 0: large enough that master round trips are rare,
+#: small enough (a few row groups) to balance work across workers.
+TARGET_SPLIT_ROWS = 262_144
+
+#: Splits of a rank leased ahead of its consumption in deterministic mode, when the spec says 0.
+MAX_SPLITS_IN_FLIGHT = 8
+
+#: A sampling rate (``negative_downsample_rate``, ``sample_rate``) left at 0: keep every row.
+RATE = 1.0
+
+#: SessionSpec field -> the value its 0 stands for (see ``spec.proto``).
+SPEC_ZERO_MEANS: Mapping[str, int | float] = MappingProxyType(
+    {
+        "epochs": EPOCHS,
+        "world_size": WORLD_SIZE,
+        "target_split_rows": TARGET_SPLIT_ROWS,
+        "max_splits_in_flight": MAX_SPLITS_IN_FLIGHT,
+        "negative_downsample_rate": RATE,
+        "sample_rate": RATE,
+    }
+)
