@@ -29,7 +29,7 @@ $(DEV_STAMP): $(STAMP)
 	touch $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m dpp_client.demo $(DEMO_ARGS)
+	$(PY) -m dpp_server.demo $(DEMO_ARGS)
 
 test: $(DEV_STAMP) check-proto lint typecheck check-deploy
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -48,12 +48,12 @@ from dpp_client import Batch, DppLoader, Feature, Op, SessionSpec, batch_from_ar
 from dpp_client.examples.dlrm import DLRM, train_step
 from dpp_client.frames import decode_frame
 from dpp_proto import worker_pb2
-from dpp_server.cluster import LocalCluster
 from dpp_server.frames import FrameEncoder
+from dpp_server.local_cluster import LocalCluster
 from dpp_server.spec import spec_from_proto
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import GenConfig, Table, generate_table, read_split
-from storage.cluster import cluster_table
+from storage.rewrite import cluster_table
 
 BUCKETS = 100_000
 PAPER = {

@@ -95,7 +95,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from storage.cluster import cluster_table
+    from storage.rewrite import cluster_table
 
     summary = cluster_table(
         args.src,
@@ -114,7 +114,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_master(args: argparse.Namespace) -> int:
-    from dpp_server.cluster import write_ready_file
+    from dpp_server.local_cluster import write_ready_file
     from dpp_server.master import Master, MasterConfig
     from dpp_server.master_service import MasterServer
     from dpp_server.monitor_service import MasterObservability
@@ -159,7 +159,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dpp_server.cluster import write_ready_file
+    from dpp_server.local_cluster import write_ready_file
     from dpp_server.metrics import WorkerObservability
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
@@ -194,7 +194,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from dpp_server.cluster import LocalCluster, write_ready_file
+    from dpp_server.local_cluster import LocalCluster, write_ready_file
     from dpp_server.pool import start_local_controller
 
     scaler_args = ["--min-workers", str(args.min_workers), "--max-workers", str(args.max_workers)]
@@ -230,7 +230,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, [sys.executable, "-m", "dpp_client.demo", *args.demo_args])
+    os.execv(sys.executable, [sys.executable, "-m", "dpp_server.demo", *args.demo_args])
     return 1  # not reached
 
 
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dpp_server.cluster import die_with_parent
+    from dpp_server.local_cluster import die_with_parent
 
     die_with_parent()
     args = build_parser().parse_args(argv)

@@ -19,7 +19,7 @@ import pytest
 from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_client.errors import SpecRejectedError
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

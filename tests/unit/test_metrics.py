@@ -12,13 +12,8 @@ from dpp_client.loader import LoaderStats
 from dpp_client.metrics import LoaderCollector, client_stats_to_proto
 from dpp_server.bottleneck import Kind
 from dpp_server.master import StageSeconds, StreamView, WorkerCounters, WorkerRecord
-from dpp_server.metrics import (
-    ClientFigures,
-    ClientStatsStore,
-    ClusterMonitor,
-    MasterMetrics,
-    WorkerMetrics,
-)
+from dpp_server.metrics import MasterMetrics, WorkerMetrics
+from dpp_server.monitor import ClientFigures, ClientStatsStore, ClusterMonitor
 from dpp_server.monitor_service import figures_from_proto, status_to_proto
 from dpp_server.scaling import Scaler, ScalerConfig
 

@@ -1,8 +1,12 @@
 """End-to-end demo: generate a table, start a local dpp cluster, train a DLRM model from it.
 
-Run with ``python -m dpp_client.demo`` (what ``make demo`` runs). Owns only this CLI; it talks
-to the cluster through subprocesses (``python -m dpp_server gen`` / ``up``) and the public
-client API, and must never import ``dpp_server`` or ``storage``.
+Run with ``dpp demo`` or ``python -m dpp_server.demo`` (what ``make demo`` runs). An
+application of both roles, so it lives beside the ``dpp`` command rather than in the trainer's
+library: it starts the server side as a trainer's job would (subprocesses ``python -m dpp_server
+gen`` / ``up``) and trains through the public client API, so it needs both extras
+(``pip install 'dpp[client,server]'``). Owns only this CLI. Must never import other
+``dpp_server`` or ``storage`` modules (it sees the cluster only through processes and the
+client), and no ``dpp_server`` module imports it (the ``dpp`` command starts it as a process).
 
 Lifecycle: the cluster runs in its own process group and is stopped in a ``finally`` (SIGINT
 to the group: every process stops at once, without the drain a SIGTERM asks of a worker;
@@ -32,7 +36,7 @@ from dpp_client.examples.dlrm import DLRM, train_step
 from dpp_client.loader import DppLoader
 from dpp_client.spec import Feature, Op, SessionSpec
 
-_log = logging.getLogger("dpp_client.demo")
+_log = logging.getLogger("dpp_server.demo")
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -191,7 +195,7 @@ def run(rows: int, steps: int, workers: int, keep: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m dpp_client.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dpp_server.demo", description=__doc__)
     parser.add_argument("--rows", type=int, default=300_000, help="rows to generate")
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--workers", type=int, default=2, help="dpp worker processes")
