@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from dpp_server.demo import add_arguments as add_demo_arguments
 from dpp_server.top import (
     add_master_observability_args,
     add_metrics_port_arg,
@@ -230,8 +231,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, [sys.executable, "-m", "dpp_server.demo", *args.demo_args])
-    return 1  # not reached
+    from dpp_server.demo import run_args
+
+    return run_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_observability_commands(sub)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    add_demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 
