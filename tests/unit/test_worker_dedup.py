@@ -16,8 +16,7 @@ from dpp_proto import spec_pb2
 from dpp_server.master import LeaseGrant, Master
 from dpp_server.worker import Worker, WorkerConfig, _chunk_permutation
 from storage import SplitInfo
-from tests.unit.test_master import make_spec
-from tests.unit.test_worker import InProcessLink
+from tests.helpers.server import InProcessLink, make_spec
 
 
 def lease() -> LeaseGrant:
