@@ -8,18 +8,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint typecheck proto check-proto check-deploy bench clean
 
-# Runtime: what `make demo` needs (dpp, CPU torch).
+# Runtime: what `make demo` needs, both roles (the client with CPU torch, the server).
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "dpp needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build lies in the local wheel store; any other spec pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[client,server]'
 	touch $(STAMP)
 
 # Tests: linters, type checker, torchrec (CPU), a Prometheus server for the deploy checks and Ceph's radosgw.
 $(DEV_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,torchrec]'
+	$(PY) -m pip install -q -e '.[client,server,dev,torchrec]'
 	# torchrec without its requirements, which would pull the CUDA fbgemm-gpu (the extra has the CPU build).
 	$(PY) -m pip install -q --no-deps torchrec==1.8.0
 	# Prometheus (promtool and the server) for the deploy/ checks and tests/integration/test_prometheus.py.
@@ -29,7 +29,7 @@ $(DEV_STAMP): $(STAMP)
 	touch $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(PY) -m dpp_client.demo $(DEMO_ARGS)
+	$(VENV)/bin/dpp demo $(DEMO_ARGS)
 
 test: $(DEV_STAMP) check-proto lint typecheck check-deploy
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -47,12 +47,12 @@ import torch
 from dpp_client import Batch, DppLoader, Feature, Op, SessionSpec, batch_from_arrow
 from dpp_client.examples.dlrm import DLRM, train_step
 from dpp_client.frames import decode_frame
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import spec_from_proto
 from storage import GenConfig, Table, generate_table
-from storage.cluster import cluster_table
+from storage.rewrite import cluster_table
 
 BUCKETS = 100_000
 PAPER = {

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.e2e import dlrm_spec, ensure_table
 from dpp_client import DppLoader, SessionSpec
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 
 def one_epoch(cluster: LocalCluster, spec: SessionSpec, ack_interval_s: float | None) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.pipelines import run_inprocess
 from dpp_client import DppLoader, Feature, Op, SessionSpec
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
 
 ROW_FILTER = "dense_12 IS NOT NULL OR label = 1"

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.e2e import dlrm_spec, ensure_table
 from dpp_client import DppLoader, Feature, Op, SessionSpec
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 from dpp_server.metrics import WorkerMetrics
 
 

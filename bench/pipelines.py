@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cluster = None
     try:
         if args.pipeline == "dpp":
-            from dpp_server.cluster import LocalCluster
+            from dpp_server.local_cluster import LocalCluster
 
             cluster = LocalCluster(workers=args.workers, pipeline_threads=args.threads).start()
             result["pipeline"] = f"dpp-{args.workers}w"

@@ -23,7 +23,7 @@ from typing import Any
 from bench.measure import ProcessSampler, peak_rss_mb
 from bench.workloads import Workload
 from dpp_client import DppLoader
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig
 
 

@@ -302,11 +302,6 @@ class EpochAssembler(Generic[T]):
         self._dirty = set()
         return dirty
 
-    @property
-    def all_consumed(self) -> bool:
-        """Every split of the epoch was consumed to its end."""
-        return self._done and all(p.consumed.done for p in self._splits.values())
-
     # ----------------------------------------------------------------- internals
 
     def _accept(

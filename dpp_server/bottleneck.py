@@ -2,7 +2,7 @@
 
 Pure logic: one sampling window of figures in (per-worker stage seconds and rows, per-rank
 stall), one :class:`Verdict` out (a kind, one sentence, the workers the demand needs). No I/O,
-no clock, no grpc, no prometheus: :mod:`dpp_server.metrics` takes the windows, and the
+no clock, no grpc, no prometheus: :mod:`dpp_server.monitor` takes the windows, and the
 :class:`~dpp_server.scaling.Scaler` turns ``workers_needed`` into a desired count.
 
 The model, in numbers (one worker with 2 pipeline threads, a 10 s window):

@@ -24,6 +24,7 @@ import typing
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from dpp_server.demo import add_arguments as add_demo_arguments
 from dpp_server.top import add_observability_commands
 
 logger = logging.getLogger("dpp")
@@ -293,7 +294,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from storage.cluster import cluster_table
+    from storage.rewrite import cluster_table
 
     summary = cluster_table(
         args.src,
@@ -312,7 +313,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_master(args: argparse.Namespace) -> int:
-    from dpp_server.cluster import write_ready_file
+    from dpp_server.local_cluster import write_ready_file
     from dpp_server.master import Master, MasterConfig
     from dpp_server.master_service import MasterServer
     from dpp_server.monitor_service import MasterObservability
@@ -354,7 +355,7 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dpp_server.cluster import write_ready_file
+    from dpp_server.local_cluster import write_ready_file
     from dpp_server.metrics import WorkerObservability
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
@@ -385,7 +386,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from dpp_server.cluster import LocalCluster, write_ready_file
+    from dpp_server.local_cluster import LocalCluster, write_ready_file
     from dpp_server.pool import start_local_controller
 
     scaler_args = ["--min-workers", str(args.min_workers), "--max-workers", str(args.max_workers)]
@@ -421,8 +422,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    os.execv(sys.executable, [sys.executable, "-m", "dpp_client.demo", *args.demo_args])
-    return 1  # not reached
+    from dpp_server.demo import run_args
+
+    return run_args(args)
 
 
 _ENV_NOTE = (
@@ -520,13 +522,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_observability_commands(sub, DEFAULT_MASTER)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER)
+    add_demo_arguments(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dpp_server.cluster import die_with_parent
+    from dpp_server.local_cluster import die_with_parent
 
     die_with_parent()
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -59,18 +59,6 @@ class OutOfRangeError(DppError):
     status = grpc.StatusCode.OUT_OF_RANGE
 
 
-class UnavailableError(DppError):
-    """The service cannot serve now (recovering, draining); the caller should retry."""
-
-    status = grpc.StatusCode.UNAVAILABLE
-
-
-class ResourceExhaustedError(DppError):
-    """A configured limit was reached."""
-
-    status = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 def grpc_status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Maps any exception to the gRPC status code and message a caller should see.
 

@@ -3,7 +3,7 @@
 Owns translation only:
 
 * :class:`MonitorServicer` answers ``GetClusterStatus`` from the
-  :class:`~dpp_server.metrics.ClusterMonitor` and takes ``SetWorkerTarget`` (``dpp scale N``);
+  :class:`~dpp_server.monitor.ClusterMonitor` and takes ``SetWorkerTarget`` (``dpp scale N``);
 * :class:`MetricsInterceptor` watches MasterService calls without touching their handlers:
   it times ``AcquireSplit`` (``dpp_master_assignment_seconds``), counts ``ReportSplitProgress``
   calls that carry an error, and stores the ``client_stats`` of every ``AckBatches`` request
@@ -20,15 +20,12 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.metrics import (
+from dpp_server.metrics import MasterMetrics, MetricsServer, add_process_metrics, serve_metrics
+from dpp_server.monitor import (
     ClientStatsStore,
     ClusterMonitor,
     ClusterStatus,
-    MasterMetrics,
     MasterView,
-    MetricsServer,
-    add_process_metrics,
-    serve_metrics,
 )
 from dpp_server.records import figures_from_proto
 from dpp_server.scaling import Scaler, ScalerConfig

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from dpp_server.cluster import LocalCluster
+    from dpp_server.local_cluster import LocalCluster
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class WorkerPool(Protocol):
 
 
 class LocalClusterPool:
-    """A :class:`~dpp_server.cluster.LocalCluster`'s workers as a pool. Indices of
+    """A :class:`~dpp_server.local_cluster.LocalCluster`'s workers as a pool. Indices of
     ``cluster.workers`` stay stable: retired and dead workers stay listed, not alive."""
 
     def __init__(self, cluster: LocalCluster, drain_timeout_s: float = 60.0) -> None:

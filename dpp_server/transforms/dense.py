@@ -297,7 +297,7 @@ def _compile_cast(params: Params, vtype: VType) -> ExprFn:
     return to_id
 
 
-FILL_NULL = register(
+register(
     OpDef(
         name="fill_null",
         kinds=_DENSE,
@@ -307,7 +307,7 @@ FILL_NULL = register(
     )
 )
 
-CLAMP = register(
+register(
     OpDef(
         name="clamp",
         kinds=_DENSE,
@@ -321,7 +321,7 @@ CLAMP = register(
     )
 )
 
-LOG1P = register(
+register(
     OpDef(
         name="log1p",
         kinds=_DENSE,
@@ -331,7 +331,7 @@ LOG1P = register(
     )
 )
 
-LOGIT = register(
+register(
     OpDef(
         name="logit",
         kinds=_DENSE,
@@ -342,7 +342,7 @@ LOGIT = register(
     )
 )
 
-BOX_COX = register(
+register(
     OpDef(
         name="box_cox",
         kinds=_DENSE,
@@ -361,7 +361,7 @@ BOX_COX = register(
     )
 )
 
-NORMALIZE = register(
+register(
     OpDef(
         name="normalize",
         kinds=_DENSE,
@@ -384,7 +384,7 @@ NORMALIZE = register(
     )
 )
 
-SCALE_TO_0_1 = register(
+register(
     OpDef(
         name="scale_to_0_1",
         kinds=_DENSE_OR_SCORES,
@@ -398,7 +398,7 @@ SCALE_TO_0_1 = register(
     )
 )
 
-BUCKETIZE = register(
+register(
     OpDef(
         name="bucketize",
         kinds=_DENSE,
@@ -417,7 +417,7 @@ BUCKETIZE = register(
     )
 )
 
-ONEHOT = register(
+register(
     OpDef(
         name="onehot",
         kinds=_DENSE,
@@ -430,7 +430,7 @@ ONEHOT = register(
     )
 )
 
-CAST = register(
+register(
     OpDef(
         name="cast",
         kinds=_DENSE,

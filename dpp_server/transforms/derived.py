@@ -153,7 +153,7 @@ def _expr_columns(params: Params) -> tuple[tuple[str, str, VType], ...]:
     return tuple(("expr", c, "dense") for c in columns)
 
 
-EXPR = register(
+register(
     OpDef(
         name="expr",
         kinds=_DENSE,

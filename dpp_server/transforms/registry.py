@@ -177,7 +177,7 @@ def describe_vtypes(vtypes: Iterable[VType]) -> str:
 _REGISTRY: dict[str, OpDef] = {}
 
 
-def register(op: OpDef) -> OpDef:
+def register(op: OpDef) -> None:
     """Adds an op to the registry; called once per op at import of its family module.
 
     Raises:
@@ -186,7 +186,6 @@ def register(op: OpDef) -> OpDef:
     if op.name in _REGISTRY:
         raise ValueError(f"op {op.name!r} is registered twice")
     _REGISTRY[op.name] = op
-    return op
 
 
 def get_op(name: str) -> OpDef | None:
@@ -306,8 +305,3 @@ def _coerce_number(param: Param, value: Any, path: str) -> float | int:
         maximum = int(param.maximum) if integral else param.maximum
         raise SpecError(path, f"must be <= {maximum}, got {result!r}", param.doc)
     return result
-
-
-def iter_ops() -> Iterable[OpDef]:
-    """Yields every registered op in name order (for docs and tests)."""
-    return (_REGISTRY[name] for name in registered_ops())

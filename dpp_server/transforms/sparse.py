@@ -450,7 +450,7 @@ _IDS = Param(
     doc="the id set, a list of integers within ±2**53",
 )
 
-SIGRID_HASH = register(
+register(
     OpDef(
         name="sigrid_hash",
         kinds=_SPARSE,
@@ -460,7 +460,7 @@ SIGRID_HASH = register(
     )
 )
 
-FIRST_X = register(
+register(
     OpDef(
         name="first_x",
         kinds=_SPARSE,
@@ -470,7 +470,7 @@ FIRST_X = register(
     )
 )
 
-MAP_ID = register(
+register(
     OpDef(
         name="map_id",
         kinds=_SPARSE,
@@ -489,7 +489,7 @@ MAP_ID = register(
     )
 )
 
-CLAMP_LIST = register(
+register(
     OpDef(
         name="clamp_list",
         kinds=_SPARSE,
@@ -503,7 +503,7 @@ CLAMP_LIST = register(
     )
 )
 
-DEDUP = register(
+register(
     OpDef(
         name="dedup",
         kinds=_SPARSE,
@@ -513,7 +513,7 @@ DEDUP = register(
     )
 )
 
-KEEP_IDS = register(
+register(
     OpDef(
         name="keep_ids",
         kinds=_SPARSE,
@@ -523,7 +523,7 @@ KEEP_IDS = register(
     )
 )
 
-DROP_IDS = register(
+register(
     OpDef(
         name="drop_ids",
         kinds=_SPARSE,
@@ -533,7 +533,7 @@ DROP_IDS = register(
     )
 )
 
-NGRAM = register(
+register(
     OpDef(
         name="ngram",
         kinds=_SPARSE,
@@ -547,7 +547,7 @@ NGRAM = register(
     )
 )
 
-CROSS = register(
+register(
     OpDef(
         name="cross",
         kinds=_SPARSE,
@@ -574,7 +574,7 @@ CROSS = register(
     )
 )
 
-LIST_LENGTH = register(
+register(
     OpDef(
         name="list_length",
         kinds=_LISTS,

@@ -58,7 +58,7 @@ def _compile_hash_string(params: Params, vtype: VType) -> ExprFn:
     )
 
 
-HASH_STRING = register(
+register(
     OpDef(
         name="hash_string",
         kinds=_STRINGS,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dpp_client import Batch, Feature, Op, SessionSpec
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 FAST_FAILOVER = ["--lease-timeout-s", "1.0", "--heartbeat-interval-s", "0.2"]
 ROWS = 24_000

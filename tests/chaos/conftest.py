@@ -9,7 +9,7 @@ import pytest
 from chaos_helpers import FAST_FAILOVER, ClusterFactory, assert_exactly_once, chaos_spec, signature
 
 from dpp_client import DppLoader
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 
 @pytest.fixture

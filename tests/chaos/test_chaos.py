@@ -17,7 +17,7 @@ import pytest
 from chaos_helpers import ROWS, ClusterFactory, assert_exactly_once, chaos_spec, signature
 
 from dpp_client import DppLoader
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 
 @pytest.fixture

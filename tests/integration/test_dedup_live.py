@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 

@@ -19,24 +19,10 @@ import pytest
 from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_client.errors import SpecRejectedError
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
+from tests.helpers.oracle import sigrid_hash
 
 pytestmark = pytest.mark.integration
-
-MASK64 = (1 << 64) - 1
-
-
-def fmix64(k: int) -> int:
-    k ^= k >> 33
-    k = (k * 0xFF51AFD7ED558CCD) & MASK64
-    k ^= k >> 33
-    k = (k * 0xC4CEB9FE1A85EC53) & MASK64
-    k ^= k >> 33
-    return k
-
-
-def sigrid_hash(value: int, salt: int, max_value: int) -> int:
-    return (fmix64((value & MASK64) ^ fmix64(salt & MASK64))) % max_value
 
 
 def demo_spec(table: str, **overrides: object) -> SessionSpec:

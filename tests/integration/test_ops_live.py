@@ -1,12 +1,10 @@
 """Every op family through a live cluster (a master and two workers as processes), checked row
-by row against the pure-Python references of tests/unit/transforms/op_reference.py; and filter
+by row against the pure-Python references of tests/helpers/op_reference.py; and filter
 pushdown verified through the service's plan."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +16,12 @@ import pytest
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
+from tests.helpers import op_reference as ref
+from tests.helpers.oracle import f32, hash_ids, sigrid_hash, string_hash, unit
 
 pytestmark = pytest.mark.integration
 
-_REF_PATH = Path(__file__).resolve().parents[1] / "unit" / "transforms" / "op_reference.py"
-_spec = importlib.util.spec_from_file_location("op_reference_live", _REF_PATH)
-assert _spec is not None and _spec.loader is not None
-ref = importlib.util.module_from_spec(_spec)
-sys.modules["op_reference_live"] = ref
-_spec.loader.exec_module(ref)
 
 ROWS_PER_DAY = 2_000
 ROW_GROUP = 500
@@ -165,18 +159,18 @@ def expected(table: pa.Table) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for r, row_id in enumerate(cols["row_id"]):
         label = cols["label"][r]
-        if row_id < 1000 or (label == 0 and ref.unit(ref.hash_ids([row_id], SEED + 1)) >= 0.5):
+        if row_id < 1000 or (label == 0 and unit(hash_ids([row_id], SEED + 1)) >= 0.5):
             continue
         x = cols["x"][r]
-        x32 = None if x is None else ref.f32(x)
+        x32 = None if x is None else f32(x)
         ids = cols["ids"][r] or []
         other = cols["other"][r] or []
         both = cols["ids"][r] is not None and cols["other"][r] is not None
         scores = cols["scores"][r]
         tags = cols["tags"][r]
-        box = None if x32 is None else ref.box_cox(max(x32, ref.f32(0.01)), 0.5)
+        box = None if x32 is None else ref.box_cox(max(x32, f32(0.01)), 0.5)
         n = cols["n"][r]
-        times10 = None if x32 is None else ref.f32(x32 * 10)
+        times10 = None if x32 is None else f32(x32 * 10)
         out[row_id] = {
             "d_logit": ref.logit(0.5 if x32 is None else x32, 1e-4),
             "d_box": 0.0 if box is None else box,
@@ -187,9 +181,9 @@ def expected(table: pa.Table) -> dict[int, dict[str, Any]]:
             "d_cos": ref.overlap("cosine", ids, other) if both else 0.0,
             "d_score": 0.0
             if scores is None
-            else (ref.score("mean", [ref.scale01(ref.f32(s), 0.0, 2.0) for s in scores]) or 0.0),
-            "d_smax": 0.0 if not scores else max(ref.f32(s) for s in scores),
-            "d_expr": ref.f32((1.0 if x32 is None else x32) * 2 + n),
+            else (ref.score("mean", [ref.scale01(f32(s), 0.0, 2.0) for s in scores]) or 0.0),
+            "d_smax": 0.0 if not scores else max(f32(s) for s in scores),
+            "d_expr": f32((1.0 if x32 is None else x32) * 2 + n),
             "d_tags": float(len(tags or [])),
             "s_bucket": ref.bucketize(x32, [0.25, 0.5, 0.75]),
             "s_onehot": ref.onehot(float(n), 5),
@@ -197,11 +191,11 @@ def expected(table: pa.Table) -> dict[int, dict[str, Any]]:
             "s_ngram": ref.ngram(ref.dedup(ids), 2, 0, 1000),
             "s_cross": ref.cross(ids[:3], other, 0, 1000, 5) if both else [],
             "s_keep": [i for i in (min(max(i, 2), 20) for i in ids) if i in (2, 5, 20)],
-            "s_drop": [ref.sigrid_hash(i, 4, 100) for i in ids if i not in (1, 2, 3)],
-            "s_cat": [] if cols["cat"][r] is None else [ref.string_hash(cols["cat"][r], 0) % 1000],
-            "s_tags": [ref.string_hash(t, 2) % 500 for t in tags or []],
+            "s_drop": [sigrid_hash(i, 4, 100) for i in ids if i not in (1, 2, 3)],
+            "s_cat": [] if cols["cat"][r] is None else [string_hash(cols["cat"][r], 0) % 1000],
+            "s_tags": [string_hash(t, 2) % 500 for t in tags or []],
             "label": label,
-            "weight": ref.f32(cols["w"][r] * (2.0 if label == 0 else 1.0)),
+            "weight": f32(cols["w"][r] * (2.0 if label == 0 else 1.0)),
         }
     return out
 

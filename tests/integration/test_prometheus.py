@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
-from dpp_server.cluster import LocalCluster
+from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

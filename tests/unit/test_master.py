@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from google.protobuf import struct_pb2
 
-from dpp_proto import spec_pb2
 from dpp_server import state
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
 from dpp_server.master import Master, MasterConfig
 from dpp_server.records import StageSeconds, WorkerCounters
 from storage import TableNotFoundError
+from tests.helpers.server import make_spec
 
 
 class FakeClock:
@@ -19,26 +18,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def make_spec(table: str, **fields: object) -> spec_pb2.SessionSpec:
-    spec = spec_pb2.SessionSpec(
-        table_uri=table,
-        batch_size=1000,
-        target_split_rows=4000,
-        passthrough=["row_id"],
-        label="label",
-    )
-    feature = spec.features.add(name="d0", source="dense_0", kind=spec_pb2.FEATURE_KIND_DENSE)
-    params = struct_pb2.Struct()
-    params.update({"value": 0.0})
-    feature.ops.add(op="fill_null", params=params)
-    for key, value in fields.items():
-        if isinstance(value, list):
-            getattr(spec, key).extend(value)
-        else:
-            setattr(spec, key, value)
-    return spec
 
 
 @pytest.fixture

@@ -12,12 +12,8 @@ from dpp_client.loader import LoaderStats
 from dpp_client.metrics import LoaderCollector, client_stats_to_proto
 from dpp_server.bottleneck import Kind
 from dpp_server.master import StreamView, WorkerRecord
-from dpp_server.metrics import (
-    ClientStatsStore,
-    ClusterMonitor,
-    MasterMetrics,
-    WorkerMetrics,
-)
+from dpp_server.metrics import MasterMetrics, WorkerMetrics
+from dpp_server.monitor import ClientStatsStore, ClusterMonitor
 from dpp_server.monitor_service import status_to_proto
 from dpp_server.records import ClientFigures, StageSeconds, WorkerCounters, figures_from_proto
 from dpp_server.scaling import Scaler, ScalerConfig

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from typing import Any
 
 import numpy as np
@@ -17,29 +16,10 @@ from dpp_proto import spec_pb2
 from dpp_server.errors import SpecError
 from dpp_server.spec import Spec, spec_from_proto
 from dpp_server.transforms import FeaturePipeline
+from tests.helpers.oracle import FLT_MAX, M64, f32, fmix64
 
 DENSE = spec_pb2.FEATURE_KIND_DENSE
 SPARSE = spec_pb2.FEATURE_KIND_SPARSE
-M64 = 0xFFFFFFFFFFFFFFFF
-FLT_MAX = 3.4028234663852886e38
-
-
-def f32(x: float) -> float:
-    if math.isnan(x) or math.isinf(x):
-        return x
-    if abs(x) > FLT_MAX:
-        return math.copysign(math.inf, x)
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
-
-
-def fmix64(k: int) -> int:
-    k &= M64
-    k ^= k >> 33
-    k = (k * 0xFF51AFD7ED558CCD) & M64
-    k ^= k >> 33
-    k = (k * 0xC4CEB9FE1A85EC53) & M64
-    k ^= k >> 33
-    return k
 
 
 def make_spec(features: list[dict[str, Any]], **fields: Any) -> Spec:

@@ -8,48 +8,9 @@ import threading
 import pytest
 
 from dpp_client.frames import decode_frame
-from dpp_server.master import LeaseGrant, Master
-from dpp_server.records import StageSeconds, WorkerCounters
-from dpp_server.spec import Spec
-from dpp_server.worker import FrameBuffer, Registration, Worker, WorkerConfig
-from tests.unit.test_master import make_spec
-
-
-class InProcessLink:
-    """A MasterLink calling a Master object directly."""
-
-    def __init__(self, master: Master) -> None:
-        self.master = master
-
-    def register(self, address: str, pipeline_threads: int) -> Registration:
-        worker_id = self.master.register_worker(address, pipeline_threads)
-        return Registration(worker_id, 0.05, self.master.config.lease_timeout_s)
-
-    def heartbeat(self, worker_id: str, s: StageSeconds, c: WorkerCounters) -> bool:
-        return self.master.heartbeat(worker_id, s, c)
-
-    def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None:
-        return self.master.acquire_split(worker_id, skip)
-
-    def report_split_progress(
-        self, worker_id: str, lease: LeaseGrant, done: bool, error: str
-    ) -> bool:
-        return self.master.report_split_progress(
-            worker_id,
-            lease.session_id,
-            lease.epoch,
-            lease.rank,
-            lease.split.split_id,
-            done,
-            error,
-        )
-
-    def unregister(self, worker_id: str) -> None:
-        self.master.unregister_worker(worker_id)
-
-    def get_spec(self, session_id: str) -> Spec:
-        view, _ = self.master.get_session(session_id)
-        return view.spec
+from dpp_server.master import Master
+from dpp_server.worker import FrameBuffer, Worker, WorkerConfig
+from tests.helpers.server import InProcessLink, make_spec
 
 
 def test_frame_buffer_blocks_producers_when_full() -> None:

@@ -14,8 +14,7 @@ from dpp_client.frames import decode_frame
 from dpp_proto import spec_pb2
 from dpp_server.master import Master
 from dpp_server.worker import Worker, WorkerConfig
-from tests.unit.test_master import make_spec
-from tests.unit.test_worker import InProcessLink
+from tests.helpers.server import InProcessLink, make_spec
 
 
 def dedup_spec(table: str, shuffle: bool) -> spec_pb2.SessionSpec:

@@ -14,21 +14,7 @@ from dpp_client.errors import (
     error_from_rpc,
     rpc_code,
 )
-
-
-class FakeRpcError(grpc.RpcError):
-    """Quacks like the grpc.Call errors grpc raises."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+from tests.helpers.rpc import FakeRpcError
 
 
 @pytest.mark.parametrize(

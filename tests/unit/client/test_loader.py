@@ -11,12 +11,12 @@ import grpc
 import pytest
 import torch
 from client_frames import encode_frame, header, make_rows
-from test_errors import FakeRpcError
 
 from dpp_client import DppLoader, Feature, SessionSpec, SpecRejectedError, WorkerDataError
 from dpp_client.errors import DppClientError
 from dpp_client.loader import _Failure, _WorkerStream
 from dpp_proto import master_pb2
+from tests.helpers.rpc import FakeRpcError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable:UserWarning")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import polars as pl
@@ -14,17 +13,7 @@ from hypothesis import strategies as st
 
 from dpp_server.transforms import get_op
 from dpp_server.transforms.registry import validate_params
-
-FLT_MAX = 3.4028234663852886e38
-
-
-def f32(x: float) -> float:
-    """Rounds a Python float to the nearest float32 (the reference's only float32 step)."""
-    if math.isnan(x) or math.isinf(x):
-        return x
-    if abs(x) > FLT_MAX:  # beyond float32's range: rounds to infinity, as a cast does
-        return math.copysign(math.inf, x)
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
+from tests.helpers.oracle import FLT_MAX, f32
 
 
 def run_op(name: str, params: dict[str, Any], values: pa.Array) -> list[float | None]:

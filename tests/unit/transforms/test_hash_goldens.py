@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from op_reference import hash_ids, ngram, run_feature, string_hash, unit
 
 from dpp_server.transforms.hashing import hash_ids_values, string_hash_values
 from dpp_server.transforms.sampling import uniform
+from tests.helpers.op_reference import ngram, run_feature
+from tests.helpers.oracle import hash_ids, string_hash, unit
 
 STRINGS = ["", "a", "05db9164", "é", "日本語", "abcdefghi"]
 STRING_GOLDEN = [0, 355, 84, 419, 74, 453]  # hash_string(s; salt 0) mod 1000

@@ -13,17 +13,14 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from op_reference import (
-    FLT_MAX,
-    INT64_MAX,
-    INT64_MIN,
+
+from tests.helpers.op_reference import (
     all_same,
     box_cox,
     bucketize,
     cast,
     cross,
     dedup,
-    f32,
     logit,
     ngram,
     normalize,
@@ -32,9 +29,8 @@ from op_reference import (
     run_feature,
     scale01,
     score,
-    sigrid_hash,
-    string_hash,
 )
+from tests.helpers.oracle import FLT_MAX, INT64_MAX, INT64_MIN, f32, sigrid_hash, string_hash
 
 SETTINGS = settings(max_examples=60, deadline=None)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from op_reference import hash_ids, string_hash, unit
 
 from dpp_proto import spec_pb2
 from dpp_server.spec import spec_from_proto
 from dpp_server.transforms import FeaturePipeline
+from tests.helpers.oracle import hash_ids, string_hash, unit
 
 N = 20_000
 

@@ -11,7 +11,6 @@ handlers can abort the child.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import json
@@ -37,8 +36,19 @@ def die_with_parent() -> None:
     parent = os.environ.get("DPP_PARENT_PID")
     if not parent:
         return
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+    try:
+        # OSError: no libc.so.6 (not glibc Linux); AttributeError: a libc without prctl.
+        failed = ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+        problem = os.strerror(ctypes.get_errno()) if failed else ""
+    except (OSError, AttributeError) as exc:
+        problem = str(exc)
+    if problem:
+        logger.warning(
+            "cannot ask Linux to stop this process when its parent %s dies (%s): it may "
+            "outlive a crashed parent",
+            parent,
+            problem,
+        )
     if os.getppid() != int(parent):
         os._exit(0)
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage import GenConfig, StorageError, generate_table
-from storage.cluster import cluster_order, cluster_table
+from storage.rewrite import cluster_order, cluster_table
 
 CONFIG = GenConfig(
     rows=6_000,

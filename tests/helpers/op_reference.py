@@ -1,12 +1,12 @@
 """Independent per-row pure-Python references of every op, and a helper that runs one feature
-through the real pipeline. Written from docs/ops.md, sharing no code with dpp_server.transforms.
+through the real pipeline. Written from docs/ops.md on :mod:`tests.helpers.oracle` (float32
+rounding, the hashes), sharing no code with dpp_server.transforms.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,53 +16,7 @@ import pyarrow as pa
 from dpp_proto import spec_pb2
 from dpp_server.spec import spec_from_proto
 from dpp_server.transforms import FeaturePipeline
-
-M64 = 0xFFFFFFFFFFFFFFFF
-FLT_MAX = 3.4028234663852886e38
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def f32(x: float) -> float:
-    """Rounds a Python float to the nearest float32."""
-    if math.isnan(x) or math.isinf(x):
-        return x
-    if abs(x) >= 3.4028235677973366e38:  # rounds past FLT_MAX: infinity, as a cast does
-        return math.copysign(math.inf, x)
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
-
-
-def fmix64(k: int) -> int:
-    k &= M64
-    k ^= k >> 33
-    k = (k * 0xFF51AFD7ED558CCD) & M64
-    k ^= k >> 33
-    k = (k * 0xC4CEB9FE1A85EC53) & M64
-    k ^= k >> 33
-    return k
-
-
-def hash_ids(values: Sequence[int], salt: int) -> int:
-    h = fmix64(salt & M64)
-    for v in values:
-        h = fmix64(h ^ (v & M64))
-    return h
-
-
-def sigrid_hash(id_: int, salt: int, max_value: int) -> int:
-    return hash_ids([id_], salt) % max_value
-
-
-def string_hash(s: str, salt: int) -> int:
-    data = s.encode("utf-8")
-    words = [
-        int.from_bytes(data[i : i + 8].ljust(8, b"\0"), "little") for i in range(0, len(data), 8)
-    ]
-    return hash_ids([len(data), *words], salt)
-
-
-def unit(h: int) -> float:
-    return (h >> 11) / 2.0**53
-
+from tests.helpers.oracle import INT64_MAX, INT64_MIN, f32, hash_ids
 
 # --- dense ----------------------------------------------------------------------------------
 

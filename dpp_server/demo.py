@@ -1,8 +1,13 @@
 """End-to-end demo: generate a table, start a local dpp cluster, train a DLRM model from it.
 
-Run with ``python -m dpp_client.demo`` (what ``make demo`` runs). Owns only this CLI; it talks
-to the cluster through subprocesses (``python -m dpp_server gen`` / ``up``) and the public
-client API, and must never import ``dpp_server`` or ``storage``.
+Run with ``dpp demo`` or ``python -m dpp_server.demo`` (what ``make demo`` runs). An
+application of both roles, so it lives beside the ``dpp`` command rather than in the trainer's
+library: it starts the server side as a trainer's job would (subprocesses ``python -m dpp_server
+gen`` / ``up``) and trains through the public client API, so it needs both extras
+(``pip install 'dpp[client,server]'``). Owns only this CLI. Must never import other
+``dpp_server`` or ``storage`` modules (it sees the cluster only through processes and the
+client). Imports torch and ``dpp_client`` only inside :func:`run`, so ``dpp`` can build its
+parser from :func:`add_arguments` in a server-only install.
 
 Lifecycle: the cluster runs in its own process group and is stopped in a ``finally`` (SIGINT
 to the group: every process stops at once, without the drain a SIGTERM asks of a worker;
@@ -23,16 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from dpp_client.spec import SessionSpec
 
-from dpp_client.examples.dlrm import DLRM, train_step
-from dpp_client.loader import DppLoader
-from dpp_client.spec import Feature, Op, SessionSpec
-
-_log = logging.getLogger("dpp_client.demo")
+_log = logging.getLogger("dpp_server.demo")
 
 NUM_DENSE = 13
 NUM_SPARSE = 26
@@ -45,6 +46,8 @@ STAGES = ("read", "filter", "transform", "batch", "serialize", "wait_consumer", 
 
 def demo_spec(table_uri: str, epochs: int) -> SessionSpec:
     """The demo's session: Criteo-like dense/sparse features and a label."""
+    from dpp_client.spec import Feature, Op, SessionSpec
+
     dense = [
         Feature(
             f"dense_{i}",
@@ -108,6 +111,15 @@ def _stop(cluster: subprocess.Popen[bytes]) -> None:
 
 def run(rows: int, steps: int, workers: int, keep: bool) -> int:
     """Runs the demo; returns the process exit code."""
+    # Imported here, not at the top: `dpp` builds its parser from this module (add_arguments)
+    # in a server-only install too, where these are absent (see run_args).
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from dpp_client.examples.dlrm import DLRM, train_step
+    from dpp_client.loader import DppLoader
+
     tmp = Path(tempfile.mkdtemp(prefix="dpp-demo-"))
     cluster: subprocess.Popen[bytes] | None = None
     try:
@@ -189,20 +201,39 @@ def run(rows: int, steps: int, workers: int, keep: bool) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(prog="python -m dpp_client.demo", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's flags, for ``python -m dpp_server.demo`` and ``dpp demo`` alike."""
     parser.add_argument("--rows", type=int, default=300_000, help="rows to generate")
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--workers", type=int, default=2, help="dpp worker processes")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Runs the demo with parsed flags (logging already configured); returns the exit code."""
+    try:
+        import rich  # noqa: F401  (the server extra)
+
+        import dpp_client  # noqa: F401  (and with it torch, pyyaml: the client extra)
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            f"dpp demo runs both roles and needs both extras: pip install 'dpp[client,server]' "
+            f"({exc})"
+        ) from exc
     try:
         return run(args.rows, args.steps, args.workers, args.keep)
     except KeyboardInterrupt:
         _log.warning("interrupted; cluster stopped")
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dpp_server.demo``: the entry point when run without the ``dpp`` command."""
+    parser = argparse.ArgumentParser(prog="python -m dpp_server.demo", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return run_args(args)
 
 
 if __name__ == "__main__":
