@@ -20,6 +20,7 @@ import dpp_client.loader
 from dpp_client import DppLoader, Feature, SessionSpec, SpecRejectedError, WorkerDataError
 from dpp_client.batch import Batch
 from dpp_client.errors import DppClientError
+from dpp_client.loader import StallWatchdog
 from dpp_client.master_link import GrpcMasterLink
 from dpp_proto import master_pb2
 
@@ -182,3 +183,15 @@ def test_rank_outside_world_size() -> None:
 def test_spec_as_mapping() -> None:
     loader = DppLoader("x:1", SPEC.to_dict())
     assert loader.spec == SPEC
+
+
+def test_stall_watchdog_reproduces_and_warns_on_time() -> None:
+    watchdog = StallWatchdog(reproduce_after_s=3.0, warn_every_s=10.0, now=0.0)
+    assert watchdog.idle(2.9) == (False, False)
+    assert watchdog.idle(3.0) == (True, False)
+    assert watchdog.idle(5.9) == (False, False)  # asked 2.9 s ago
+    assert watchdog.idle(6.0) == (True, False)
+    assert watchdog.idle(10.0) == (True, True)
+    watchdog.progress(10.5)
+    assert watchdog.idle(13.0) == (False, False)  # quiet for 2.5 s only
+    assert watchdog.idle(13.5) == (True, False)
