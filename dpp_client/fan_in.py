@@ -274,6 +274,10 @@ class FanIn:
                     continue
                 self.fail(exc)
                 return
+            except Exception as exc:  # e.g. the link closed under the call: surface it
+                if not self._closed.is_set():
+                    self.fail(exc)
+                return
             failures = 0
             self.sync(workers)
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import grpc
 
-from dpp_client.errors import error_from_rpc, rpc_code
+from dpp_client.errors import DppClientError, error_from_rpc, rpc_code
 from dpp_client.spec import SessionSpec
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_proto.retry import channel_options
@@ -67,8 +67,9 @@ class MasterLink(Protocol):
 class GrpcMasterLink:
     """:class:`MasterLink` over gRPC.
 
-    Thread-safe: ``_lock`` guards the lazy creation of the channel and stub (made on the
-    first call, so a loader that never iterates never dials); gRPC stubs are thread-safe.
+    Thread-safe: ``_lock`` guards ``_closed`` and the lazy creation of the channel and stub
+    (made on the first call, so a loader that never iterates never dials); gRPC stubs are
+    thread-safe.
 
     Args:
         address: ``host:port`` of the master.
@@ -89,9 +90,12 @@ class GrpcMasterLink:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub_obj = stub
+        self._closed = False
 
     def _stub(self) -> master_pb2_grpc.MasterServiceStub:
         with self._lock:
+            if self._closed:
+                raise DppClientError(f"the link to master {self.address} is closed")
             if self._stub_obj is None:
                 self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
                 self._stub_obj = master_pb2_grpc.MasterServiceStub(self._channel)
@@ -99,6 +103,7 @@ class GrpcMasterLink:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._channel is not None:
                 self._channel.close()
 

@@ -93,8 +93,9 @@ def test_a_master_not_yet_up_is_waited_for() -> None:
         channel_state = threading.Event()
         link_channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         link_channel.subscribe(
-            lambda state: state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
-            and channel_state.set(),
+            lambda state: (
+                state == grpc.ChannelConnectivity.TRANSIENT_FAILURE and channel_state.set()
+            ),
             try_to_connect=True,
         )
         assert channel_state.wait(10)

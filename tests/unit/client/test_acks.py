@@ -15,7 +15,9 @@ from dpp_proto import master_pb2
 STATS = LoaderStats(batches=3, rows=12, bytes_received=100, stall_s=0.5, decode_s=0.1, wall_s=2)
 
 
-def make(link: FakeMasterLink, world_size: int = 1, interval_s: float | None = 3600.0) -> Acknowledger:
+def make(
+    link: FakeMasterLink, world_size: int = 1, interval_s: float | None = 3600.0
+) -> Acknowledger:
     acks = Acknowledger(link, "s1", 1, world_size, interval_s, lambda: STATS)
     acks.begin_epoch(3, 0)
     return acks
