@@ -152,7 +152,7 @@ def test_spec_rejection_surfaces_with_the_field() -> None:
     assert info.value.field == "features[1].kind"
 
 
-# test_unavailable_master_is_retried moved to tests/integration/test_master_link.py: the retry
+# test_unavailable_master_is_retried moved to tests/integration/test_master_link_retry.py: the retry
 # is now the gRPC channel's own, so it is tested over a real channel.
 
 

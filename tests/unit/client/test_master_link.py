@@ -1,5 +1,5 @@
 """GrpcMasterLink over a fake stub: what each RPC's failure becomes. (Its retrying is the
-gRPC channel's: tests/integration/test_master_link.py checks it over a real channel.)"""
+gRPC channel's: tests/integration/test_master_link_retry.py checks it over a real channel.)"""
 
 from __future__ import annotations
 
