@@ -29,7 +29,9 @@ from dpp_client.errors import (
     SpecRejectedError,
     WorkerDataError,
 )
-from dpp_client.loader import DppLoader, LoaderStats
+from dpp_client.loader import DppLoader
+from dpp_client.master_link import GrpcMasterLink, MasterLink
+from dpp_client.metrics import LoaderStats
 from dpp_client.spec import Feature, Op, SessionSpec
 
 __all__ = [
@@ -39,9 +41,11 @@ __all__ = [
     "DppUnavailableError",
     "Feature",
     "FrameError",
+    "GrpcMasterLink",
     "InverseKeyedJaggedTensor",
     "JaggedTensor",
     "LoaderStats",
+    "MasterLink",
     "Op",
     "SessionConflictError",
     "SessionNotFoundError",

@@ -3,23 +3,21 @@
 Owns translation only: :class:`WorkerServicer` drains a :class:`~dpp_server.worker.FrameBuffer`
 into a StreamBatches response stream (raw-bytes frames, no protobuf copy), and
 :class:`GrpcMasterLink` implements :class:`~dpp_server.worker.MasterLink` over the master's
-gRPC service, retrying UNAVAILABLE with capped backoff.
+gRPC service, retrying with the one policy of :mod:`dpp_proto.retry`.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
+from dpp_proto.retry import channel_options
 from dpp_server.master import LeaseGrant
 from dpp_server.records import (
     StageSeconds,
@@ -39,55 +37,32 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", 512 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
-_T = TypeVar("_T")
+MASTER_SERVICE = "dpp.v1.MasterService"
 
 
 class GrpcMasterLink:
-    """The worker's connection to the master. Thread-safe (gRPC channels and stubs are)."""
+    """The worker's connection to the master. Thread-safe (gRPC channels and stubs are).
 
-    def __init__(self, address: str, deadline_s: float = 30.0, max_backoff_s: float = 2.0) -> None:
-        # Reconnect fast after a master restart (gRPC's default first backoff is 1 s, up to
-        # 120 s), so heartbeats resume well within the lease timeout.
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
-        )
+    Retrying is gRPC's own (:mod:`dpp_proto.retry`, the policy the client uses too): each
+    call waits for the channel to be ready, so a master that is restarting is waited for (the
+    channel re-dials within ~1 s of its port opening, well within a lease timeout), and
+    UNAVAILABLE/ABORTED answers are retried by the channel's retry policy; all of it within
+    ``deadline_s`` per call. Anything else is raised.
+    """
+
+    def __init__(self, address: str, deadline_s: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(address, options=channel_options([MASTER_SERVICE]))
         self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
         self._deadline_s = deadline_s
-        self._max_backoff_s = max_backoff_s
 
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, what: str, fn: Callable[[], _T]) -> _T:
-        """Retries UNAVAILABLE/ABORTED with capped, jittered backoff until the deadline."""
-        deadline = time.monotonic() + self._deadline_s
-        backoff = 0.05
-        while True:
-            try:
-                return fn()
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code not in _RETRYABLE or time.monotonic() + backoff > deadline:
-                    raise
-                logger.info("%s: master unavailable (%s); retrying in %.2fs", what, code, backoff)
-                time.sleep(backoff * (0.5 + random.random() / 2))
-                backoff = min(backoff * 2, self._max_backoff_s)
-
     def register(self, address: str, pipeline_threads: int) -> Registration:
-        response = self._call(
-            "RegisterWorker",
-            lambda: self._stub.RegisterWorker(
-                master_pb2.RegisterWorkerRequest(
-                    address=address, pipeline_threads=pipeline_threads
-                ),
-                timeout=10,
-            ),
+        response = self._stub.RegisterWorker(
+            master_pb2.RegisterWorkerRequest(address=address, pipeline_threads=pipeline_threads),
+            timeout=self._deadline_s,
+            wait_for_ready=True,
         )
         return Registration(
             response.worker_id, response.heartbeat_interval_s, response.lease_timeout_s
@@ -96,16 +71,14 @@ class GrpcMasterLink:
     def heartbeat(
         self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
     ) -> bool:
-        response = self._call(
-            "Heartbeat",
-            lambda: self._stub.Heartbeat(
-                master_pb2.HeartbeatRequest(
-                    worker_id=worker_id,
-                    stage_seconds=stage_seconds_to_proto(stage_seconds),
-                    counters=counters_to_proto(counters),
-                ),
-                timeout=10,
+        response = self._stub.Heartbeat(
+            master_pb2.HeartbeatRequest(
+                worker_id=worker_id,
+                stage_seconds=stage_seconds_to_proto(stage_seconds),
+                counters=counters_to_proto(counters),
             ),
+            timeout=self._deadline_s,
+            wait_for_ready=True,
         )
         return not response.reregister
 
@@ -115,8 +88,8 @@ class GrpcMasterLink:
             skip=[master_pb2.StreamKey(session_id=s, rank=r) for s, r in skip],
         )
         try:
-            response = self._call(
-                "AcquireSplit", lambda: self._stub.AcquireSplit(request, timeout=10)
+            response = self._stub.AcquireSplit(
+                request, timeout=self._deadline_s, wait_for_ready=True
             )
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -145,25 +118,23 @@ class GrpcMasterLink:
             done=done,
             error=error,
         )
-        response = self._call(
-            "ReportSplitProgress", lambda: self._stub.ReportSplitProgress(request, timeout=10)
+        response = self._stub.ReportSplitProgress(
+            request, timeout=self._deadline_s, wait_for_ready=True
         )
         return response.lease_valid
 
     def unregister(self, worker_id: str) -> None:
-        self._call(
-            "UnregisterWorker",
-            lambda: self._stub.UnregisterWorker(
-                master_pb2.UnregisterWorkerRequest(worker_id=worker_id), timeout=10
-            ),
+        self._stub.UnregisterWorker(
+            master_pb2.UnregisterWorkerRequest(worker_id=worker_id),
+            timeout=self._deadline_s,
+            wait_for_ready=True,
         )
 
     def get_spec(self, session_id: str) -> Spec:
-        response = self._call(
-            "GetSession",
-            lambda: self._stub.GetSession(
-                master_pb2.GetSessionRequest(session_id=session_id), timeout=10
-            ),
+        response = self._stub.GetSession(
+            master_pb2.GetSessionRequest(session_id=session_id),
+            timeout=self._deadline_s,
+            wait_for_ready=True,
         )
         return spec_from_proto(response.spec)
 

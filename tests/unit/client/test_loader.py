@@ -1,20 +1,26 @@
-"""DppLoader's trainer-side logic against a fake master stub: no sockets, no processes.
+"""DppLoader's trainer-side logic against a fake master link and fake workers: no sockets,
+no processes, no sleeps.
 
-Frames are put straight into the loader's queue, as its stream threads would.
+Frames reach the loader through its real fan-in, from fake worker streams the tests feed.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import grpc
 import pytest
 import torch
 from client_frames import encode_frame, header, make_rows
+from fakes import FakeMasterLink, FakeWorkers
 
+import dpp_client.loader
 from dpp_client import DppLoader, Feature, SessionSpec, SpecRejectedError, WorkerDataError
+from dpp_client.batch import Batch
 from dpp_client.errors import DppClientError
-from dpp_client.loader import _Failure, _WorkerStream
+from dpp_client.loader import StallWatchdog
+from dpp_client.master_link import GrpcMasterLink
 from dpp_proto import master_pb2
 from tests.helpers.rpc import FakeRpcError
 
@@ -27,51 +33,23 @@ SPEC = SessionSpec(
     batch_size=4,
     epochs=2,
 )
+WORKER = "fake-worker:1"
 
 
-class FakeMaster:
-    """Answers the client's master RPCs from canned data, recording the requests."""
-
-    def __init__(self, splits: list[str], epochs: int = 2) -> None:
-        self.splits = splits
-        self.epochs = epochs
-        self.requests: list[Any] = []
-        self.create_error: grpc.RpcError | None = None
-        self.unavailable_then_ok = 0
-
-    def CreateSession(self, req: Any, timeout: float) -> master_pb2.CreateSessionResponse:
-        self.requests.append(req)
-        if self.unavailable_then_ok:
-            self.unavailable_then_ok -= 1
-            raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "restarting")
-        if self.create_error is not None:
-            raise self.create_error
-        return master_pb2.CreateSessionResponse(session_id="s1")
-
-    def BeginEpoch(self, req: Any, timeout: float) -> master_pb2.BeginEpochResponse:
-        self.requests.append(req)
-        if req.epoch >= self.epochs:
-            raise FakeRpcError(grpc.StatusCode.OUT_OF_RANGE, "epoch 2 >= epochs 2")
-        return master_pb2.BeginEpochResponse(split_ids=self.splits, epochs=self.epochs)
-
-    def ListWorkers(self, req: Any, timeout: float) -> master_pb2.ListWorkersResponse:
-        return master_pb2.ListWorkersResponse()
-
-    def AckBatches(self, req: Any, timeout: float) -> master_pb2.AckBatchesResponse:
-        self.requests.append(req)
-        return master_pb2.AckBatchesResponse()
+def make_loader(master: Any, workers: FakeWorkers | None = None, **kwargs: Any) -> DppLoader:
+    return DppLoader(
+        "unused:1",
+        SPEC,
+        worker_refresh_s=0.01,
+        rpc_timeout_s=5.0,
+        master_link=master,
+        dial_worker=workers or FakeWorkers(),
+        **kwargs,
+    )
 
 
-def make_loader(master: FakeMaster, **kwargs: Any) -> DppLoader:
-    loader = DppLoader("unused:1", SPEC, worker_refresh_s=0.01, rpc_timeout_s=5.0, **kwargs)
-    loader._master = master  # type: ignore[assignment]
-    return loader
-
-
-def feed(loader: DppLoader, *frames: bytes) -> None:
-    ws = _WorkerStream("w1", "unused:2")
-    for frame in frames:
-        assert loader._forward(frame, ws)
+def fake_master(splits: list[str]) -> FakeMasterLink:
+    return FakeMasterLink(splits, workers=(WORKER,))
 
 
 def rows(n: int, start: int) -> Any:
@@ -79,12 +57,12 @@ def rows(n: int, start: int) -> Any:
 
 
 def test_two_epochs_then_empty() -> None:
-    master = FakeMaster(["A", "B"])
-    with make_loader(master, session_name="job") as loader:
+    master, workers = fake_master(["A", "B"]), FakeWorkers()
+    with make_loader(master, workers, session_name="job") as loader:
         it = iter(loader)
         assert loader.session_id == "s1" and loader.epoch == 0
-        feed(
-            loader,
+        workers.feed(
+            WORKER,
             encode_frame(header("A", 0), rows(4, 0)),
             encode_frame(header("A", 1, last=True), rows(3, 4)),
             encode_frame(header("A", 0), rows(4, 0)),  # duplicate
@@ -93,7 +71,7 @@ def test_two_epochs_then_empty() -> None:
         )
         got = [b.extras["row_id"].tolist() for b in it]
         assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
-        feed(loader, encode_frame(header("B", 0, epoch=1, last=True), None))
+        workers.feed(WORKER, encode_frame(header("B", 0, epoch=1, last=True), None))
         got = [b.extras["row_id"].tolist() for b in loader]
         assert got == [[100, 101, 102, 103]]
         assert list(loader) == []
@@ -109,79 +87,90 @@ def test_two_epochs_then_empty() -> None:
         1,
         2,
     ]
-    assert loader._refresher is not None and not loader._refresher.is_alive()
+    # close() joined every thread of the loader (refresher, stream, acknowledger).
+    assert [t.name for t in threading.enumerate() if t.name.startswith("dpp-")] == []
 
 
-def test_full_batches_are_converted_off_the_trainer_thread() -> None:
-    master = FakeMaster(["A"])
-    with make_loader(master) as loader:
+def test_full_batches_are_converted_off_the_trainer_thread(monkeypatch: Any) -> None:
+    converted: list[tuple[threading.Thread, Batch]] = []
+
+    def recording_batch_from_arrow(rb: Any) -> Batch:
+        batch = original(rb)
+        converted.append((threading.current_thread(), batch))
+        return batch
+
+    original = dpp_client.loader.batch_from_arrow
+    monkeypatch.setattr(dpp_client.loader, "batch_from_arrow", recording_batch_from_arrow)
+    master, workers = fake_master(["A"]), FakeWorkers()
+    with make_loader(master, workers) as loader:
         it = iter(loader)
-        feed(loader, encode_frame(header("A", 0, last=True), rows(4, 0)))
-        item = loader._queue.get_nowait()
-        assert not isinstance(item, _Failure) and item.prepared is not None
-        loader._queue.put(item)
+        workers.feed(WORKER, encode_frame(header("A", 0, last=True), rows(4, 0)))
         batch = next(it)
-        assert batch is item.prepared
+        [(thread, prepared)] = converted
+        assert thread is not threading.current_thread() and thread.name.startswith("dpp-stream")
+        assert batch is prepared
         assert batch.dense.dtype == torch.float32 and batch.dense.shape == (4, 1)
 
 
 def test_drop_last() -> None:
-    master = FakeMaster(["A"])
-    with make_loader(master, drop_last=True) as loader:
+    master, workers = fake_master(["A"]), FakeWorkers()
+    with make_loader(master, workers, drop_last=True) as loader:
         it = iter(loader)
-        feed(loader, encode_frame(header("A", 0, last=True), rows(3, 0)))
+        workers.feed(WORKER, encode_frame(header("A", 0, last=True), rows(3, 0)))
         assert list(it) == []
 
 
 def test_error_frame_raises_in_the_trainer_thread() -> None:
-    master = FakeMaster(["A"])
-    with make_loader(master) as loader:
+    master, workers = fake_master(["A"]), FakeWorkers()
+    with make_loader(master, workers) as loader:
         it = iter(loader)
-        feed(loader, encode_frame(header("A", 0, error="corrupt parquet page"), None))
+        workers.feed(WORKER, encode_frame(header("A", 0, error="corrupt parquet page"), None))
         with pytest.raises(WorkerDataError, match="corrupt parquet page"):
             next(it)
 
 
 def test_background_failure_reraises() -> None:
-    master = FakeMaster(["A"])
-    with make_loader(master) as loader:
+    master, workers = fake_master(["A"]), FakeWorkers()
+    with make_loader(master, workers) as loader:
         it = iter(loader)
-        loader._fail(DppClientError("stream broke"))
+        workers.feed(WORKER, DppClientError("stream broke"))
         with pytest.raises(DppClientError, match="stream broke"):
             next(it)
 
 
+class RejectingStub:
+    """A master stub whose CreateSession fails as the real master rejects a spec."""
+
+    def CreateSession(self, req: Any, timeout: float, wait_for_ready: bool) -> Any:
+        raise FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "features[1].kind: unsupported")
+
+
 def test_spec_rejection_surfaces_with_the_field() -> None:
-    master = FakeMaster(["A"])
-    master.create_error = FakeRpcError(
-        grpc.StatusCode.INVALID_ARGUMENT, "features[1].kind: unsupported"
-    )
+    master = GrpcMasterLink("unused:1", 5.0, stub=RejectingStub())  # type: ignore[arg-type]
     with make_loader(master) as loader, pytest.raises(SpecRejectedError) as info:
         iter(loader)
     assert info.value.field == "features[1].kind"
 
 
-def test_unavailable_master_is_retried() -> None:
-    master = FakeMaster(["A"])
-    master.unavailable_then_ok = 2
-    with make_loader(master) as loader:
-        iter(loader)
-        assert loader.session_id == "s1"
+# test_unavailable_master_is_retried moved to tests/integration/test_master_link_retry.py: the retry
+# is now the gRPC channel's own, so it is tested over a real channel.
 
 
 def test_stale_epoch_iterator_ends() -> None:
-    master = FakeMaster(["A"])
-    with make_loader(master) as loader:
+    master, workers = fake_master(["A"]), FakeWorkers()
+    with make_loader(master, workers) as loader:
         first = iter(loader)
-        feed(loader, encode_frame(header("A", 0, epoch=1, last=True), rows(4, 0)))
+        workers.feed(WORKER, encode_frame(header("A", 0, epoch=1, last=True), rows(4, 0)))
         second = iter(loader)
         assert list(first) == []
         assert [b.num_rows for b in second] == [4]
 
 
 def test_closed_loader_refuses_to_iterate() -> None:
-    loader = make_loader(FakeMaster([]))
+    master = fake_master([])
+    loader = make_loader(master)
     loader.close()
+    assert master.closed.is_set()
     with pytest.raises(DppClientError, match="closed"):
         iter(loader)
 
@@ -194,3 +183,15 @@ def test_rank_outside_world_size() -> None:
 def test_spec_as_mapping() -> None:
     loader = DppLoader("x:1", SPEC.to_dict())
     assert loader.spec == SPEC
+
+
+def test_stall_watchdog_reproduces_and_warns_on_time() -> None:
+    watchdog = StallWatchdog(reproduce_after_s=3.0, warn_every_s=10.0, now=0.0)
+    assert watchdog.idle(2.9) == (False, False)
+    assert watchdog.idle(3.0) == (True, False)
+    assert watchdog.idle(5.9) == (False, False)  # asked 2.9 s ago
+    assert watchdog.idle(6.0) == (True, False)
+    assert watchdog.idle(10.0) == (True, True)
+    watchdog.progress(10.5)
+    assert watchdog.idle(13.0) == (False, False)  # quiet for 2.5 s only
+    assert watchdog.idle(13.5) == (True, False)
