@@ -349,18 +349,9 @@ class SessionSpec:
         """Inverse of :meth:`to_proto`. A field the proto says "0 means a default" and that
         is 0 takes this class's default (``epochs`` 0 becomes 1, ``max_splits_in_flight`` 0
         stays 0: the master's default)."""
-        by_name = msg.DESCRIPTOR.fields_by_name
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            value = getattr(msg, f.name)
-            kind = by_name[f.name].message_type
-            if kind is not None and kind.GetOptions().map_entry:
-                value = dict(value)
-            elif by_name[f.name].is_repeated:
-                value = tuple(value)
-            elif not value and f.name in defaults.SPEC_ZERO_MEANS:
-                value = f.default
-            values[f.name] = value
+        own = fields(cls)
+        zero_means = {f.name: f.default for f in own if f.name in defaults.SPEC_ZERO_MEANS}
+        values = defaults.fields_from_message(msg, [f.name for f in own], zero_means)
         values["features"] = tuple(Feature.from_proto(f) for f in msg.features)
         return cls(**values)
 

@@ -8,8 +8,9 @@ takes its defaults from here and fills them when it reads a proto, and the maste
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 #: Passes over the table, and ranks sharing a session, when the spec says 0.
 EPOCHS = 1
@@ -36,3 +37,29 @@ SPEC_ZERO_MEANS: Mapping[str, int | float] = MappingProxyType(
         "sample_rate": RATE,
     }
 )
+
+
+def fields_from_message(
+    msg: Any, names: Iterable[str], zero_means: Mapping[str, Any] = SPEC_ZERO_MEANS
+) -> dict[str, Any]:
+    """The named fields of a ``SessionSpec`` message as plain values: repeated fields as
+    tuples, maps as dicts, and a field left at 0 that ``zero_means`` names replaced by what it
+    means. Both sides' spec objects read the proto through this one function (the client
+    passes its own dataclass defaults as ``zero_means``; the master the values above).
+
+    ``msg`` is duck-typed (it needs ``DESCRIPTOR`` and the attributes), so this module stays
+    free of the protobuf runtime.
+    """
+    by_name = msg.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {}
+    for name in names:
+        value = getattr(msg, name)
+        kind = by_name[name].message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            value = dict(value)
+        elif by_name[name].is_repeated:
+            value = tuple(value)
+        elif not value and name in zero_means:
+            value = zero_means[name]
+        values[name] = value
+    return values

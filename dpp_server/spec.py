@@ -52,7 +52,13 @@ import pyarrow as pa
 from google.protobuf import struct_pb2
 
 from dpp_proto import spec_pb2
-from dpp_proto.defaults import MAX_SPLITS_IN_FLIGHT, RATE, SPEC_ZERO_MEANS, TARGET_SPLIT_ROWS
+from dpp_proto.defaults import (
+    MAX_SPLITS_IN_FLIGHT,
+    RATE,
+    SPEC_ZERO_MEANS,
+    TARGET_SPLIT_ROWS,
+    fields_from_message,
+)
 from dpp_server.errors import SpecError
 from dpp_server.transforms.registry import (
     VTYPES,
@@ -319,19 +325,7 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
 def _proto_fields(msg: spec_pb2.SessionSpec) -> dict[str, Any]:
     """Every field of :class:`Spec` from the proto of the same name (repeated fields as tuples,
     maps as dicts), a 0 replaced by what it means (:data:`dpp_proto.defaults.SPEC_ZERO_MEANS`)."""
-    by_name = msg.DESCRIPTOR.fields_by_name
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(Spec):
-        value = getattr(msg, field.name)
-        kind = by_name[field.name].message_type
-        if kind is not None and kind.GetOptions().map_entry:
-            value = dict(value)
-        elif by_name[field.name].is_repeated:
-            value = tuple(value)
-        elif not value and field.name in SPEC_ZERO_MEANS:
-            value = SPEC_ZERO_MEANS[field.name]
-        values[field.name] = value
-    return values
+    return fields_from_message(msg, [f.name for f in dataclasses.fields(Spec)])
 
 
 def _rate(value: float, field_name: str) -> float:
