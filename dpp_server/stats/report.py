@@ -297,7 +297,7 @@ def _dense_report(dk: DenseSketches) -> dict[str, Any]:
         "max": dk.max_value,
         "mean": dk.mean,
         "quantiles": quantiles,
-        "rank_error": float(dk.quantiles.get_normalized_rank_error(False)),
+        "rank_error": float(dk.quantiles.normalized_rank_error(False)),
     }
 
 
