@@ -161,36 +161,43 @@ class _Placement:
 def _hot_rows_by_benefit(
     tables: Sequence[TableStats], budget_bytes: float, row_bytes: int
 ) -> dict[str, int]:
-    """Hot rows per table: the most lookups saved per HBM byte, each table hottest-first."""
+    """Hot rows per table: the most lookups saved per HBM byte, each table hottest-first.
+
+    HBM left once every looked-up row is hot takes never-touched rows too, so tables that fit
+    are whole in HBM.
+    """
     segments: dict[str, list[tuple[int, float]]] = {}
     for t in tables:
         # Curve points in rows (only the touched rows ever take lookups).
         cut_rows = [round(x * t.touched_share * t.rows) for x in t.id_share]
-        pieces = []
+        pieces: list[tuple[int, float]] = []
         for i in range(1, len(cut_rows)):
             rows = cut_rows[i] - cut_rows[i - 1]
             gain = (t.access_share[i] - t.access_share[i - 1]) * t.lookups_per_sample
-            if rows > 0:
-                pieces.append((rows, gain))
+            if rows <= 0:
+                continue
+            # Pool adjacent pieces until densities fall (the curve's concave hull), so taking
+            # pieces densest-first also takes each table's rows hottest-first.
+            while pieces and pieces[-1][1] * rows <= gain * pieces[-1][0]:
+                last_rows, last_gain = pieces.pop()
+                rows, gain = rows + last_rows, gain + last_gain
+            pieces.append((rows, gain))
+        untouched = t.rows - sum(rows for rows, _ in pieces)
+        if untouched > 0:
+            pieces.append((untouched, 0.0))
         segments[t.name] = pieces
     hot = {t.name: 0 for t in tables}
-    heap: list[tuple[float, str, int]] = []
-    for name, pieces in segments.items():
-        if pieces:
-            heapq.heappush(heap, (-pieces[0][1] / pieces[0][0], name, 0))
+    heap = [(-p[0][1] / p[0][0], name, 0) for name, p in segments.items() if p]
+    heapq.heapify(heap)
     left_rows = int(budget_bytes // row_bytes)
     while heap and left_rows > 0:
-        negative_density, name, index = heapq.heappop(heap)
-        if negative_density >= 0:
-            break  # no lookups left to save
-        rows = segments[name][index][0]
-        take = min(rows, left_rows)
+        _, name, index = heapq.heappop(heap)
+        take = min(segments[name][index][0], left_rows)
         hot[name] += take
         left_rows -= take
         if index + 1 < len(segments[name]):
-            nxt = segments[name][index + 1]
-            # A later, steeper piece (a non-concave kink) waits for its turn: prefix only.
-            heapq.heappush(heap, (max(-nxt[1] / nxt[0], negative_density), name, index + 1))
+            rows, gain = segments[name][index + 1]
+            heapq.heappush(heap, (-gain / rows, name, index + 1))
     return hot
 
 
