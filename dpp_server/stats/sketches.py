@@ -128,7 +128,7 @@ class SketchConfig:
 
     theta_lg_k: int = 12
     heavy_lg_max_map_size: int = 12
-    top_ids_per_batch: int = 2048
+    top_ids_per_batch: int = 1024
     kll_k: int = 200
 
     def __post_init__(self) -> None:
@@ -202,6 +202,21 @@ def theta_hashes(ids: I64) -> U64:
     return h1 >> np.uint64(1)
 
 
+def _sorted_distinct(a: U64, b: U64) -> U64:
+    """The distinct values of ``a`` and ``b``, ascending (a sort and a neighbour compare:
+    several times faster than ``np.union1d`` on the few thousand values cut here)."""
+    values = np.concatenate([a, b])
+    if len(values) > 8 * 4096:  # numpy's hash-based unique sorts only the distinct values
+        return np.unique(values)
+    values.sort()
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
 class _ThetaBuilder:
     """The K smallest distinct theta hashes seen (a KMV sketch), in numpy.
 
@@ -213,8 +228,14 @@ class _ThetaBuilder:
         self._theta = _THETA_MAX
         self._retained: U64 = np.empty(0, dtype=np.uint64)
 
-    def update(self, ids: I64) -> None:
-        """Adds ids (repeats are fine: a set is kept)."""
+    def update(self, ids: I64, distinct_hint: int = 0) -> None:
+        """Adds ids (repeats are fine: a set is kept).
+
+        Args:
+            ids: the ids.
+            distinct_hint: a lower bound on the distinct ids among ``ids`` when known (0: not
+                known). It sizes the first cut, saving passes when ids repeat a lot.
+        """
         if len(ids) == 0:
             return
         hashes = theta_hashes(ids)
@@ -223,12 +244,17 @@ class _ThetaBuilder:
             return
         k = self._k
         # Only the K+1 smallest distinct hashes matter. Hashes are uniform below theta, so a
-        # cut at theta * 4K / n keeps ~4K of the n candidates (fewer distinct ones when ids
-        # repeat): one compare pass, then a sort of the few below it. The cut doubles until
-        # more than K distinct hashes lie below it, or reaches theta.
-        cut = self._theta * 4 * k // len(candidates)
-        while cut < self._theta:
-            below = np.union1d(
+        # cut at theta * 1.5K / n keeps ~1.5K of the n candidates (more than K+1 but for a
+        # 13-sigma fluke when they are distinct): one compare pass, then a sort of the few
+        # below it. Repeated ids leave fewer distinct ones below the cut: it doubles twice,
+        # then all candidates are deduplicated by numpy's hash-based unique (which sorts only
+        # the distinct values: 2-3x cheaper than sorting all when ids repeat a lot).
+        expected = min(len(candidates), distinct_hint) if distinct_hint else len(candidates)
+        cut = self._theta * 3 * k // (2 * expected)
+        for _ in range(3):
+            if cut >= self._theta:
+                break
+            below = _sorted_distinct(
                 self._retained[self._retained < np.uint64(cut)],
                 candidates[candidates < np.uint64(cut)],
             )
@@ -236,7 +262,7 @@ class _ThetaBuilder:
                 self._keep(below)
                 return
             cut *= 2
-        self._keep(np.union1d(self._retained, candidates))
+        self._keep(_sorted_distinct(self._retained, np.unique(candidates)))
 
     def _keep(self, distinct_sorted: U64) -> None:
         if len(distinct_sorted) > self._k:
@@ -389,6 +415,7 @@ class _SparseAccumulator:
         for length in np.flatnonzero(by_length).tolist():
             self.lengths[length] = self.lengths.get(length, 0) + int(by_length[length])
         distinct, counts = _count_ids(ids)
+        distinct_all = distinct
         self.distinct.update(distinct)
         top = self.config.top_ids_per_batch
         if len(distinct) > top:
@@ -399,7 +426,9 @@ class _SparseAccumulator:
         for item, count in zip(distinct.tolist(), counts.tolist(), strict=True):
             self.heavy.update(item, count)
         if raw is not None and self.raw_distinct is not None:
-            self.raw_distinct.update(_list_parts(raw)[1])
+            # Hashing merges raw ids, never splits them: the distinct hashed ids of this batch
+            # are a lower bound on its distinct raw ids.
+            self.raw_distinct.update(_list_parts(raw)[1], distinct_hint=len(distinct_all))
 
 
 class _DenseAccumulator:
