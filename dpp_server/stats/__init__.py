@@ -9,7 +9,7 @@ Must never import grpc services, storage or torch.
 
 from __future__ import annotations
 
-from dpp_server.stats.errors import CapacityError, StatsError
+from dpp_server.errors import CapacityError, StatsError
 from dpp_server.stats.sketches import (
     MergedStats,
     SketchConfig,

@@ -12,19 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dpp_server.stats.errors import StatsError
+from dpp_server.errors import StatsError
 from dpp_server.stats.report import (
     bucketize_op_text,
     build_report,
-    suggest_boundaries,
+    dense_boundaries,
     write_png,
 )
 from dpp_server.stats.shard_plan import PlanConfig, build_plan, tables_from_report
-from dpp_server.stats.sketches import MergedStats, merge
+from dpp_server.stats.sketches import merge
 
 __all__ = [
     "add_report_arguments",
@@ -49,9 +49,14 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=20, help="heavy hitters listed per feature")
 
 
-def write_outputs(merged: MergedStats, args: argparse.Namespace, out: TextIO) -> dict[str, Any]:
-    """Writes the report (and PNG), prints a summary and any boundaries; returns the report."""
-    report = build_report(merged, top_k=args.top_k)
+def write_outputs(
+    report: dict[str, Any],
+    boundaries: Mapping[str, Sequence[float]],
+    args: argparse.Namespace,
+    out: TextIO,
+) -> None:
+    """Writes the report (and the PNG), prints a summary line per sparse feature and any
+    bucketize boundaries (``dpp stats``' last step, wherever the merge ran)."""
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     for name, f in report["sparse"].items():
         cdf = ", ".join(
@@ -61,14 +66,11 @@ def write_outputs(merged: MergedStats, args: argparse.Namespace, out: TextIO) ->
             f"{name}: coverage {f['coverage']:.1%}, pooling {f['pooling']['mean']:.2f}, "
             f"distinct {f['distinct_ids']['estimate']:.0f}; {cdf}\n"
         )
-    if args.suggest_boundaries:
-        for name in report["dense"]:
-            boundaries = suggest_boundaries(merged, name, args.suggest_boundaries)
-            out.write(f"{name}: {bucketize_op_text(boundaries)}\n")
+    for name, values in boundaries.items():
+        out.write(f"{name}: {bucketize_op_text(values)}\n")
     if args.png:
         write_png(report, args.png)
     out.write(f"wrote {args.out}" + (f" and {args.png}" if args.png else "") + "\n")
-    return report
 
 
 def main_stats_report(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
@@ -79,7 +81,8 @@ def main_stats_report(argv: Sequence[str] | None = None, out: TextIO = sys.stdou
     add_report_arguments(parser)
     args = parser.parse_args(argv)
     merged = merge(Path(p).read_bytes() for p in args.payloads)
-    write_outputs(merged, args, out)
+    boundaries = dense_boundaries(merged, args.suggest_boundaries or 0)
+    write_outputs(build_report(merged, top_k=args.top_k), boundaries, args, out)
     return 0
 
 

@@ -14,9 +14,9 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from dpp_server import wire
+from dpp_proto import wire
+from dpp_server.errors import StatsError
 from dpp_server.spec import Feature, Spec
-from dpp_server.stats.errors import StatsError
 from dpp_server.stats.sketches import SparseFeature
 
 __all__ = ["features_from_wire", "measured_features", "raw_id_spec"]

@@ -26,7 +26,7 @@ from typing import Any
 import datasketches as ds
 import numpy as np
 
-from dpp_server.stats.errors import StatsError
+from dpp_server.errors import StatsError
 from dpp_server.stats.sketches import DenseSketches, MergedStats, SparseSketches
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "access_share",
     "bucketize_op_text",
     "build_report",
+    "dense_boundaries",
     "suggest_boundaries",
     "write_png",
 ]
@@ -375,6 +376,18 @@ def suggest_boundaries(merged: MergedStats, feature: str, buckets: int) -> list[
     if not out:
         raise StatsError(f"dense feature {feature!r} is constant; there is nothing to cut")
     return out
+
+
+def dense_boundaries(merged: MergedStats, buckets: int) -> dict[str, list[float]]:
+    """``--suggest-boundaries N``: per dense feature with values to cut (finite, not constant),
+    N equally filled buckets' boundaries; none when ``buckets`` < 2."""
+    if buckets < 2:
+        return {}
+    return {
+        name: suggest_boundaries(merged, name, buckets)
+        for name, total in merged.dense_total.items()
+        if total.finite and total.min_value != total.max_value
+    }
 
 
 def bucketize_op_text(boundaries: Sequence[float]) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dpp_server.stats.errors import CapacityError, StatsError
+from dpp_server.errors import CapacityError, StatsError
 
 __all__ = [
     "PlanConfig",

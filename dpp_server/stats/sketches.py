@@ -69,7 +69,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dpp_server.stats.errors import StatsError
+from dpp_server.errors import StatsError
 
 __all__ = [
     "DenseSketches",
