@@ -237,7 +237,7 @@ def run_stats_session(
         )
         with _Progress(created.plan.num_splits, progress) as bar:
             while True:
-                result = _call(
+                result: master_pb2.GetStatsReportResponse = _call(
                     "GetStatsReport",
                     lambda: stub.GetStatsReport(request, timeout=600, wait_for_ready=True),
                 )

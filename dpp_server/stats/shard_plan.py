@@ -1,7 +1,8 @@
 """Embedding placement from feature statistics: a RecShard-style plan, its baseline, one cost model.
 
-Owns how ``stats.json`` becomes a plan (``dpp shard-plan``). Must never import grpc, storage or
-torch; torchrec is imported only by :func:`torchrec_constraints`, as an optional extra.
+Owns how ``stats.json`` becomes a plan (``dpp shard-plan``). Must never import grpc, storage,
+torch or torchrec: the plan's TorchRec hints are plain JSON, which the trainer turns into
+``ParameterConstraints`` with :func:`dpp_client.shard_plan.torchrec_constraints`.
 
 One embedding table per sparse feature, ``rows x dim`` values of ``bytes_per_value`` bytes;
 ``rows`` is the feature's hash range (``max_value``), or for an unhashed feature the upper
@@ -42,7 +43,6 @@ __all__ = [
     "build_plan",
     "score",
     "tables_from_report",
-    "torchrec_constraints",
 ]
 
 _GB = 1e9
@@ -378,29 +378,4 @@ def build_plan(tables: Sequence[TableStats], config: PlanConfig) -> dict[str, An
             base_cost["slow_lookups_per_batch"], plan_cost["slow_lookups_per_batch"]
         ),
     }
-    return out
-
-
-def torchrec_constraints(plan: Mapping[str, Any]) -> dict[str, Any]:
-    """Real ``torchrec`` ``ParameterConstraints`` from a plan's hints, for TorchRec's planner.
-
-    Raises:
-        StatsError: torchrec is not installed.
-    """
-    try:
-        from torchrec.distributed.planner.types import (  # type: ignore[import-untyped]
-            ParameterConstraints,
-        )
-        from torchrec.distributed.types import CacheParams  # type: ignore[import-untyped]
-    except ImportError as exc:
-        raise StatsError(
-            "building ParameterConstraints needs torchrec; install it (see pyproject's "
-            "torchrec extra) or use the plan's plain 'torchrec.constraints' dicts"
-        ) from exc
-    out = {}
-    for name, hint in plan["torchrec"]["constraints"].items():
-        fields = dict(hint)
-        if "cache_params" in fields:
-            fields["cache_params"] = CacheParams(**fields["cache_params"])
-        out[name] = ParameterConstraints(**fields)
     return out

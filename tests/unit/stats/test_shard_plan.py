@@ -86,7 +86,7 @@ def test_capacity_error_names_the_table_and_shortfall(report: dict[str, Any]) ->
 
 def test_torchrec_hints_build_parameter_constraints(report: dict[str, Any]) -> None:
     pytest.importorskip("torchrec")
-    from dpp_server.stats.shard_plan import torchrec_constraints
+    from dpp_client.shard_plan import torchrec_constraints
 
     plan = build_plan(tables_from_report(report), PlanConfig(gpus=2, hbm_gb=0.5, dim=64))
     constraints = torchrec_constraints(plan)
