@@ -58,6 +58,14 @@ yields the splits in the epoch's order, so the batch sequence of a rank is ident
 whatever the number of workers, failures and restarts; the default mode yields batches as they
 arrive, which hides a slow split. With world_size > 1 every rank yields the same number of
 batches per epoch: the minimum over ranks; the surplus of the others is dropped.
+
+Stats sessions (``dpp stats``, a spec with ``stats`` options) use the same plan, leases and
+ledger, with the master as their one consumer: their one stream (epoch 0, rank 0) opens when
+they are created; a worker hands in a split's sketches with :meth:`Master.report_split_stats`,
+which keeps them and marks the split done in one journaled update, only while that worker
+holds the lease. A worker that dies mid-split hands in nothing: its lease expires (step 6
+above) and another worker sketches the split again, which then counts once.
+:meth:`Master.stats_report` merges the payloads in split-id order once all are in.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Owns the orchestration ``acquire split -> produce its frames -> bounded buffer -
 by several pipeline threads (pyarrow and polars release the GIL, so threads overlap I/O and
 compute), plus the heartbeat thread, the frame buffers, draining and the statistics. Producing
 one split's frames (read, filter, transform, cut, dedup, encode) is
-:func:`dpp_server.produce.produce_split`, a plain generator this module calls. Clients drain the
+:func:`dpp_server.produce.produce_split`, a plain generator this module calls; for a stats
+session (``dpp stats``) it calls :func:`dpp_server.produce_stats.sketch_split` instead and hands
+the split's sketches to the master (no frames). Clients drain the
 buffers through ``worker_service.py``; this module imports no grpc and reaches the master only
 through the :class:`MasterLink` protocol.
 """
