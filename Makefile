@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 # Tests: linters, type checker, torchrec (CPU), a Prometheus server for the deploy checks and Ceph's radosgw.
 $(DEV_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[client,server,dev,torchrec]'
+	$(PY) -m pip install -q -e '.[client,server,dev,torchrec,png]'
 	# torchrec without its requirements, which would pull the CUDA fbgemm-gpu (the extra has the CPU build).
 	$(PY) -m pip install -q --no-deps torchrec==1.8.0
 	# Prometheus (promtool and the server) for the deploy/ checks and tests/integration/test_prometheus.py.

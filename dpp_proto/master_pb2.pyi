@@ -7,6 +7,62 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReportSplitStatsRequest(_message.Message):
+    __slots__ = ("worker_id", "session_id", "epoch", "rank", "split_id", "payload")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    session_id: str
+    epoch: int
+    rank: int
+    split_id: str
+    payload: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split_id: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class ReportSplitStatsResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class GetStatsReportRequest(_message.Message):
+    __slots__ = ("session_id", "top_k", "boundary_buckets")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    top_k: int
+    boundary_buckets: int
+    def __init__(self, session_id: _Optional[str] = ..., top_k: _Optional[int] = ..., boundary_buckets: _Optional[int] = ...) -> None: ...
+
+class DenseBoundaries(_message.Message):
+    __slots__ = ("feature", "boundaries")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    boundaries: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, feature: _Optional[str] = ..., boundaries: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetStatsReportResponse(_message.Message):
+    __slots__ = ("splits_total", "splits_done", "complete", "errors", "report_json", "boundaries")
+    SPLITS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARIES_FIELD_NUMBER: _ClassVar[int]
+    splits_total: int
+    splits_done: int
+    complete: bool
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    report_json: str
+    boundaries: _containers.RepeatedCompositeFieldContainer[DenseBoundaries]
+    def __init__(self, splits_total: _Optional[int] = ..., splits_done: _Optional[int] = ..., complete: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., report_json: _Optional[str] = ..., boundaries: _Optional[_Iterable[_Union[DenseBoundaries, _Mapping]]] = ...) -> None: ...
+
 class SplitAck(_message.Message):
     __slots__ = ("split_id", "batches_consumed", "done")
     SPLIT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -84,6 +84,16 @@ class MasterServiceStub:
                 request_serializer=dpp__proto_dot_master__pb2.UnregisterWorkerRequest.SerializeToString,
                 response_deserializer=dpp__proto_dot_master__pb2.UnregisterWorkerResponse.FromString,
                 _registered_method=True)
+        self.ReportSplitStats = channel.unary_unary(
+                '/dpp.v1.MasterService/ReportSplitStats',
+                request_serializer=dpp__proto_dot_master__pb2.ReportSplitStatsRequest.SerializeToString,
+                response_deserializer=dpp__proto_dot_master__pb2.ReportSplitStatsResponse.FromString,
+                _registered_method=True)
+        self.GetStatsReport = channel.unary_unary(
+                '/dpp.v1.MasterService/GetStatsReport',
+                request_serializer=dpp__proto_dot_master__pb2.GetStatsReportRequest.SerializeToString,
+                response_deserializer=dpp__proto_dot_master__pb2.GetStatsReportResponse.FromString,
+                _registered_method=True)
 
 
 class MasterServiceServicer:
@@ -165,6 +175,26 @@ class MasterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportSplitStats(self, request, context):
+        """A worker hands in the sketches of a split it leased in a stats session (`dpp stats`,
+        docs/stats.md). The payload is the split's acknowledgement: the master keeps it and marks
+        the split done in one journaled step, only while the worker still holds the lease, so a
+        split produced again after its worker died counts once. A small RPC, not a frame: the
+        master is the one consumer of sketches, and a split yields one payload (~2 MB for 26
+        features), not a stream of batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatsReport(self, request, context):
+        """The result of a stats session: its progress while splits are pending, and once every
+        split is in, the merged report (merged on the master, in split-id order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MasterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +247,16 @@ def add_MasterServiceServicer_to_server(servicer, server):
                     servicer.UnregisterWorker,
                     request_deserializer=dpp__proto_dot_master__pb2.UnregisterWorkerRequest.FromString,
                     response_serializer=dpp__proto_dot_master__pb2.UnregisterWorkerResponse.SerializeToString,
+            ),
+            'ReportSplitStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSplitStats,
+                    request_deserializer=dpp__proto_dot_master__pb2.ReportSplitStatsRequest.FromString,
+                    response_serializer=dpp__proto_dot_master__pb2.ReportSplitStatsResponse.SerializeToString,
+            ),
+            'GetStatsReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatsReport,
+                    request_deserializer=dpp__proto_dot_master__pb2.GetStatsReportRequest.FromString,
+                    response_serializer=dpp__proto_dot_master__pb2.GetStatsReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -489,6 +529,60 @@ class MasterService:
             '/dpp.v1.MasterService/UnregisterWorker',
             dpp__proto_dot_master__pb2.UnregisterWorkerRequest.SerializeToString,
             dpp__proto_dot_master__pb2.UnregisterWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSplitStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dpp.v1.MasterService/ReportSplitStats',
+            dpp__proto_dot_master__pb2.ReportSplitStatsRequest.SerializeToString,
+            dpp__proto_dot_master__pb2.ReportSplitStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatsReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dpp.v1.MasterService/GetStatsReport',
+            dpp__proto_dot_master__pb2.GetStatsReportRequest.SerializeToString,
+            dpp__proto_dot_master__pb2.GetStatsReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,18 @@ class MasterServiceStub:
     """
     UnregisterWorker: _grpc.UnaryUnaryMultiCallable[_master_pb2.UnregisterWorkerRequest, _master_pb2.UnregisterWorkerResponse]
     """A draining worker leaves: its remaining leases go back to the queue at once."""
+    ReportSplitStats: _grpc.UnaryUnaryMultiCallable[_master_pb2.ReportSplitStatsRequest, _master_pb2.ReportSplitStatsResponse]
+    """A worker hands in the sketches of a split it leased in a stats session (`dpp stats`,
+    docs/stats.md). The payload is the split's acknowledgement: the master keeps it and marks
+    the split done in one journaled step, only while the worker still holds the lease, so a
+    split produced again after its worker died counts once. A small RPC, not a frame: the
+    master is the one consumer of sketches, and a split yields one payload (~2 MB for 26
+    features), not a stream of batches.
+    """
+    GetStatsReport: _grpc.UnaryUnaryMultiCallable[_master_pb2.GetStatsReportRequest, _master_pb2.GetStatsReportResponse]
+    """The result of a stats session: its progress while splits are pending, and once every
+    split is in, the merged report (merged on the master, in split-id order).
+    """
 
 @_typing.type_check_only
 class MasterServiceAsyncStub(MasterServiceStub):
@@ -100,6 +112,18 @@ class MasterServiceAsyncStub(MasterServiceStub):
     """
     UnregisterWorker: _aio.UnaryUnaryMultiCallable[_master_pb2.UnregisterWorkerRequest, _master_pb2.UnregisterWorkerResponse]  # type: ignore[assignment]
     """A draining worker leaves: its remaining leases go back to the queue at once."""
+    ReportSplitStats: _aio.UnaryUnaryMultiCallable[_master_pb2.ReportSplitStatsRequest, _master_pb2.ReportSplitStatsResponse]  # type: ignore[assignment]
+    """A worker hands in the sketches of a split it leased in a stats session (`dpp stats`,
+    docs/stats.md). The payload is the split's acknowledgement: the master keeps it and marks
+    the split done in one journaled step, only while the worker still holds the lease, so a
+    split produced again after its worker died counts once. A small RPC, not a frame: the
+    master is the one consumer of sketches, and a split yields one payload (~2 MB for 26
+    features), not a stream of batches.
+    """
+    GetStatsReport: _aio.UnaryUnaryMultiCallable[_master_pb2.GetStatsReportRequest, _master_pb2.GetStatsReportResponse]  # type: ignore[assignment]
+    """The result of a stats session: its progress while splits are pending, and once every
+    split is in, the merged report (merged on the master, in split-id order).
+    """
 
 class MasterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -191,6 +215,30 @@ class MasterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_master_pb2.UnregisterWorkerResponse, _abc.Awaitable[_master_pb2.UnregisterWorkerResponse]]:
         """A draining worker leaves: its remaining leases go back to the queue at once."""
+
+    @_abc_1.abstractmethod
+    def ReportSplitStats(
+        self,
+        request: _master_pb2.ReportSplitStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_master_pb2.ReportSplitStatsResponse, _abc.Awaitable[_master_pb2.ReportSplitStatsResponse]]:
+        """A worker hands in the sketches of a split it leased in a stats session (`dpp stats`,
+        docs/stats.md). The payload is the split's acknowledgement: the master keeps it and marks
+        the split done in one journaled step, only while the worker still holds the lease, so a
+        split produced again after its worker died counts once. A small RPC, not a frame: the
+        master is the one consumer of sketches, and a split yields one payload (~2 MB for 26
+        features), not a stream of batches.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatsReport(
+        self,
+        request: _master_pb2.GetStatsReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_master_pb2.GetStatsReportResponse, _abc.Awaitable[_master_pb2.GetStatsReportResponse]]:
+        """The result of a stats session: its progress while splits are pending, and once every
+        split is in, the merged report (merged on the master, in split-id order).
+        """
 
 def add_MasterServiceServicer_to_server(servicer: MasterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

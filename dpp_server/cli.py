@@ -6,7 +6,8 @@ Owns argument parsing, logging configuration and process signals. The flags of `
 :func:`add_config_flags`: a field gives its flag (``--lease-timeout-s``), its default, its help
 (the class docstring's line for it) and its ``DPP_<NAME>`` environment override, read in one
 place (:func:`_env`). So every setting has one default, one flag and one override, and
-``dpp master --help`` lists them all. ``dpp top`` and ``dpp scale`` live in :mod:`dpp_server.top`.
+``dpp master --help`` lists them all. ``dpp top`` and ``dpp scale`` live in :mod:`dpp_server.top`,
+``dpp stats`` and ``dpp shard-plan`` in :mod:`dpp_server.stats_command`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from dpp_server.demo import add_arguments as add_demo_arguments
+from dpp_server.stats_command import add_stats_commands
 from dpp_server.top import add_observability_commands
 
 logger = logging.getLogger("dpp")
@@ -520,6 +522,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     add_observability_commands(sub, DEFAULT_MASTER)
+
+    add_stats_commands(sub)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
     add_demo_arguments(demo)

@@ -59,6 +59,30 @@ class OutOfRangeError(DppError):
     status = grpc.StatusCode.OUT_OF_RANGE
 
 
+class StatsError(DppError):
+    """Bad statistics input (``dpp stats``, ``dpp shard-plan``): a malformed or mismatched
+    sketch payload, a batch without a feature's column, a report without a feature asked for,
+    an option out of range."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class CapacityError(StatsError):
+    """A shard plan cannot place the embedding tables in the memory given.
+
+    Attributes:
+        table: the table that did not fit.
+        shortfall_gb: how many more GB (10**9 bytes) it needed.
+    """
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, table: str, shortfall_gb: float) -> None:
+        super().__init__(message)
+        self.table = table
+        self.shortfall_gb = shortfall_gb
+
+
 def grpc_status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Maps any exception to the gRPC status code and message a caller should see.
 

@@ -58,6 +58,14 @@ yields the splits in the epoch's order, so the batch sequence of a rank is ident
 whatever the number of workers, failures and restarts; the default mode yields batches as they
 arrive, which hides a slow split. With world_size > 1 every rank yields the same number of
 batches per epoch: the minimum over ranks; the surplus of the others is dropped.
+
+Stats sessions (``dpp stats``, a spec with ``stats`` options) use the same plan, leases and
+ledger, with the master as their one consumer: their one stream (epoch 0, rank 0) opens when
+they are created; a worker hands in a split's sketches with :meth:`Master.report_split_stats`,
+which keeps them and marks the split done in one journaled update, only while that worker
+holds the lease. A worker that dies mid-split hands in nothing: its lease expires (step 6
+above) and another worker sketches the split again, which then counts once.
+:meth:`Master.stats_report` merges the payloads in split-id order once all are in.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from dpp_proto import spec_pb2
 from dpp_server import state
@@ -138,6 +147,30 @@ class SessionView:
 
 
 @dataclasses.dataclass(frozen=True)
+class StatsReport:
+    """A stats session's progress, and once complete its merged report.
+
+    Attributes:
+        splits_total: splits planned.
+        splits_done: splits whose sketches arrived (or that failed).
+        errors: one message per failed split.
+        report: the merged report (:func:`dpp_server.stats.report.build_report`), once every
+            split is done and none failed; None before.
+        boundaries: per dense feature, bucketize boundaries (when asked and complete).
+    """
+
+    splits_total: int
+    splits_done: int
+    errors: tuple[str, ...]
+    report: dict[str, Any] | None
+    boundaries: dict[str, list[float]]
+
+    @property
+    def complete(self) -> bool:
+        return self.splits_done == self.splits_total
+
+
+@dataclasses.dataclass(frozen=True)
 class StreamView:
     """Progress of one (epoch, rank) of a session."""
 
@@ -180,6 +213,8 @@ class Master:
         # Round-robin cursor over (session, epoch, rank) streams, so that no stream starves.
         self._cursor = 0
         # Batches each rank received per (session, epoch): volatile, re-reported with acks.
+        # Merged stats of finished stats sessions (MergedStats), derived from the ledger.
+        self._merged: dict[str, Any] = {}
         self._received: dict[tuple[str, int], dict[int, tuple[int, bool]]] = {}
         if self._ledger.sessions or self._workers:
             logger.info(
@@ -251,6 +286,10 @@ class Master:
                 )
             )
             self._specs[session_id] = spec
+            if spec.stats is not None:
+                # A stats session has one consumer, the master: its one stream opens now.
+                indices = tuple(range(len(plan.splits)))
+                self._record(state.EpochBegun(session_id, 0, 0, indices))
         logger.info(
             "session %s planned: %d splits, %d files, %d rows in %.2fs",
             session_id,
@@ -570,7 +609,12 @@ class Master:
             lease = stream.leased.get(split_index)
             if lease is None or lease.worker_id != worker_id:
                 return False
-            if error:
+            if error and self._specs[session_id].stats is not None:
+                logger.error("split %s of stats session %s failed: %s", split_id, session_id, error)
+                self._record(
+                    state.SplitStatsReported(session_id, epoch, rank, split_index, b"", error)
+                )
+            elif error:
                 logger.error(
                     "split %s of session %s failed on %s: %s",
                     split_id,
@@ -583,6 +627,86 @@ class Master:
             elif done:
                 self._record(state.SplitProduced(session_id, epoch, rank, split_index))
             return True
+
+    # -- stats sessions (dpp stats) -------------------------------------------------------
+
+    def report_split_stats(
+        self,
+        worker_id: str,
+        session_id: str,
+        epoch: int,
+        rank: int,
+        split_id: str,
+        payload: bytes,
+    ) -> bool:
+        """Keeps a split's sketches and marks it done, in one journaled update.
+
+        Exactly once: only the worker holding the split's lease is heard, and a done split
+        takes no second payload. A worker that died mid-split handed in nothing; its lease
+        expires and another worker produces the split again.
+
+        Returns:
+            False when the worker no longer holds the lease: the payload was dropped.
+
+        Raises:
+            NotFoundError: unknown session or split.
+            ConflictError: the session is not a stats session.
+        """
+        with self._lock:
+            session = self._session(session_id)
+            if self._specs[session_id].stats is None:
+                raise ConflictError(
+                    f"session {session_id} is a training session; split sketches go only to a "
+                    "stats session (created by dpp stats)"
+                )
+            stream = session.streams.get((epoch, rank))
+            index = self._split_index(session, split_id)
+            if stream is None or index in stream.done:
+                return False
+            lease = stream.leased.get(index)
+            if lease is None or lease.worker_id != worker_id:
+                return False
+            self._record(state.SplitStatsReported(session_id, epoch, rank, index, payload))
+            return True
+
+    def stats_report(
+        self, session_id: str, top_k: int = 20, boundary_buckets: int = 0
+    ) -> StatsReport:
+        """A stats session's progress; once every split is in, its merged report.
+
+        The merge runs outside the lock (seconds for thousands of splits) and is kept, so
+        polling a finished session costs nothing more. Payloads merge in split-id order, so
+        the result does not depend on which worker produced which split, or when.
+
+        Raises:
+            NotFoundError: unknown session.
+            ConflictError: the session is not a stats session.
+            StatsError: payloads that do not merge (a worker of another version).
+        """
+        with self._lock:
+            session = self._session(session_id)
+            if self._specs[session_id].stats is None:
+                raise ConflictError(
+                    f"session {session_id} is a training session, not a stats session; "
+                    "run dpp stats to measure its features"
+                )
+            stream = session.streams.get((0, 0))
+            done = 0 if stream is None else len(stream.done)
+            errors = tuple(session.stats_errors[i] for i in sorted(session.stats_errors))
+            payloads = list(session.stats_payloads.values())
+            total = len(session.splits)
+            merged = self._merged.get(session_id)
+        if done < total or errors:
+            return StatsReport(total, done, errors, None, {})
+        from dpp_server.stats import merge
+        from dpp_server.stats.report import build_report, dense_boundaries
+
+        if merged is None:
+            merged = merge(payloads)
+            with self._lock:
+                self._merged[session_id] = merged
+        boundaries = dense_boundaries(merged, boundary_buckets)
+        return StatsReport(total, done, errors, build_report(merged, top_k=top_k), boundaries)
 
     # -- helpers --------------------------------------------------------------------------
 

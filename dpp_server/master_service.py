@@ -8,6 +8,7 @@ graceful stop). Every exception is turned into a gRPC status by
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -193,6 +194,38 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     ) -> master_pb2.UnregisterWorkerResponse:
         self.master.unregister_worker(request.worker_id)
         return master_pb2.UnregisterWorkerResponse()
+
+    @_rpc
+    def ReportSplitStats(
+        self, request: master_pb2.ReportSplitStatsRequest, context: grpc.ServicerContext
+    ) -> master_pb2.ReportSplitStatsResponse:
+        accepted = self.master.report_split_stats(
+            request.worker_id,
+            request.session_id,
+            request.epoch,
+            request.rank,
+            request.split_id,
+            request.payload,
+        )
+        return master_pb2.ReportSplitStatsResponse(accepted=accepted)
+
+    @_rpc
+    def GetStatsReport(
+        self, request: master_pb2.GetStatsReportRequest, context: grpc.ServicerContext
+    ) -> master_pb2.GetStatsReportResponse:
+        result = self.master.stats_report(
+            request.session_id, request.top_k or 20, request.boundary_buckets
+        )
+        response = master_pb2.GetStatsReportResponse(
+            splits_total=result.splits_total,
+            splits_done=result.splits_done,
+            complete=result.complete,
+            errors=result.errors,
+            report_json="" if result.report is None else json.dumps(result.report),
+        )
+        for name, values in result.boundaries.items():
+            response.boundaries.add(feature=name, boundaries=values)
+        return response
 
     @_rpc
     def ListWorkers(

@@ -78,6 +78,7 @@ __all__ = [
     "Kind",
     "OpCall",
     "Spec",
+    "StatsOptions",
     "check_against_schema",
     "feature_vtypes",
     "source_vtypes",
@@ -138,6 +139,21 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class StatsOptions:
+    """What a stats session (``dpp stats``, ``docs/stats.md``) measures beyond the features.
+
+    Attributes:
+        sample_rate: share of each split's rows sketched, in (0, 1]. Lower cuts transform and
+            sketch time (not reading); counts then describe the sample.
+        collisions: also sketch the raw ids of ``sigrid_hash`` features for collision figures
+            (runs their ops before the last hash a second time).
+    """
+
+    sample_rate: float = RATE
+    collisions: bool = False
+
+
+@dataclass(frozen=True)
 class Spec:
     """A validated session spec with every default filled. See ``spec.proto`` for fields.
 
@@ -164,6 +180,8 @@ class Spec:
     sample_rate: float = RATE
     sample_key: str = ""
     dedup_min_share: float = 0.0
+    #: Set for a stats session only: workers sketch the features instead of streaming them.
+    stats: StatsOptions | None = None
 
     @property
     def dense_features(self) -> tuple[Feature, ...]:
@@ -318,8 +336,22 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
         passthrough=passthrough,
         negative_downsample_rate=negative_rate,
         sample_rate=sample_rate,
+        stats=_stats_from_proto(msg),
     )
     return Spec(**values)
+
+
+def _stats_from_proto(msg: spec_pb2.SessionSpec) -> StatsOptions | None:
+    if not msg.HasField("stats"):
+        return None
+    rate = msg.stats.sample_rate
+    if rate != 0.0 and not (math.isfinite(rate) and 0.0 < rate <= 1.0):
+        raise SpecError(
+            "stats.sample_rate",
+            f"must be in (0, 1], got {rate!r}",
+            "give the share of rows to sketch, e.g. 0.1; leave it unset (0) to sketch all",
+        )
+    return StatsOptions(sample_rate=rate or RATE, collisions=msg.stats.collisions)
 
 
 def _proto_fields(msg: spec_pb2.SessionSpec) -> dict[str, Any]:
@@ -476,9 +508,11 @@ def spec_to_proto(spec: Spec) -> spec_pb2.SessionSpec:
     proto a worker receives needs no knowledge of defaults to mean the same thing.
     """
     scalars = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-    del scalars["features"]
+    del scalars["features"], scalars["stats"]
     scalars["storage_options"] = dict(spec.storage_options)
     msg = spec_pb2.SessionSpec(**scalars)
+    if spec.stats is not None:
+        msg.stats.CopyFrom(spec_pb2.StatsOptions(**dataclasses.asdict(spec.stats)))
     for feature in spec.features:
         plain = {f.name: getattr(feature, f.name) for f in dataclasses.fields(feature)}
         del plain["ops"]

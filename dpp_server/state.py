@@ -4,6 +4,9 @@ Owns: which sessions exist and what each planned; which workers are registered; 
 each rank has begun; and for every (session, epoch, rank) which splits are pending, leased (to
 which worker, from which batch), produced (by which worker, awaiting the trainer) and done
 (consumed by the trainer), with the number of batches the trainer acknowledged per split.
+For a stats session (``dpp stats``) a split is done when its lease holder hands in its
+sketches, which the ledger keeps (journaled with the update, so a restarted master still has
+them).
 
 Every change goes through :meth:`Ledger.apply` with one of the ``*`` update dataclasses below,
 and :meth:`Ledger.apply` is the only code that mutates the ledger. That is what makes the state
@@ -139,6 +142,20 @@ class LeaseReleased:
     split_index: int
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitStatsReported:
+    """The lease holder of a split in a stats session handed in its sketches (``payload``), or
+    failed it (``error``, with an empty payload). Either way the split is done: its payload is
+    its acknowledgement, so it counts once however often it was produced."""
+
+    session_id: str
+    epoch: int
+    rank: int
+    split_index: int
+    payload: bytes
+    error: str = ""
+
+
 Update = (
     SessionCreated
     | WorkerRegistered
@@ -149,6 +166,7 @@ Update = (
     | BatchesAcked
     | StreamRestored
     | LeaseReleased
+    | SplitStatsReported
 )
 
 
@@ -249,6 +267,9 @@ class SessionState:
     splits: tuple[SplitInfo, ...]
     plan: PlanSummary
     streams: dict[tuple[int, int], StreamProgress] = dataclasses.field(default_factory=dict)
+    # Stats sessions only: each done split's sketches, or its error, by split index.
+    stats_payloads: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    stats_errors: dict[int, str] = dataclasses.field(default_factory=dict)
     # Derived from ``splits`` (not journaled): split id -> index, for O(1) lookups.
     index_of: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -311,6 +332,16 @@ class Ledger:
             case LeaseReleased():
                 stream = self.stream(update.session_id, update.epoch, update.rank)
                 stream.make_pending(update.split_index)
+            case SplitStatsReported():
+                stream = self.stream(update.session_id, update.epoch, update.rank)
+                if update.split_index in stream.done:
+                    return  # a second copy of a split never counts
+                session = self.sessions[update.session_id]
+                if update.error:
+                    session.stats_errors[update.split_index] = update.error
+                else:
+                    session.stats_payloads[update.split_index] = update.payload
+                stream.mark_done(update.split_index)
 
     @staticmethod
     def _apply_acks(stream: StreamProgress, acks: Iterable[SplitAck]) -> None:

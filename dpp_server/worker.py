@@ -4,7 +4,9 @@ Owns the orchestration ``acquire split -> produce its frames -> bounded buffer -
 by several pipeline threads (pyarrow and polars release the GIL, so threads overlap I/O and
 compute), plus the heartbeat thread, the frame buffers, draining and the statistics. Producing
 one split's frames (read, filter, transform, cut, dedup, encode) is
-:func:`dpp_server.produce.produce_split`, a plain generator this module calls. Clients drain the
+:func:`dpp_server.produce.produce_split`, a plain generator this module calls; for a stats
+session (``dpp stats``) it calls :func:`dpp_server.produce_stats.sketch_split` instead and hands
+the split's sketches to the master (no frames). Clients drain the
 buffers through ``worker_service.py``; this module imports no grpc and reaches the master only
 through the :class:`MasterLink` protocol.
 """
@@ -22,6 +24,7 @@ from typing import Protocol
 from dpp_proto.wire import FrameEncoder
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
+from dpp_server.produce_stats import StatsPipeline, sketch_split
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
 
@@ -72,6 +75,8 @@ class MasterLink(Protocol):
     def report_split_progress(
         self, worker_id: str, lease: LeaseGrant, done: bool, error: str
     ) -> bool: ...
+
+    def report_split_stats(self, worker_id: str, lease: LeaseGrant, payload: bytes) -> bool: ...
 
     def get_spec(self, session_id: str) -> Spec: ...
 
@@ -187,7 +192,8 @@ class _Stats:
 class Worker:
     """Runs the pipeline threads and the heartbeat thread of one worker process.
 
-    Thread-safe: ``_lock`` guards ``_buffers`` and ``_sessions``; statistics have their own lock.
+    Thread-safe: ``_lock`` guards ``_buffers``, ``_sessions`` and ``_stats_pipelines``;
+    statistics have their own lock.
     """
 
     def __init__(
@@ -203,6 +209,7 @@ class Worker:
         self._lock = threading.Lock()
         self._buffers: dict[tuple[str, int], FrameBuffer] = {}
         self._sessions: dict[str, SessionPipeline] = {}
+        self._stats_pipelines: dict[str, StatsPipeline] = {}
         self._stats = _Stats(observe)
         self._stop = threading.Event()
         self._draining = threading.Event()
@@ -330,7 +337,10 @@ class Worker:
                 self._stats.add_seconds("idle_s", time.perf_counter() - started)
                 continue
             self._stats.add_seconds("idle_s", time.perf_counter() - started)
-            self._run_lease(lease)
+            if self._is_stats_session(lease.session_id):
+                self._run_stats_lease(lease)
+            else:
+                self._run_lease(lease)
 
     def _run_lease(self, lease: LeaseGrant) -> None:
         buffer = self.buffer(lease.session_id, lease.rank)
@@ -361,6 +371,72 @@ class Worker:
         self._report(lease, "")
         self._stats.add_count("splits_done", 1)
         self._stats.add_count("rows_scanned", lease.split.num_rows)
+
+    def _is_stats_session(self, session_id: str) -> bool:
+        """Whether the session measures instead of streaming (``dpp stats``). A spec that
+        cannot be fetched counts as a training session, whose error path reports it."""
+        try:
+            return self._session(session_id).spec.stats is not None
+        except Exception:
+            return False
+
+    def _run_stats_lease(self, lease: LeaseGrant) -> None:
+        """Sketches a split of a stats session and hands the payload to the master, which
+        keeps it as the split's acknowledgement (nothing goes to the frame buffers)."""
+        self._active.add(1)
+        try:
+            try:
+                with self._lock:
+                    pipeline = self._stats_pipelines.get(lease.session_id)
+                if pipeline is None:
+                    spec = self._session(lease.session_id).spec
+                    pipeline = StatsPipeline.compile(spec, self.config.read_batch_rows)
+                    with self._lock:
+                        pipeline = self._stats_pipelines.setdefault(lease.session_id, pipeline)
+                payload = sketch_split(pipeline, lease, self._stats)
+            except Exception as exc:
+                message = (
+                    f"worker {self.worker_id} failed on split {lease.split.split_id} "
+                    f"({lease.split.path}, row groups {list(lease.split.row_groups)}): "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                logger.exception("%s", message)
+                self._report(lease, message)
+                return
+            if self._stop.is_set():
+                return  # the lease expires or is released by unregister; nothing is lost
+            self._hand_in_stats(lease, payload)
+        finally:
+            self._active.add(-1)
+        self._stats.add_count("splits_done", 1)
+        self._stats.add_count("rows_scanned", lease.split.num_rows)
+
+    def _hand_in_stats(self, lease: LeaseGrant, payload: bytes, attempts: int = 5) -> None:
+        """Sends a split's sketches to the master, a few times over: a payload bigger than
+        gRPC's retry buffer is not retried by the channel. If it never arrives, the split is
+        reported failed, so the stats session ends with an error instead of waiting forever."""
+        for attempt in range(attempts):
+            try:
+                if not self._link.report_split_stats(self.worker_id, lease, payload):
+                    logger.warning(
+                        "lease on split %s was taken back meanwhile; its sketches were dropped",
+                        lease.split.split_id,
+                    )
+                return
+            except Exception:
+                logger.exception(
+                    "handing split %s's sketches to the master failed (attempt %d of %d)",
+                    lease.split.split_id,
+                    attempt + 1,
+                    attempts,
+                )
+                if self._stop.wait(min(2.0**attempt, 10.0)):
+                    return
+        self._report(
+            lease,
+            f"worker {self.worker_id} could not hand in split {lease.split.split_id}'s "
+            f"sketches after {attempts} attempts; see its log",
+        )
 
     def _report(self, lease: LeaseGrant, error: str) -> None:
         """Tells the master a split is produced (or failed). A report that cannot reach the

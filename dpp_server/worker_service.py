@@ -123,6 +123,20 @@ class GrpcMasterLink:
         )
         return response.lease_valid
 
+    def report_split_stats(self, worker_id: str, lease: LeaseGrant, payload: bytes) -> bool:
+        request = master_pb2.ReportSplitStatsRequest(
+            worker_id=worker_id,
+            session_id=lease.session_id,
+            epoch=lease.epoch,
+            rank=lease.rank,
+            split_id=lease.split.split_id,
+            payload=payload,
+        )
+        response = self._stub.ReportSplitStats(
+            request, timeout=self._deadline_s, wait_for_ready=True
+        )
+        return response.accepted
+
     def unregister(self, worker_id: str) -> None:
         self._stub.UnregisterWorker(
             master_pb2.UnregisterWorkerRequest(worker_id=worker_id),

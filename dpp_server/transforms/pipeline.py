@@ -168,6 +168,29 @@ class FeaturePipeline:
             arrays.append(_single_array(batch.column(name)))
         return wire.assemble_wire_batch(bound.wire_schema, dense, arrays)
 
+    def feature_columns(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+        """One column per feature, named as the feature, as the ops leave it: before the
+        wire's finish, so dense nulls stay null and null id lists stay null.
+
+        For statistics (``dpp stats``), which count the nulls :meth:`apply` fills with 0.0 or
+        empty lists. Sampling, adapters and op chains are :meth:`apply`'s own; the column
+        types are polars' (dense: the last op's float type, sparse: ``large_list<int64>``).
+
+        Raises:
+            SpecError: the batch's columns do not fit the spec (missing, wrong type).
+        """
+        if self._spec.sampled:
+            batch, _ = self._sample(batch)
+        bound, (adapters, _) = self._exprs_for(batch)
+        columns_in = list(dict.fromkeys(c for c, _ in bound.inputs))
+        frame = cast(pl.DataFrame, pl.from_arrow(batch.select(columns_in)))
+        outputs = [
+            bound.chains[f.name](pl.col(input_name(f.source, bound.starts[f.name]))).alias(f.name)
+            for f in self._spec.features
+        ]
+        table = frame.with_columns(adapters).select(outputs).to_arrow()
+        return pa.record_batch([_single_array(c) for c in table.columns], names=table.column_names)
+
     def _sample(
         self, batch: pa.RecordBatch | pa.Table
     ) -> tuple[pa.RecordBatch | pa.Table, np.ndarray | None]:

@@ -63,6 +63,11 @@ class InProcessLink:
             error,
         )
 
+    def report_split_stats(self, worker_id: str, lease: LeaseGrant, payload: bytes) -> bool:
+        return self.master.report_split_stats(
+            worker_id, lease.session_id, lease.epoch, lease.rank, lease.split.split_id, payload
+        )
+
     def unregister(self, worker_id: str) -> None:
         self.master.unregister_worker(worker_id)
 

@@ -27,7 +27,15 @@ from dpp_client.errors import (
     error_from_rpc,
 )
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.errors import ConflictError, DppError, NotFoundError, OutOfRangeError, SpecError
+from dpp_server.errors import (
+    CapacityError,
+    ConflictError,
+    DppError,
+    NotFoundError,
+    OutOfRangeError,
+    SpecError,
+    StatsError,
+)
 from dpp_server.master_service import MasterServicer
 from storage.errors import FilterError, SplitChangedError, StorageError, TableNotFoundError
 
@@ -72,6 +80,16 @@ CONTRACT: list[tuple[Exception, Code, type[DppClientError]]] = [
         StorageError("reading /data/t failed: permission denied"),
         Code.FAILED_PRECONDITION,
         SessionConflictError,
+    ),
+    (
+        StatsError("no split payloads to merge; the stats session produced no splits"),
+        Code.INVALID_ARGUMENT,
+        SpecRejectedError,
+    ),
+    (
+        CapacityError("table t0 needs 3.2 GB more than 8 GPUs x 1 GB hold", "t0", 3.2),
+        Code.RESOURCE_EXHAUSTED,
+        DppClientError,
     ),
     # Not deliberate: a bug. INTERNAL, with the type named.
     (KeyError("plan"), Code.INTERNAL, DppClientError),
@@ -140,4 +158,4 @@ def test_error_crosses_the_wire(
     text = str(error) if code != Code.INTERNAL else f"internal error (KeyError): {error}"
     assert str(mapped).startswith(f"CreateSession(name='ctr') failed: {text}")
     if isinstance(mapped, SpecRejectedError):
-        assert mapped.field == getattr(error, "field", None)
+        assert mapped.field == getattr(error, "field", "")

@@ -29,6 +29,8 @@ UPDATES: list[state.Update] = [
     state.BatchesAcked("sess", 1, 0, ACKS),
     state.StreamRestored("sess", 1, 0, ACKS),
     state.LeaseReleased("sess", 1, 0, 0),
+    state.SplitStatsReported("sess", 0, 0, 1, b"DPPSTAT1\x00\xff"),
+    state.SplitStatsReported("sess", 0, 0, 0, b"", "worker w-1 failed on split s0: boom"),
 ]
 
 
