@@ -108,9 +108,16 @@ def scan_split(
             f"groups {list(split.row_groups)} failed ({exc}); the file may be corrupt or "
             "rewritten: replan the table"
         ) from exc
+    # Partition columns come from the folder name, always as strings, even when the writer
+    # also stored them in the file (polars does; planning checked that the copy agrees).
+    file_schema = schema
     for name in split.partition:
-        if name not in schema.names:
-            schema = schema.append(pa.field(name, pa.string()))
+        index = file_schema.get_field_index(name)
+        if index >= 0:
+            file_schema = file_schema.remove(index)
+    schema = file_schema
+    for name in split.partition:
+        schema = schema.append(pa.field(name, pa.string()))
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise StorageError(
@@ -121,16 +128,28 @@ def scan_split(
     if row_filter is not None:
         validate_types(row_filter, schema, "row_filter")
         scanned += sorted(c for c in row_filter.columns if c not in scanned)
+    from_file = [c for c in scanned if c not in split.partition]
     batches = fragment.to_batches(
-        schema=schema,
-        columns=scanned,
+        schema=file_schema,
+        columns=from_file,
         batch_size=batch_rows,
         batch_readahead=_BATCH_READAHEAD,
         fragment_readahead=1,
         use_threads=True,
         fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True),
     )
-    yield from _bounded(batches, batch_rows, split)
+    bounded = _bounded(batches, batch_rows, split)
+    if len(from_file) == len(scanned):
+        yield from bounded
+        return
+    output = pa.schema([schema.field(c) for c in scanned])
+    values = {name: pa.scalar(value, pa.string()) for name, value in split.partition.items()}
+    for batch in bounded:
+        arrays = [
+            pa.repeat(values[c], batch.num_rows) if c in values else batch.column(c)
+            for c in scanned
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=output)
 
 
 def filter_rows(
