@@ -73,7 +73,13 @@ from dpp_proto import spec_pb2
 from dpp_server import state
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError
 from dpp_server.records import StageSeconds, WorkerCounters
-from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
+from dpp_server.spec import (
+    Spec,
+    check_against_schema,
+    check_drift,
+    spec_from_proto,
+    spec_to_proto,
+)
 from storage import SplitInfo, Table, check_columns, parse_filter
 
 logger = logging.getLogger(__name__)
@@ -225,6 +231,12 @@ class Master:
             partition_filter=partition_filter,
             row_filter=row_filter,
             max_concurrency=self.config.plan_concurrency,
+        )
+        check_drift(
+            spec,
+            table.schema,
+            {d.column: d.types for d in plan.drift},
+            row_filter.columns if row_filter is not None else (),
         )
         summary = state.PlanSummary(
             num_splits=len(plan.splits),
