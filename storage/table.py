@@ -1,9 +1,9 @@
-"""Tables: listing a Hive-partitioned Parquet table, pruning it, and planning its splits.
+"""Tables: listing a Hive-partitioned Parquet or ORC table, pruning it, and planning its splits.
 
 Owns: what a table is (the files under one URI, their partitions and schema) and how it is cut
-into splits. A split is a run of whole, contiguous row groups of ONE file; it is the unit the
-master leases to workers, so its id must be stable: the same bytes planned twice give the same
-splits with the same ids, in the same order.
+into splits. A split is a run of whole, contiguous row groups of ONE file (for ORC, a run of
+stripes: :mod:`storage.orc`); it is the unit the master leases to workers, so its id must be
+stable: the same bytes planned twice give the same splits with the same ids, in the same order.
 
 Planning, worked example (``target_split_rows=100_000``, ``row_filter="price > 10"``):
 
@@ -38,9 +38,11 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from storage import orc
 from storage.errors import StorageError, TableNotFoundError
 from storage.filesystem import fsspec_filesystem_of, resolve
 from storage.filters import Filter, validate_types
+from storage.orc import ORC_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +222,20 @@ class Table:
         if not files:
             raise TableNotFoundError(
                 f"table {uri!r}: found {len(listed)} file(s) but none ending in "
-                f"{'/'.join(PARQUET_SUFFIXES)} outside hidden (_ or .) folders; check the URI "
-                "points at the table's root folder (the one holding ds=... folders)"
+                f"{'/'.join(PARQUET_SUFFIXES + ORC_SUFFIXES)} outside hidden (_ or .) folders; "
+                "check the URI points at the table's root folder (the one holding ds=... folders)"
                 if listed
                 else f"table {uri!r}: nothing exists there; check the URI and storage options"
             )
         files = sorted(files, key=lambda f: f.path)
+        formats = {_is_orc(f.path) for f in files}
+        if len(formats) > 1:
+            first_orc = next(f.path for f in files if _is_orc(f.path))
+            first_parquet = next(f.path for f in files if not _is_orc(f.path))
+            raise StorageError(
+                f"table {uri!r} mixes ORC ({first_orc!r}) and Parquet ({first_parquet!r}) "
+                "files; a table has one format: move one kind elsewhere"
+            )
         partition_columns = list(files[0].partition)
         for f in files:
             if list(f.partition) != partition_columns:
@@ -342,6 +352,8 @@ class Table:
             StorageError: the footer is unreadable, or a partition column stored in the file
                 disagrees with the folder name (see :func:`check_partition_values`).
         """
+        if _is_orc(file.path):
+            return self._orc_footer_of(file)
         try:
             fragment = _PARQUET_FORMAT.make_fragment(
                 file.path,
@@ -370,6 +382,33 @@ class Table:
             ) from exc
         return _Footer(
             row_groups=[(rg.id, rg.num_rows) for rg in row_groups if rg.num_rows > 0],
+            schema=_without(physical, self.partition_columns),
+        )
+
+    def _orc_footer_of(self, file: FileInfo) -> _Footer:
+        """An ORC file's stripes (every one: pyarrow exposes no stripe statistics to prune
+        with) and schema; partition columns it stores are checked by reading them."""
+        rows = orc.stripe_rows(self.filesystem, file.path, file.size)
+        physical = orc.read_schema(self.filesystem, file.path)
+        stored = [c for c in self.partition_columns if c in physical.names]
+        if stored:
+            table = pa.Table.from_batches(
+                orc.scan_stripes(self.filesystem, file.path, range(len(rows)), stored, 1 << 20),
+                schema=pa.schema([physical.field(c) for c in stored]),
+            )
+            for name in stored:
+                values = table.column(name)
+                bounds = pc.min_max(values).as_py()
+                _check_stored_value(
+                    file,
+                    name,
+                    values.type,
+                    "the file",
+                    (bounds["min"], bounds["max"], values.null_count),
+                    table.num_rows,
+                )
+        return _Footer(
+            row_groups=[(i, n) for i, n in enumerate(rows) if n > 0],
             schema=_without(physical, self.partition_columns),
         )
 
@@ -417,10 +456,10 @@ def _without(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
 def check_partition_values(
     fragment: pads.ParquetFileFragment, file: FileInfo, stored: Sequence[str]
 ) -> None:
-    """Checks that the partition columns a file also stores hold its folder's values.
+    """Checks that the partition columns a Parquet file also stores hold its folder's values.
 
     Cheap: every row group's min/max statistics must equal the folder value (converted to
-    the column's type: ``ds=2026-01-01`` equals a date32 2026-01-01, ``h=3`` an int 3), and
+    the column's type: ``ds=2026-01-01`` equals a date32 2026-01-01, ``h=03`` an int 3), and
     hold no null (a ``__HIVE_DEFAULT_PARTITION__`` folder must hold only nulls). A row group
     without statistics has that one column read instead.
 
@@ -431,38 +470,49 @@ def check_partition_values(
     metadata = fragment.metadata
     physical = fragment.physical_schema
     for name in stored:
-        folder_value = file.partition[name]
-        dtype = physical.field(name).type
-        expect_null = folder_value == _HIVE_NULL
-        expected: object = None
-        if not expect_null:
-            try:
-                expected = pa.scalar(folder_value).cast(dtype).as_py()
-            except (pa.ArrowException, ValueError) as exc:
-                raise StorageError(
-                    f"{file.path!r}: partition column {name!r} is stored in the file as {dtype}"
-                    f", but the folder value {folder_value!r} is not a {dtype} ({exc}); the "
-                    "folder and the file disagree: rewrite the file or rename the folder"
-                ) from exc
         column_index = _leaf_index(metadata, name)
         for rg in range(metadata.num_row_groups):
             group = metadata.row_group(rg)
             if group.num_rows == 0:
                 continue
-            low, high, nulls = _min_max_nulls(fragment, group, rg, column_index, name)
-            agrees = (
-                nulls == group.num_rows
-                if expect_null
-                else nulls == 0 and low == expected and high == expected
+            bounds = _min_max_nulls(fragment, group, rg, column_index, name)
+            _check_stored_value(
+                file, name, physical.field(name).type, f"row group {rg}", bounds, group.num_rows
             )
-            if not agrees:
-                holds = f"min {low!r}, max {high!r}, {nulls} null(s) of {group.num_rows} rows"
-                raise StorageError(
-                    f"{file.path!r}: partition column {name!r} is stored in the file and "
-                    f"disagrees with its folder {name}={folder_value}: row group {rg} holds "
-                    f"{holds}; dpp would deliver the folder's value, so it refuses the table: "
-                    "rewrite the file under the right folder, or drop the column from it"
-                )
+
+
+def _check_stored_value(
+    file: FileInfo,
+    name: str,
+    dtype: pa.DataType,
+    where: str,
+    bounds: tuple[object, object, int],
+    rows: int,
+) -> None:
+    """Refuses a stored partition column whose ``(min, max, nulls)`` over ``rows`` rows is not
+    the folder value (see :func:`check_partition_values`)."""
+    folder_value = file.partition[name]
+    low, high, nulls = bounds
+    if folder_value == _HIVE_NULL:
+        agrees = nulls == rows
+    else:
+        try:
+            expected = pa.scalar(folder_value).cast(dtype).as_py()
+        except (pa.ArrowException, ValueError) as exc:
+            raise StorageError(
+                f"{file.path!r}: partition column {name!r} is stored in the file as {dtype}, "
+                f"but the folder value {folder_value!r} is not a {dtype} ({exc}); the folder "
+                "and the file disagree: rewrite the file or rename the folder"
+            ) from exc
+        agrees = nulls == 0 and low == expected and high == expected
+    if not agrees:
+        raise StorageError(
+            f"{file.path!r}: partition column {name!r} is stored in the file and disagrees "
+            f"with its folder {name}={folder_value}: {where} holds min {low!r}, max {high!r}, "
+            f"{nulls} null(s) of {rows} rows; dpp would deliver the folder's value, so it "
+            "refuses the table: rewrite the file under the right folder, or drop the column "
+            "from it"
+        )
 
 
 def _leaf_index(metadata: pq.FileMetaData, name: str) -> int:
@@ -580,7 +630,11 @@ def _is_data_file(path: str, root: str) -> bool:
     parts = _relative_parts(path, root)
     if any(p.startswith(_HIDDEN_PREFIXES) for p in parts):
         return False
-    return parts[-1].lower().endswith(PARQUET_SUFFIXES)
+    return parts[-1].lower().endswith(PARQUET_SUFFIXES + ORC_SUFFIXES)
+
+
+def _is_orc(path: str) -> bool:
+    return path.lower().endswith(ORC_SUFFIXES)
 
 
 def _partition_of(path: str, root: str) -> dict[str, str]:
@@ -594,6 +648,8 @@ def _partition_of(path: str, root: str) -> dict[str, str]:
 
 
 def _read_schema(filesystem: pafs.FileSystem, file: FileInfo) -> pa.Schema:
+    if _is_orc(file.path):
+        return orc.read_schema(filesystem, file.path)
     try:
         fragment = _PARQUET_FORMAT.make_fragment(file.path, filesystem, file_size=file.size)
         return fragment.physical_schema

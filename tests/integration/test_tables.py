@@ -9,12 +9,14 @@ with the file named, and the cluster keeps serving.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.orc as paorc
 import pytest
 
 from dpp_client import DppLoader, Feature, SessionSpec
@@ -122,3 +124,27 @@ def test_refusals_name_the_file_and_the_cluster_keeps_serving(
 
     with DppLoader(cluster.master_address, spec(str(root))) as loader:
         assert sum(b.num_rows for b in loader) == ROWS
+
+
+def test_orc_table_through_the_cluster_every_row_once(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    frame = source()
+    root = tmp_path / "orc"
+    for day in DAYS:
+        part = frame.filter(pl.col("ds") == day).drop("ds").to_arrow()
+        (root / f"ds={day}").mkdir(parents=True)
+        paorc.write_table(part, root / f"ds={day}" / "part-0.orc", stripe_size=16 * 1024)
+    want = {r["row_id"]: r for r in frame.to_dicts()}
+    got: set[int] = set()
+    orc_spec = dataclasses.replace(spec(str(root)), row_filter="label = 1")
+    with DppLoader(cluster.master_address, orc_spec) as loader:
+        for batch in loader:
+            names = batch.extras_arrow["name"].to_pylist()
+            for i, row_id in enumerate(batch.extras["row_id"].tolist()):
+                assert row_id not in got, f"row {row_id} delivered twice"
+                got.add(row_id)
+                assert batch.dense[i, 0].item() == want[row_id]["dense_0"]
+                assert names[i] == want[row_id]["name"]
+                assert batch.extras_arrow["ds"][i].as_py() == want[row_id]["ds"]
+    assert got == {r for r, row in want.items() if row["label"] == 1}
