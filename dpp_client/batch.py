@@ -72,8 +72,6 @@ _TORCH_DTYPES: dict[pa.DataType, torch.dtype] = {
     pa.uint64(): torch.uint64,
 }
 
-_warned_extras: set[str] = set()
-
 
 @dataclass
 class JaggedTensor:
@@ -190,7 +188,16 @@ class Batch:
             order.
         labels: float32 ``[B]``, or None when the spec has no label.
         weights: float32 ``[B]``, or None when the spec has no weight.
-        extras: passthrough columns by name (without the ``extra.`` prefix), ``[B]`` each.
+        extras: passthrough columns that are numbers, booleans or times, by name (without
+            the ``extra.`` prefix), ``[B]`` each: int64 for any integer column, float64 for
+            any float, bool, and the integer count of the column's unit for timestamps,
+            dates, times and durations (int64; int32 days for date32, int32 for time32).
+            Nulls read as 0, NaN or False: :attr:`extras_valid` says which rows are null.
+        extras_valid: bool ``[B]`` per entry of :attr:`extras`, False where the table's value
+            is null (all True for a column without nulls).
+        extras_arrow: every other passthrough column (strings, binary, lists, structs,
+            decimals, ...) as the ``pyarrow.Array`` received, nulls included; host memory
+            only (:meth:`to` and :meth:`pin_memory` pass them along unchanged).
         dense_names: names of the ``D`` dense columns, in order.
         dedup: one :class:`InverseKeyedJaggedTensor` per dedup group of the spec (its features
             are not in ``sparse``); always present for every group, whatever the worker sent.
@@ -206,6 +213,8 @@ class Batch:
     dense_names: list[str] = field(default_factory=list)
     dedup: dict[str, InverseKeyedJaggedTensor] = field(default_factory=dict)
     sparse_names: list[str] = field(default_factory=list)
+    extras_valid: dict[str, torch.Tensor] = field(default_factory=dict)
+    extras_arrow: dict[str, pa.Array] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -223,6 +232,8 @@ class Batch:
             dense_names=list(self.dense_names),
             dedup={k: v.pin_memory() for k, v in self.dedup.items()},
             sparse_names=list(self.sparse_names),
+            extras_valid={k: v.pin_memory() for k, v in self.extras_valid.items()},
+            extras_arrow=dict(self.extras_arrow),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -246,6 +257,10 @@ class Batch:
             dense_names=list(self.dense_names),
             dedup={k: v.to(device, non_blocking) for k, v in self.dedup.items()},
             sparse_names=list(self.sparse_names),
+            extras_valid={
+                k: v.to(device, non_blocking=non_blocking) for k, v in self.extras_valid.items()
+            },
+            extras_arrow=dict(self.extras_arrow),
         )
 
     def _all_sparse_names(self) -> list[str]:
@@ -271,6 +286,8 @@ class Batch:
             extras=dict(self.extras),
             dense_names=list(self.dense_names),
             sparse_names=list(self.sparse_names),
+            extras_valid=dict(self.extras_valid),
+            extras_arrow=dict(self.extras_arrow),
         )
 
     def to_kjt(self, expand: bool = False) -> Any:
@@ -439,9 +456,9 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
     """Converts one "rows" record batch into a :class:`Batch` without copying.
 
     Every tensor is a read-only view of ``rb``'s buffers (see the module docstring), except
-    rebased sparse offsets of a sliced batch and float columns with nulls (copied, NaN-filled).
-    Extra columns of types torch cannot hold (strings, nested) are skipped with one warning
-    per column name.
+    rebased sparse offsets of a sliced batch, booleans, and passthrough columns with nulls
+    (copied, nulls filled). Passthrough columns torch cannot hold (strings, nested) stay
+    Arrow arrays, in :attr:`Batch.extras_arrow`.
 
     Args:
         rb: a record batch with the schema described in the module docstring.
@@ -497,24 +514,22 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
         weights = _primitive_view(rb.column(idx), wire.WEIGHT_COLUMN)
 
     extras: dict[str, torch.Tensor] = {}
+    extras_valid: dict[str, torch.Tensor] = {}
+    extras_arrow: dict[str, pa.Array] = {}
     for idx, column in enumerate(schema.names):
         if not column.startswith(wire.EXTRA_PREFIX):
             continue
         name = column[len(wire.EXTRA_PREFIX) :]
         arr = rb.column(idx)
-        if arr.type in _TORCH_DTYPES:
-            extras[name] = _primitive_view(arr, column)
-        elif pa.types.is_boolean(arr.type) and not arr.null_count:
-            # Arrow packs booleans into bits; torch needs bytes, so this one copies.
-            extras[name] = torch.from_numpy(arr.to_numpy(zero_copy_only=False).copy())
-        elif column not in _warned_extras:
-            _warned_extras.add(column)
-            _log.warning(
-                "skipping passthrough column %r of type %s: torch tensors hold only numbers "
-                "(cast it in the table or drop it from passthrough)",
-                column,
-                arr.type,
-            )
+        tensor = _extra_tensor(arr, column)
+        if tensor is None:
+            extras_arrow[name] = arr
+            continue
+        extras[name] = tensor
+        if arr.null_count:
+            extras_valid[name] = torch.from_numpy(arr.is_valid().to_numpy(zero_copy_only=False))
+        else:
+            extras_valid[name] = torch.ones(rows, dtype=torch.bool)
 
     return Batch(
         dense=dense,
@@ -525,7 +540,33 @@ def batch_from_arrow(rb: pa.RecordBatch) -> Batch:
         dense_names=dense_names,
         dedup=dedup,
         sparse_names=list(sparse_names),
+        extras_valid=extras_valid,
+        extras_arrow=extras_arrow,
     )
+
+
+def _extra_tensor(arr: pa.Array, name: str) -> torch.Tensor | None:
+    """A passthrough column as a ``[B]`` tensor (the contract in :class:`Batch`'s
+    ``extras``), or None when it is not a number, boolean or time (it stays Arrow).
+
+    A view of the frame when the column has no nulls; with nulls, a copy in which they read
+    as 0, NaN or False.
+    """
+    dtype = arr.type
+    if pa.types.is_temporal(dtype) and not pa.types.is_interval(dtype):
+        # Times travel as their integer storage: int32 for date32 and time32, else int64.
+        narrow = pa.types.is_date32(dtype) or pa.types.is_time32(dtype)
+        arr = arr.view(pa.int32() if narrow else pa.int64())
+        dtype = arr.type
+    if pa.types.is_boolean(dtype):
+        # Arrow packs booleans into bits; torch needs bytes, so this one copies.
+        filled = arr.fill_null(False) if arr.null_count else arr
+        return torch.from_numpy(filled.to_numpy(zero_copy_only=False).copy())
+    if dtype not in _TORCH_DTYPES:
+        return None
+    if arr.null_count:
+        arr = arr.fill_null(float("nan") if pa.types.is_floating(dtype) else 0)
+    return _primitive_view(arr, name)
 
 
 def _dedup_groups(

@@ -195,12 +195,27 @@ class Feature:
         return cls(**values)
 
 
+def absolute_table_uri(uri: str) -> str:
+    """``uri`` with a relative local path made absolute against the working folder; any
+    other URI (``s3://``, ``memory://``, an absolute path) unchanged."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    if scheme.lower() not in ("", "file", "local") or not rest:
+        return uri
+    path = os.path.abspath(os.path.expanduser(rest))
+    return path if not sep else f"{scheme}://{path}"
+
+
 @dataclass(frozen=True)
 class SessionSpec:
     """What a trainer asks dpp to read and how to preprocess it (mirrors ``spec.proto``).
 
     Attributes:
         table_uri: path, file://, memory:// or s3:// URI of a Hive-partitioned Parquet table.
+            A relative local path (``data/ctr``, ``file://data/ctr``, ``~/ctr``) is made
+            absolute here, against this process's working folder, because the master runs
+            elsewhere and would resolve it against its own.
         features: output features; dense ones are stacked in this order.
         batch_size: rows per batch. Larger amortises per-batch overhead; smaller lowers
             latency and memory.
@@ -258,6 +273,7 @@ class SessionSpec:
         object.__setattr__(self, "features", tuple(self.features))
         object.__setattr__(self, "passthrough", tuple(self.passthrough))
         self.check()
+        object.__setattr__(self, "table_uri", absolute_table_uri(self.table_uri))
 
     def check(self) -> None:
         """Runs the light local type checks; the master does the real validation.

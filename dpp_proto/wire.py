@@ -74,6 +74,8 @@ __all__ = [
     "expand",
     "feature_names",
     "inverse_column",
+    "passthrough_array",
+    "passthrough_type",
     "wire_schema",
 ]
 
@@ -132,6 +134,58 @@ def dedup_section(group: str) -> str:
     return DEDUP_SECTION_PREFIX + group
 
 
+def passthrough_type(dtype: pa.DataType) -> pa.DataType:
+    """The wire type of a passthrough column whose table type is ``dtype``: the contract.
+
+    Each type family travels as one type, so files whose column types differ within a family
+    (int32 in one partition, int64 in the next; string and large_string) give batches of one
+    schema without the master telling workers anything. Every mapping is lossless:
+
+    * dictionary: its value type, decoded, then as below;
+    * any integer: int64 (uint64 keeps its bit pattern, as sparse ids do);
+    * any float: float64; boolean: boolean;
+    * string, large_string, string_view: large_string; binary kinds: large_binary;
+    * list, large_list and list views: large_list of the item's wire type;
+    * anything else (timestamps, dates, times, durations, decimals, structs, maps, fixed-size
+      lists): unchanged, so two files that disagree there cannot share a session.
+
+    ``dpp_server.spec.check_drift`` refuses a session whose files give one passthrough column
+    two different wire types; ``docs/tables.md`` states the contract for users.
+    """
+    if pa.types.is_dictionary(dtype):
+        return passthrough_type(dtype.value_type)
+    if pa.types.is_integer(dtype):
+        return pa.int64()
+    if pa.types.is_floating(dtype):
+        return pa.float64()
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or _is_view(dtype, "string"):
+        return pa.large_string()
+    if pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or _is_view(dtype, "binary"):
+        return pa.large_binary()
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or _is_list_view(dtype):
+        return pa.large_list(passthrough_type(dtype.value_type))
+    return dtype
+
+
+def _is_view(dtype: pa.DataType, kind: str) -> bool:
+    check = getattr(pa.types, f"is_{kind}_view", None)
+    return bool(check is not None and check(dtype))
+
+
+def _is_list_view(dtype: pa.DataType) -> bool:
+    return _is_view(dtype, "list") or _is_view(dtype, "large_list")
+
+
+def passthrough_array(array: pa.Array) -> pa.Array:
+    """``array`` (a passthrough column as read from the table) as its wire type
+    (:func:`passthrough_type`); the array itself when it already is (no copy)."""
+    target = passthrough_type(array.type)
+    if array.type == target:
+        return array
+    # Every cast here widens, so an unsafe cast loses nothing; it keeps uint64 bit patterns.
+    return array.cast(target, safe=False)
+
+
 def dense_type(width: int) -> pa.DataType:
     """The ``dense`` column's type for ``width`` dense features."""
     return pa.list_(pa.field("item", pa.float32(), nullable=False), width)
@@ -152,7 +206,8 @@ def wire_schema(
         sparse_names: sparse feature names in spec order.
         label: whether batches carry a ``label`` column.
         weight: whether batches carry a ``weight`` column.
-        extra: passthrough column name to its table type, in spec order.
+        extra: passthrough column name to its wire type (:func:`passthrough_type` of its
+            table type), in spec order.
 
     Returns:
         The schema every wire batch of the session has, metadata included.

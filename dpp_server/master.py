@@ -80,9 +80,15 @@ from typing import Any
 
 from dpp_proto import spec_pb2
 from dpp_server import state
-from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError
+from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
 from dpp_server.records import StageSeconds, WorkerCounters
-from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
+from dpp_server.spec import (
+    Spec,
+    check_against_schema,
+    check_drift,
+    spec_from_proto,
+    spec_to_proto,
+)
 from storage import SplitInfo, Table, check_columns, parse_filter
 
 logger = logging.getLogger(__name__)
@@ -239,6 +245,7 @@ class Master:
             ConflictError: ``session_name`` is taken by a session with another spec.
         """
         spec = spec_from_proto(spec_proto)
+        _check_local_path_is_absolute(spec.table_uri)
         # The canonical form (defaults written out), so equivalent specs join the same session.
         spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
         if session_name:
@@ -260,6 +267,12 @@ class Master:
             partition_filter=partition_filter,
             row_filter=row_filter,
             max_concurrency=self.config.plan_concurrency,
+        )
+        check_drift(
+            spec,
+            table.schema,
+            {d.column: d.types for d in plan.drift},
+            row_filter.columns if row_filter is not None else (),
         )
         summary = state.PlanSummary(
             num_splits=len(plan.splits),
@@ -744,3 +757,23 @@ def _parse_spec(spec_bytes: bytes) -> spec_pb2.SessionSpec:
     msg = spec_pb2.SessionSpec()
     msg.ParseFromString(spec_bytes)
     return msg
+
+
+def _check_local_path_is_absolute(uri: str) -> None:
+    """Refuses a relative local ``table_uri``: the master's working folder is not the
+    trainer's, so resolving it here would read another table (or none). ``DppLoader`` makes
+    local paths absolute before sending; this catches other clients.
+
+    Raises:
+        SpecError: naming the URI and the fix.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    if scheme.lower() in ("", "file", "local") and not rest.startswith("/"):
+        raise SpecError(
+            "table_uri",
+            f"{uri!r} is a relative local path, which the master cannot resolve against the "
+            "trainer's working folder",
+            "send an absolute path (dpp_client.SessionSpec makes local paths absolute)",
+        )

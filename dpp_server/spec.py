@@ -25,7 +25,16 @@ Column types accepted (decided here, documented in ``docs/ops.md``):
   taken as a one-id list (null gives an empty list). uint64 ids keep their bit pattern as
   int64. Null ids inside a list are dropped before the first op.
 * label and weight: integer, floating point or boolean; they become float32.
-* passthrough: any type; delivered unchanged.
+* passthrough: any type, nulls included; each type family travels as one wire type
+  (:func:`dpp_proto.wire.passthrough_type`: integers int64, floats float64, string kinds
+  large_string, lists of those large_list) and reaches the trainer as a tensor plus a validity
+  mask (numbers, booleans, times) or an Arrow array (everything else). See ``docs/tables.md``.
+
+Files of one table may disagree on a column's type (schema drift). :func:`check_drift` runs at
+session creation over the types planning found in every file: a passthrough column must keep
+one wire type, every other column the spec reads must fit its role in every file, and no file
+may lack a column the spec or the row filter reads. Each refusal names the column and both
+files.
 
 Value types through ops: a feature's value starts with its source column's value type
 (:func:`source_vtypes`: numeric -> ``dense``, list of integers -> ``sparse``, list of floats ->
@@ -43,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
@@ -51,7 +60,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from google.protobuf import struct_pb2
 
-from dpp_proto import spec_pb2
+from dpp_proto import spec_pb2, wire
 from dpp_proto.defaults import (
     MAX_SPLITS_IN_FLIGHT,
     RATE,
@@ -588,6 +597,82 @@ def check_against_schema(spec: Spec, schema: pa.Schema) -> None:
             )
     for i, name in enumerate(spec.passthrough):
         column_type(f"passthrough[{i}]", name)
+
+
+def check_drift(
+    spec: Spec,
+    schema: pa.Schema,
+    drift: Mapping[str, Sequence[tuple[str, pa.DataType | None]]],
+    filter_columns: Iterable[str] = (),
+) -> None:
+    """Checks a spec against every file's column types, not only the reference file's.
+
+    Args:
+        spec: a spec already checked against ``schema`` (:func:`check_against_schema`).
+        schema: the table's schema (its reference file's types).
+        drift: for each column whose type differs between the planned files, ``(path, type)``
+            per distinct type, the reference file first; a type of None means that file
+            lacks the column (``storage.Plan.drift``).
+        filter_columns: columns the row filter reads; they must exist in every file.
+
+    Raises:
+        SpecError: naming the spec field, the column, both files and both types.
+    """
+    passthrough_at = {name: i for i, name in enumerate(spec.passthrough)}
+    read = set(spec.input_columns)
+    filtered = set(filter_columns)
+    for column, types in drift.items():
+        if column not in read and column not in filtered:
+            continue
+        ref_path, ref_type = types[0]
+        where = (
+            f"passthrough[{passthrough_at[column]}]"
+            if column in passthrough_at
+            else _role_of(spec, column)
+        )
+        for path, dtype in types[1:]:
+            if dtype is None:
+                raise SpecError(
+                    where,
+                    f"column {column!r} is missing from {path!r} but is {ref_type} in {ref_path!r}",
+                    "rewrite that file with the column, prune its partition with "
+                    "partition_filter, or stop reading the column",
+                )
+            if ref_type is None:
+                continue
+            if column in passthrough_at and wire.passthrough_type(dtype) != wire.passthrough_type(
+                ref_type
+            ):
+                raise SpecError(
+                    where,
+                    f"passthrough column {column!r} is {ref_type} in {ref_path!r} but {dtype} "
+                    f"in {path!r}; files may differ only within a type family (integers, "
+                    "floats, strings, binaries, lists of those), which travel as one type",
+                    "rewrite the files with one type for the column, or drop it from passthrough",
+                )
+            if column in read:
+                index = schema.get_field_index(column)
+                variant = schema.set(index, pa.field(column, dtype))
+                try:
+                    check_against_schema(spec, variant)
+                except SpecError as exc:
+                    raise SpecError(
+                        exc.field,
+                        f"{exc.problem} (in {path!r}; column {column!r} is {ref_type} in "
+                        f"{ref_path!r})",
+                        exc.fix,
+                    ) from exc
+
+
+def _role_of(spec: Spec, column: str) -> str:
+    """The first spec field that reads ``column``, for messages."""
+    for i, feature in enumerate(spec.features):
+        if feature.source == column:
+            return f"features[{i}].source"
+    for name in ("label", "weight", "sample_key"):
+        if getattr(spec, name) == column:
+            return name
+    return "row_filter" if column not in spec.input_columns else "features"
 
 
 _WHAT: dict[VType, str] = {

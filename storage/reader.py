@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
+from storage import orc
 from storage.errors import SplitChangedError, StorageError
 from storage.filters import Filter, validate_types
 from storage.table import SplitInfo, partition_expression
@@ -91,26 +92,38 @@ def scan_split(
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     _check_unchanged(split, filesystem)
-    whole_file = _PARQUET_FORMAT.make_fragment(
-        split.path,
-        filesystem,
-        partition_expression=partition_expression(split.partition),
-        file_size=split.file_size,
-    )
-    try:
-        schema = whole_file.physical_schema
-        # Not make_fragment(row_groups=...): pyarrow passes those through set(), which loses
-        # their order (row groups [7, 8] come back as [8, 7]); subset() keeps it.
-        fragment = whole_file.subset(row_group_ids=list(split.row_groups))
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(
-            f"split {split.split_id}: reading the footer of {split.path!r} or selecting row "
-            f"groups {list(split.row_groups)} failed ({exc}); the file may be corrupt or "
-            "rewritten: replan the table"
-        ) from exc
+    is_orc = split.path.lower().endswith(orc.ORC_SUFFIXES)
+    fragment = None
+    if is_orc:
+        schema = orc.read_schema(filesystem, split.path)
+    else:
+        whole_file = _PARQUET_FORMAT.make_fragment(
+            split.path,
+            filesystem,
+            partition_expression=partition_expression(split.partition),
+            file_size=split.file_size,
+        )
+        try:
+            schema = whole_file.physical_schema
+            # Not make_fragment(row_groups=...): pyarrow passes those through set(), which
+            # loses their order (row groups [7, 8] come back as [8, 7]); subset() keeps it.
+            fragment = whole_file.subset(row_group_ids=list(split.row_groups))
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(
+                f"split {split.split_id}: reading the footer of {split.path!r} or selecting "
+                f"row groups {list(split.row_groups)} failed ({exc}); the file may be corrupt "
+                "or rewritten: replan the table"
+            ) from exc
+    # Partition columns come from the folder name, always as strings, even when the writer
+    # also stored them in the file (polars does; planning checked that the copy agrees).
+    file_schema = schema
     for name in split.partition:
-        if name not in schema.names:
-            schema = schema.append(pa.field(name, pa.string()))
+        index = file_schema.get_field_index(name)
+        if index >= 0:
+            file_schema = file_schema.remove(index)
+    schema = file_schema
+    for name in split.partition:
+        schema = schema.append(pa.field(name, pa.string()))
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise StorageError(
@@ -121,16 +134,31 @@ def scan_split(
     if row_filter is not None:
         validate_types(row_filter, schema, "row_filter")
         scanned += sorted(c for c in row_filter.columns if c not in scanned)
-    batches = fragment.to_batches(
-        schema=schema,
-        columns=scanned,
-        batch_size=batch_rows,
-        batch_readahead=_BATCH_READAHEAD,
-        fragment_readahead=1,
-        use_threads=True,
-        fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True),
-    )
-    yield from _bounded(batches, batch_rows, split)
+    from_file = [c for c in scanned if c not in split.partition]
+    if fragment is None:  # ORC: row_groups are stripes
+        batches = orc.scan_stripes(filesystem, split.path, split.row_groups, from_file, batch_rows)
+    else:
+        batches = fragment.to_batches(
+            schema=file_schema,
+            columns=from_file,
+            batch_size=batch_rows,
+            batch_readahead=_BATCH_READAHEAD,
+            fragment_readahead=1,
+            use_threads=True,
+            fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True),
+        )
+    bounded = _bounded(batches, batch_rows, split)
+    if len(from_file) == len(scanned):
+        yield from bounded
+        return
+    output = pa.schema([schema.field(c) for c in scanned])
+    values = {name: pa.scalar(value, pa.string()) for name, value in split.partition.items()}
+    for batch in bounded:
+        arrays = [
+            pa.repeat(values[c], batch.num_rows) if c in values else batch.column(c)
+            for c in scanned
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, schema=output)
 
 
 def filter_rows(

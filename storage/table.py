@@ -1,9 +1,9 @@
-"""Tables: listing a Hive-partitioned Parquet table, pruning it, and planning its splits.
+"""Tables: listing a Hive-partitioned Parquet or ORC table, pruning it, and planning its splits.
 
 Owns: what a table is (the files under one URI, their partitions and schema) and how it is cut
-into splits. A split is a run of whole, contiguous row groups of ONE file; it is the unit the
-master leases to workers, so its id must be stable: the same bytes planned twice give the same
-splits with the same ids, in the same order.
+into splits. A split is a run of whole, contiguous row groups of ONE file (for ORC, a run of
+stripes: :mod:`storage.orc`); it is the unit the master leases to workers, so its id must be
+stable: the same bytes planned twice give the same splits with the same ids, in the same order.
 
 Planning, worked example (``target_split_rows=100_000``, ``row_filter="price > 10"``):
 
@@ -36,14 +36,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
+from storage import orc
 from storage.errors import StorageError, TableNotFoundError
 from storage.filesystem import fsspec_filesystem_of, resolve
 from storage.filters import Filter, validate_types
+from storage.orc import ORC_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FileInfo", "Plan", "SplitInfo", "Table", "partition_expression", "split_id_of"]
+__all__ = [
+    "ColumnDrift",
+    "FileInfo",
+    "Plan",
+    "SplitInfo",
+    "Table",
+    "check_partition_values",
+    "partition_expression",
+    "split_id_of",
+]
 
 # Files with these suffixes are table data; everything else (README, _SUCCESS, .crc) is not.
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
@@ -51,6 +63,8 @@ PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 _HIDDEN_PREFIXES = (".", "_")
 
 _PARQUET_FORMAT = pads.ParquetFileFormat()
+# The folder value Hive, Spark and polars write for a null partition value.
+_HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,9 @@ class Plan:
         num_rows: rows in the splits, before the row filter (it is exact only when read).
         num_partitions: distinct partitions holding at least one split.
         planning_seconds: wall time of :meth:`Table.plan_splits`.
+        drift: the table's columns whose type differs between the planned files (or that a
+            planned file lacks); the caller decides which ones matter (the master checks the
+            columns a session reads, at session creation).
     """
 
     splits: list[SplitInfo]
@@ -114,6 +131,22 @@ class Plan:
     num_rows: int
     num_partitions: int
     planning_seconds: float
+    drift: tuple[ColumnDrift, ...] = ()
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """A column whose type is not the same in every file of a plan.
+
+    Attributes:
+        column: the column's name.
+        types: ``(path, type)`` for each distinct type, each with the first file holding it;
+            the first entry is the table's reference file (the one :meth:`Table.open` read
+            the schema from). A type of None means the file lacks the column.
+    """
+
+    column: str
+    types: tuple[tuple[str, pa.DataType | None], ...]
 
 
 def split_id_of(path: str, file_size: int, etag: str, first_rg: int, last_rg: int) -> str:
@@ -189,12 +222,20 @@ class Table:
         if not files:
             raise TableNotFoundError(
                 f"table {uri!r}: found {len(listed)} file(s) but none ending in "
-                f"{'/'.join(PARQUET_SUFFIXES)} outside hidden (_ or .) folders; check the URI "
-                "points at the table's root folder (the one holding ds=... folders)"
+                f"{'/'.join(PARQUET_SUFFIXES + ORC_SUFFIXES)} outside hidden (_ or .) folders; "
+                "check the URI points at the table's root folder (the one holding ds=... folders)"
                 if listed
                 else f"table {uri!r}: nothing exists there; check the URI and storage options"
             )
         files = sorted(files, key=lambda f: f.path)
+        formats = {_is_orc(f.path) for f in files}
+        if len(formats) > 1:
+            first_orc = next(f.path for f in files if _is_orc(f.path))
+            first_parquet = next(f.path for f in files if not _is_orc(f.path))
+            raise StorageError(
+                f"table {uri!r} mixes ORC ({first_orc!r}) and Parquet ({first_parquet!r}) "
+                "files; a table has one format: move one kind elsewhere"
+            )
         partition_columns = list(files[0].partition)
         for f in files:
             if list(f.partition) != partition_columns:
@@ -204,13 +245,10 @@ class Table:
                     "file must sit under the same key=value folder levels"
                 )
         file_schema = _read_schema(filesystem, files[0])
-        clashing = [c for c in partition_columns if c in file_schema.names]
-        if clashing:
-            raise StorageError(
-                f"table {uri!r}: partition column(s) {clashing} are also stored in "
-                f"{files[0].path!r}; drop them from the files or from the folder names"
-            )
-        schema = file_schema
+        # Writers such as polars (and duckdb or Spark on request) also store the partition
+        # column inside each file. dpp reads it from the folder name, always as a string, and
+        # checks at planning that the file's copy agrees (:func:`check_partition_values`).
+        schema = _without(file_schema, partition_columns)
         for column in partition_columns:
             schema = schema.append(pa.field(column, pa.string()))
         logger.info(
@@ -278,10 +316,13 @@ class Table:
                 pruning = row_filter.expression
         workers = max(1, min(max_concurrency, len(files)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dpp-plan") as pool:
-            per_file = list(pool.map(lambda f: self._row_groups_of(f, pruning), files))
+            footers = list(pool.map(lambda f: self._footer_of(f, pruning), files))
         splits: list[SplitInfo] = []
-        for file, row_groups in zip(files, per_file, strict=True):
-            splits.extend(_splits_of_file(file, row_groups, target_split_rows))
+        for file, footer in zip(files, footers, strict=True):
+            splits.extend(_splits_of_file(file, footer.row_groups, target_split_rows))
+        drift = self._drift(
+            [(f.path, footer.schema) for f, footer in zip(files, footers, strict=True)]
+        )
         num_row_groups = sum(len(s.row_groups) for s in splits)
         plan = Plan(
             splits=splits,
@@ -290,6 +331,7 @@ class Table:
             num_rows=sum(s.num_rows for s in splits),
             num_partitions=len({tuple(s.partition.items()) for s in splits}),
             planning_seconds=time.perf_counter() - started,
+            drift=drift,
         )
         logger.info(
             "planned %s: %d splits over %d/%d files, %d row groups kept, %d rows, %.3fs",
@@ -303,10 +345,15 @@ class Table:
         )
         return plan
 
-    def _row_groups_of(
-        self, file: FileInfo, pruning: pc.Expression | None
-    ) -> list[tuple[int, int]]:
-        """Reads one footer; returns ``(row group index, rows)`` of groups that may match."""
+    def _footer_of(self, file: FileInfo, pruning: pc.Expression | None) -> _Footer:
+        """Reads one footer: the row groups that may match, and the file's own schema.
+
+        Raises:
+            StorageError: the footer is unreadable, or a partition column stored in the file
+                disagrees with the folder name (see :func:`check_partition_values`).
+        """
+        if _is_orc(file.path):
+            return self._orc_footer_of(file)
         try:
             fragment = _PARQUET_FORMAT.make_fragment(
                 file.path,
@@ -314,8 +361,12 @@ class Table:
                 partition_expression=partition_expression(file.partition),
                 file_size=file.size,
             )
+            fragment.ensure_complete_metadata()
+            physical = fragment.physical_schema
+            stored = [c for c in self.partition_columns if c in physical.names]
+            if stored:
+                check_partition_values(fragment, file, stored)
             if pruning is None:
-                fragment.ensure_complete_metadata()
                 row_groups = fragment.row_groups
             else:
                 row_groups = [
@@ -329,7 +380,169 @@ class Table:
                 "the file may have been deleted or rewritten since the table was opened, or "
                 "is not Parquet: reopen the table, or remove the file"
             ) from exc
-        return [(rg.id, rg.num_rows) for rg in row_groups if rg.num_rows > 0]
+        return _Footer(
+            row_groups=[(rg.id, rg.num_rows) for rg in row_groups if rg.num_rows > 0],
+            schema=_without(physical, self.partition_columns),
+        )
+
+    def _orc_footer_of(self, file: FileInfo) -> _Footer:
+        """An ORC file's stripes (every one: pyarrow exposes no stripe statistics to prune
+        with) and schema; partition columns it stores are checked by reading them."""
+        rows = orc.stripe_rows(self.filesystem, file.path, file.size)
+        physical = orc.read_schema(self.filesystem, file.path)
+        stored = [c for c in self.partition_columns if c in physical.names]
+        if stored:
+            table = pa.Table.from_batches(
+                orc.scan_stripes(self.filesystem, file.path, range(len(rows)), stored, 1 << 20),
+                schema=pa.schema([physical.field(c) for c in stored]),
+            )
+            for name in stored:
+                values = table.column(name)
+                bounds = pc.min_max(values).as_py()
+                _check_stored_value(
+                    file,
+                    name,
+                    values.type,
+                    "the file",
+                    (bounds["min"], bounds["max"], values.null_count),
+                    table.num_rows,
+                )
+        return _Footer(
+            row_groups=[(i, n) for i, n in enumerate(rows) if n > 0],
+            schema=_without(physical, self.partition_columns),
+        )
+
+    def _drift(self, schemas: Sequence[tuple[str, pa.Schema]]) -> tuple[ColumnDrift, ...]:
+        """The table's columns whose type differs between files (or that some file lacks).
+
+        The reference is the schema :meth:`open` read (the table's first file); each other
+        distinct type is reported with the first file (in path order) that has it.
+        """
+        reference = self._files[0].path if self._files else ""
+        drift: list[ColumnDrift] = []
+        for field in self.schema:
+            if field.name in self.partition_columns:
+                continue
+            seen: dict[pa.DataType | None, str] = {field.type: reference}
+            for path, schema in schemas:
+                index = schema.get_field_index(field.name)
+                dtype = schema.field(index).type if index >= 0 else None
+                if dtype not in seen:
+                    seen[dtype] = path
+            if len(seen) > 1:
+                drift.append(
+                    ColumnDrift(column=field.name, types=tuple((p, t) for t, p in seen.items()))
+                )
+        return tuple(drift)
+
+
+@dataclass(frozen=True)
+class _Footer:
+    """What planning keeps of one file's footer."""
+
+    row_groups: list[tuple[int, int]]
+    schema: pa.Schema
+
+
+def _without(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
+    """``schema`` minus the fields named ``names`` (partition columns a writer stored)."""
+    for name in names:
+        index = schema.get_field_index(name)
+        if index >= 0:
+            schema = schema.remove(index)
+    return schema
+
+
+def check_partition_values(
+    fragment: pads.ParquetFileFragment, file: FileInfo, stored: Sequence[str]
+) -> None:
+    """Checks that the partition columns a Parquet file also stores hold its folder's values.
+
+    Cheap: every row group's min/max statistics must equal the folder value (converted to
+    the column's type: ``ds=2026-01-01`` equals a date32 2026-01-01, ``h=03`` an int 3), and
+    hold no null (a ``__HIVE_DEFAULT_PARTITION__`` folder must hold only nulls). A row group
+    without statistics has that one column read instead.
+
+    Raises:
+        StorageError: the values disagree, naming the file, the column, the folder value and
+            what the file holds.
+    """
+    metadata = fragment.metadata
+    physical = fragment.physical_schema
+    for name in stored:
+        column_index = _leaf_index(metadata, name)
+        for rg in range(metadata.num_row_groups):
+            group = metadata.row_group(rg)
+            if group.num_rows == 0:
+                continue
+            bounds = _min_max_nulls(fragment, group, rg, column_index, name)
+            _check_stored_value(
+                file, name, physical.field(name).type, f"row group {rg}", bounds, group.num_rows
+            )
+
+
+def _check_stored_value(
+    file: FileInfo,
+    name: str,
+    dtype: pa.DataType,
+    where: str,
+    bounds: tuple[object, object, int],
+    rows: int,
+) -> None:
+    """Refuses a stored partition column whose ``(min, max, nulls)`` over ``rows`` rows is not
+    the folder value (see :func:`check_partition_values`)."""
+    folder_value = file.partition[name]
+    low, high, nulls = bounds
+    if folder_value == _HIVE_NULL:
+        agrees = nulls == rows
+    else:
+        try:
+            expected = pa.scalar(folder_value).cast(dtype).as_py()
+        except (pa.ArrowException, ValueError) as exc:
+            raise StorageError(
+                f"{file.path!r}: partition column {name!r} is stored in the file as {dtype}, "
+                f"but the folder value {folder_value!r} is not a {dtype} ({exc}); the folder "
+                "and the file disagree: rewrite the file or rename the folder"
+            ) from exc
+        agrees = nulls == 0 and low == expected and high == expected
+    if not agrees:
+        raise StorageError(
+            f"{file.path!r}: partition column {name!r} is stored in the file and disagrees "
+            f"with its folder {name}={folder_value}: {where} holds min {low!r}, max {high!r}, "
+            f"{nulls} null(s) of {rows} rows; dpp would deliver the folder's value, so it "
+            "refuses the table: rewrite the file under the right folder, or drop the column "
+            "from it"
+        )
+
+
+def _leaf_index(metadata: pq.FileMetaData, name: str) -> int:
+    """The Parquet leaf column index of top-level column ``name`` (-1 if not a leaf)."""
+    for i in range(metadata.num_columns):
+        if metadata.schema.column(i).path == name:
+            return i
+    return -1
+
+
+def _min_max_nulls(
+    fragment: pads.ParquetFileFragment,
+    group: pq.RowGroupMetaData,
+    rg: int,
+    column_index: int,
+    name: str,
+) -> tuple[object, object, int]:
+    """Min, max and null count of one column in one row group: from the statistics, or (when
+    the writer wrote none) from reading that one column of that one row group."""
+    if column_index >= 0:
+        stats = group.column(column_index).statistics
+        if stats is not None and stats.has_min_max and stats.has_null_count:
+            return stats.min, stats.max, int(stats.null_count)
+        if stats is not None and stats.has_null_count and stats.null_count == group.num_rows:
+            return None, None, int(stats.null_count)
+    # Not through ``fragment``: its partition expression would hand back the folder's value.
+    with fragment.filesystem.open_input_file(fragment.path) as source:
+        values = pq.ParquetFile(source).read_row_group(rg, columns=[name]).column(0)
+    bounds = pc.min_max(values).as_py()
+    return bounds["min"], bounds["max"], int(values.null_count)
 
 
 def _splits_of_file(
@@ -417,7 +630,11 @@ def _is_data_file(path: str, root: str) -> bool:
     parts = _relative_parts(path, root)
     if any(p.startswith(_HIDDEN_PREFIXES) for p in parts):
         return False
-    return parts[-1].lower().endswith(PARQUET_SUFFIXES)
+    return parts[-1].lower().endswith(PARQUET_SUFFIXES + ORC_SUFFIXES)
+
+
+def _is_orc(path: str) -> bool:
+    return path.lower().endswith(ORC_SUFFIXES)
 
 
 def _partition_of(path: str, root: str) -> dict[str, str]:
@@ -431,6 +648,8 @@ def _partition_of(path: str, root: str) -> dict[str, str]:
 
 
 def _read_schema(filesystem: pafs.FileSystem, file: FileInfo) -> pa.Schema:
+    if _is_orc(file.path):
+        return orc.read_schema(filesystem, file.path)
     try:
         fragment = _PARQUET_FORMAT.make_fragment(file.path, filesystem, file_size=file.size)
         return fragment.physical_schema

@@ -290,7 +290,7 @@ class DedupPipeline:
             features=tuple(f for f in spec.features if not f.dedup_group),
             passthrough=(*spec.passthrough, *helpers),
         )
-        self._rows = FeaturePipeline(rows_spec, input_schema)
+        self._rows = FeaturePipeline(rows_spec, input_schema, raw_passthrough=frozenset(helpers))
         self.input_columns = self._rows.input_columns
         groups = []
         for g, fs in dedup_groups.items():

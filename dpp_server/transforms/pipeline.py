@@ -87,11 +87,20 @@ class FeaturePipeline:
         input_columns: table columns :meth:`apply` reads (the worker's projection).
     """
 
-    def __init__(self, spec: Spec, input_schema: pa.Schema | None = None) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        input_schema: pa.Schema | None = None,
+        *,
+        raw_passthrough: frozenset[str] = frozenset(),
+    ) -> None:
         """Prepares the spec's op chains.
 
         Args:
             spec: a validated spec.
+            raw_passthrough: passthrough columns sent with their table type rather than their
+                wire type (:func:`dpp_proto.wire.passthrough_type`): the dedup pipeline's
+                helper columns, which feed its groups' ops and never reach a trainer.
             input_schema: the table's schema when known. It is checked with
                 :func:`~dpp_server.spec.check_against_schema` now (so type errors surface at
                 session start), fixes :attr:`wire_schema` and compiles every op (``map_id``
@@ -101,6 +110,7 @@ class FeaturePipeline:
             SpecError: ``input_schema`` does not fit the spec.
         """
         self._spec = spec
+        self._raw_passthrough = raw_passthrough
         self.input_columns: list[str] = list(spec.input_columns)
         self._dense_names = tuple(f.name for f in spec.dense_features)
         self._sparse_names = tuple(f.name for f in spec.sparse_features)
@@ -165,7 +175,8 @@ class FeaturePipeline:
         if spec.has_weight:
             arrays.append(_single_array(out.get_column(wire.WEIGHT_COLUMN).to_arrow()))
         for name in spec.passthrough:
-            arrays.append(_single_array(batch.column(name)))
+            array = _single_array(batch.column(name))
+            arrays.append(array if name in self._raw_passthrough else wire.passthrough_array(array))
         return wire.assemble_wire_batch(bound.wire_schema, dense, arrays)
 
     def feature_columns(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
@@ -262,7 +273,10 @@ class FeaturePipeline:
             for _, _, column, vtype in spec_lib.feature_refs(feature):
                 inputs[(column, vtype)] = None
             chains[feature.name] = self._chain(i, op_inputs)
-        extra = {name: schema.field(name).type for name in spec.passthrough}
+        extra = {
+            name: t if name in self._raw_passthrough else wire.passthrough_type(t)
+            for name, t in ((n, schema.field(n).type) for n in spec.passthrough)
+        }
         return _Bound(
             input_schema=schema,
             wire_schema=self._wire_schema(extra),

@@ -270,3 +270,10 @@ def test_file_journal_survives_a_restart_and_a_torn_line(
     assert again.plan == view.plan and again.spec == view.spec
     assert [(s.epoch, s.splits_done) for s in streams] == [(0, 1)]
     assert second.begin_epoch(view.session_id, 0, 0)[0] == split_ids
+
+
+@pytest.mark.parametrize("uri", ["data/ctr", "file://data/ctr", "~/ctr"])
+def test_relative_local_table_uri_is_refused(master: Master, uri: str) -> None:
+    with pytest.raises(SpecError, match="is a relative local path") as info:
+        master.create_session(make_spec(uri))
+    assert info.value.field == "table_uri"

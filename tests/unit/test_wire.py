@@ -89,7 +89,8 @@ def expected_schema(extra: dict[str, pa.DataType]) -> pa.Schema:
 def test_wire_schema_is_exact() -> None:
     spec = make_spec(FEATURES, label="y", weight="w", passthrough=["row_id", "ds"])
     batch = make_batch()
-    want = expected_schema({"row_id": pa.string(), "ds": pa.int32()})
+    # Passthrough columns travel as their family's wire type (wire.passthrough_type).
+    want = expected_schema({"row_id": pa.large_string(), "ds": pa.int64()})
     pipeline = FeaturePipeline(spec, batch.schema)
     assert pipeline.wire_schema.equals(want, check_metadata=True)
     out = pipeline.apply(batch)
@@ -171,7 +172,7 @@ def test_wire_schema_needs_types_of_passthrough_columns() -> None:
     with pytest.raises(RuntimeError, match="pass input_schema"):
         _ = pipeline.wire_schema
     pipeline.apply(make_batch())
-    assert pipeline.wire_schema.field("extra.row_id").type == pa.string()
+    assert pipeline.wire_schema.field("extra.row_id").type == pa.large_string()
 
 
 def test_batch_that_does_not_fit_the_spec() -> None:

@@ -128,12 +128,13 @@ def test_float_label_nulls_become_nan() -> None:
     assert batch.labels[0] == 1.0 and torch.isnan(batch.labels[1])
 
 
-def test_integer_extra_with_nulls_is_rejected() -> None:
+def test_integer_extra_with_nulls_reads_zero_and_is_marked_invalid() -> None:
     rb = make_rows(3)
     idx = rb.schema.get_field_index("extra.row_id")
     rb = rb.set_column(idx, "extra.row_id", pa.array([1, None, 3], type=pa.int64()))
-    with pytest.raises(FrameError, match=r"'extra.row_id' has 1 nulls"):
-        batch_from_arrow(rb)
+    batch = batch_from_arrow(rb)
+    assert batch.extras["row_id"].tolist() == [1, 0, 3]
+    assert batch.extras_valid["row_id"].tolist() == [True, False, True]
 
 
 def test_wrong_sparse_type_is_rejected() -> None:
@@ -144,10 +145,12 @@ def test_wrong_sparse_type_is_rejected() -> None:
         batch_from_arrow(rb)
 
 
-def test_string_extra_is_skipped() -> None:
-    rb = make_rows(2).append_column("extra.user", pa.array(["a", "b"]))
+def test_string_extra_stays_arrow() -> None:
+    rb = make_rows(2).append_column("extra.user", pa.array(["a", None], pa.large_string()))
     batch = batch_from_arrow(rb)
     assert "user" not in batch.extras and "row_id" in batch.extras
+    assert batch.extras_arrow["user"].to_pylist() == ["a", None]
+    assert batch.extras_valid["row_id"].tolist() == [True, True]
 
 
 def test_concat_of_partials() -> None:

@@ -170,3 +170,27 @@ def test_zero_fields_read_as_the_shared_defaults() -> None:
         SessionSpec.from_proto(spec_pb2.SessionSpec(table_uri="/t", batch_size=8, epochs=3)).epochs
         == 3
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "want"),
+    [
+        ("data/ctr", "{cwd}/data/ctr"),
+        ("./ctr/", "{cwd}/ctr"),
+        ("file://data/ctr", "file://{cwd}/data/ctr"),
+        ("~/ctr", "{home}/ctr"),
+        ("/abs/ctr", "/abs/ctr"),
+        ("s3://bucket/ctr", "s3://bucket/ctr"),
+        ("memory://t", "memory://t"),
+    ],
+)
+def test_relative_local_table_uri_is_made_absolute_in_the_trainer(
+    given: str, want: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    spec = SessionSpec(table_uri=given, features=())
+    expected = want.format(cwd=tmp_path, home=tmp_path / "home")
+    assert spec.table_uri == expected
+    assert spec.to_proto().table_uri == expected
+    assert SessionSpec.from_dict({"table_uri": given}).table_uri == expected
