@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -194,7 +195,7 @@ def _flight_frames(address: str) -> Iterator[Any]:
             column = chunk.data.column(0)
             _, offsets_buf, data = column.buffers()
             bounds = struct.unpack_from(f"<{len(column) + 1}i", offsets_buf, column.offset * 4)
-            for start, end in zip(bounds, bounds[1:], strict=False):
+            for start, end in itertools.pairwise(bounds):
                 yield data.slice(start, end - start)  # zero copy: a view of the received data
     finally:
         client.close()
@@ -320,9 +321,7 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def run(
-    table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]
-) -> dict[str, Any]:
+def run(table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"table": table_uri, "frames": frames, "repeats": repeats}
     if "layouts" in only:
         layouts: dict[str, Any] = {}

@@ -304,9 +304,9 @@ def _clamp_range(params: Params, given: IdRange | None) -> IdRange | None:
     lo, hi = params["min"], params["max"]
     if given is None:
         return None if lo is None or hi is None else (int(lo), int(hi))
-    clamp = (lambda v: v) if lo is None else (lambda v: max(v, int(lo)))
-    top = (lambda v: v) if hi is None else (lambda v: min(v, int(hi)))
-    return (top(clamp(given[0])), top(clamp(given[1])))
+    low = given[0] if lo is None else max(given[0], int(lo))
+    high = given[1] if hi is None else min(given[1], int(hi))
+    return (low, high)
 
 
 def _keep_ids_range(params: Params, given: IdRange | None) -> IdRange | None:

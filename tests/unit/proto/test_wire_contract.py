@@ -41,6 +41,7 @@ def reference(rb: pa.RecordBatch) -> pa.RecordBatch:
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=rb.schema.metadata))
 
+
 SPARSE = {
     "a": [[1, 2, 3], [], None, [2**63 - 1, -(2**63)]],  # empty and null lists, int64 bounds
     "b": [[], [], [], []],
@@ -414,6 +415,7 @@ def test_prefix_is_magic_and_little_endian_length() -> None:
 
 
 # -- the packed layout against the per-feature one, property-tested -----------------------------
+
 
 @st.composite
 def frames_to_compare(draw: st.DrawFn) -> tuple[pa.RecordBatch, list[wire.Section], frozenset[str]]:
