@@ -1,26 +1,49 @@
-"""What the trainer's process pays per 1M rows, split into receiving the bytes and the rest.
+"""What the trainer's process pays per 1M rows of the DLRM job, per wire layout and transport.
 
-    python -m bench.client_cpu [--table URI] [--frames 200]
+    python -m bench.client_cpu [--table URI] [--frames 60] [--out bench/results/client_cpu.json]
+    python -m bench.client_cpu --only shaped      # the 1 Gbit/s link (root: unshare + tc)
 
-* ``receive``: a bare gRPC server (a child process) streams real DLRM frames with the same
-  raw-bytes method dpp uses; this process only iterates the stream and drops each message.
-  That is the floor any gRPC client pays to get the bytes into Python.
-* ``decode``: ``decode_frame`` + ``batch_from_arrow`` on the same frames, in a loop in this
-  process without gRPC: the client's own work beyond receiving (header parse, Arrow IPC
-  read, the zero-copy tensor views).
+Frames are real: the worker's own :func:`~dpp_server.produce.produce_split` over the table,
+encoded with each :class:`~dpp_proto.wire.WireOptions` compared (same rows, one run):
 
-CPU is this process's ``getrusage`` (every thread), divided by the rows the frames hold.
+* ``before``: the per-feature layout with int64 ids (what workers sent before issue 15);
+* ``packed64``: the packed (KeyedJaggedTensor) layout, ids kept int64 (lever 2 alone);
+* ``after``: packed with int32 ids where the op chain bounds them (the default now);
+* ``after+lz4`` / ``after+zstd``: the same with Arrow IPC buffer compression.
+
+Measures (CPU is this process's ``getrusage``, every thread; medians of ``--repeats``):
+
+* ``decode``: ``decode_frame`` + ``batch_from_arrow`` in a loop, no network.
+* ``ingest``: the trainer's whole path: a server child process streams the frames; each of
+  1, 2 or 4 concurrent streams is read by its own thread that decodes and converts every frame
+  (what ``dpp_client.fan_in`` does). Transports: ``grpc`` (grpcio raw-bytes unary-stream, dpp's
+  StreamBatches), ``flight`` (Arrow Flight ``do_get``; each frame one ``binary`` cell, so the
+  frame contract is unchanged; the C++ client reads without the GIL) and ``socket`` (the
+  stdlib's TCP socket, length-prefixed frames read with ``recv_into``: the floor, no RPC).
+* ``batch_size``: the ``after`` layout over grpc at 4096, 16384 and 65536 rows; the per-batch
+  fixed cost is the intercept of trainer CPU per frame against rows per frame.
+* ``shaped``: the loopback of a fresh network namespace shaped to 1 Gbit/s with ``tc tbf``
+  (netem is not available here), grpc, 1 stream: rows/s of ``after`` with and without
+  compression.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,129 +51,378 @@ from bench.measure import self_cpu_s
 from bench.workloads import workloads
 from dpp_client.batch import batch_from_arrow
 from dpp_client.frames import decode_frame
+from dpp_proto.wire import FrameEncoder, WireOptions
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
-from dpp_server.spec import spec_from_proto
+from dpp_server.spec import Spec, int32_features, spec_from_proto
 from storage import Table, parse_filter
 
 _METHOD = "/bench.Frames/Stream"
+_LENGTH = struct.Struct("<Q")
+LAYOUTS = ("before", "packed64", "after", "after+lz4", "after+zstd")
+TRANSPORTS = ("grpc", "flight", "socket")
 
 
-def make_frames(table_uri: str, quick: bool, count: int) -> list[bytes]:
+def wire_options(layout: str, spec: Spec) -> WireOptions:
+    if layout == "before":
+        return WireOptions(packed=False)
+    if layout == "packed64":
+        return WireOptions()
+    compression = layout.partition("+")[2] or None
+    return WireOptions(int32_features=int32_features(spec), compression=compression)
+
+
+def make_frames(
+    table_uri: str, quick: bool, count: int, layout: str = "after", batch_size: int = 4096
+) -> list[bytes]:
     """``count`` full-batch frames of the DLRM job, produced by the worker's own
-    :func:`~dpp_server.produce.produce_split`."""
-    spec = spec_from_proto(workloads(quick)["dlrm"].spec(table_uri).to_proto())
+    :func:`~dpp_server.produce.produce_split` and encoded in ``layout``."""
+    proto = workloads(quick)["dlrm"].spec(table_uri).to_proto()
+    proto.batch_size = batch_size
+    spec = spec_from_proto(proto)
     table = Table.open(spec.table_uri)
     row_filter = parse_filter(spec.row_filter, "row_filter")
     session = SessionPipeline.compile(spec, read_batch_rows=65_536)
+    session = dataclasses.replace(session, encoder=FrameEncoder(wire_options(layout, spec)))
     frames: list[bytes] = []
-    for split in table.plan_splits(spec.target_split_rows, row_filter=row_filter).splits:
+    split_rows = max(spec.target_split_rows, batch_size * 2)
+    for split in table.plan_splits(split_rows, row_filter=row_filter).splits:
         lease = LeaseGrant(session_id="", epoch=0, rank=0, split=split, start_batch=0)
         for frame in produce_split(session, lease, StageTotals()):
-            if decode_frame(frame)[0].num_rows == spec.batch_size:
+            if decode_frame(frame)[0].num_rows == batch_size:
                 frames.append(frame)
                 if len(frames) >= count:
                     return frames
     return frames
 
 
-def _serve(table_uri: str, quick: bool, count: int, repeat: int, port_file: str) -> None:
+# -- servers (child processes) ------------------------------------------------------------------
+
+
+def _serve(transport: str, args: tuple[Any, ...], repeat: int, port_file: str) -> None:
     """Child process: streams the frames ``repeat`` times to each caller."""
+    frames = make_frames(*args)
+    if transport == "grpc":
+        _serve_grpc(frames, repeat, port_file)
+    elif transport == "flight":
+        _serve_flight(frames, repeat, port_file)
+    else:
+        _serve_socket(frames, repeat, port_file)
+
+
+def _serve_grpc(frames: list[bytes], repeat: int, port_file: str) -> None:
     from concurrent import futures
 
     import grpc
-
-    frames = make_frames(table_uri, quick, count)
 
     def stream(request: bytes, context: Any) -> Iterator[bytes]:
         for _ in range(repeat):
             yield from frames
 
     handler = grpc.method_handlers_generic_handler(
-        "bench.Frames",
-        {"Stream": grpc.unary_stream_rpc_method_handler(stream)},
+        "bench.Frames", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
     )
-    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(8),
+        options=[("grpc.max_send_message_length", 512 << 20)],
+    )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     Path(port_file).write_text(f"127.0.0.1:{port}")
-    server.wait_for_termination(timeout=300)
+    server.wait_for_termination(timeout=600)
 
 
-def measure_receive(table_uri: str, quick: bool, count: int, repeat: int) -> dict[str, float]:
+def _serve_flight(frames: list[bytes], repeat: int, port_file: str) -> None:
+    import pyarrow as pa
+    import pyarrow.flight as fl
+
+    schema = pa.schema([pa.field("frame", pa.binary())])
+    batches = [pa.record_batch([pa.array([f], pa.binary())], schema=schema) for f in frames]
+
+    class Server(fl.FlightServerBase):  # type: ignore[misc]
+        def do_get(self, context: Any, ticket: Any) -> Any:
+            return fl.GeneratorStream(schema, (b for _ in range(repeat) for b in batches))
+
+    server = Server("grpc://127.0.0.1:0")
+    Path(port_file).write_text(f"127.0.0.1:{server.port}")
+    server.serve()
+
+
+def _serve_socket(frames: list[bytes], repeat: int, port_file: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    Path(port_file).write_text(f"127.0.0.1:{listener.getsockname()[1]}")
+
+    def send(conn: socket.socket) -> None:
+        with conn:
+            for _ in range(repeat):
+                for frame in frames:
+                    conn.sendall(_LENGTH.pack(len(frame)))
+                    conn.sendall(frame)
+            conn.sendall(_LENGTH.pack(0))
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=send, args=(conn,), daemon=True).start()
+
+
+# -- clients: each yields the frames of one stream as bytes-like objects --------------------------
+
+
+def _grpc_frames(address: str) -> Iterator[Any]:
     import grpc
 
+    channel = grpc.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 512 << 20)]
+    )
+    try:
+        yield from channel.unary_stream(_METHOD, response_deserializer=None)(b"")
+    finally:
+        channel.close()
+
+
+def _flight_frames(address: str) -> Iterator[Any]:
+    import pyarrow.flight as fl
+
+    client = fl.FlightClient(f"grpc://{address}")
+    try:
+        reader = client.do_get(fl.Ticket(b"frames"))
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return
+            column = chunk.data.column(0)
+            _, offsets_buf, data = column.buffers()
+            bounds = struct.unpack_from(f"<{len(column) + 1}i", offsets_buf, column.offset * 4)
+            for start, end in itertools.pairwise(bounds):
+                yield data.slice(start, end - start)  # zero copy: a view of the received data
+    finally:
+        client.close()
+
+
+def _socket_frames(address: str) -> Iterator[Any]:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as conn:
+        head = bytearray(_LENGTH.size)
+        while True:
+            _read_exactly(conn, memoryview(head))
+            (size,) = _LENGTH.unpack(head)
+            if size == 0:
+                return
+            frame = bytearray(size)
+            _read_exactly(conn, memoryview(frame))
+            yield frame
+
+
+def _read_exactly(conn: socket.socket, view: memoryview) -> None:
+    while len(view):
+        got = conn.recv_into(view)
+        if got == 0:
+            raise ConnectionError("the frame server closed the stream mid-frame")
+        view = view[got:]
+
+
+_CLIENTS: dict[str, Callable[[str], Iterator[Any]]] = {
+    "grpc": _grpc_frames,
+    "flight": _flight_frames,
+    "socket": _socket_frames,
+}
+
+
+def measure_ingest(
+    transport: str, frame_args: tuple[Any, ...], streams: int, repeat: int
+) -> dict[str, float]:
+    """The trainer's whole path over ``streams`` concurrent streams of one server child."""
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         port_file = os.path.join(tmp, "port")
         child = ctx.Process(
-            target=_serve, args=(table_uri, quick, count, repeat, port_file), daemon=True
+            target=_serve, args=(transport, frame_args, repeat, port_file), daemon=True
         )
         child.start()
         try:
-            deadline = time.monotonic() + 120
-            while not os.path.exists(port_file):
+            deadline = time.monotonic() + 180
+            while not os.path.exists(port_file) or not Path(port_file).read_text():
                 if time.monotonic() > deadline or not child.is_alive():
-                    raise RuntimeError("the frame server did not start")
+                    raise RuntimeError(f"the {transport} frame server did not start")
                 time.sleep(0.05)
+            time.sleep(0.2)
             address = Path(port_file).read_text()
-            channel = grpc.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 256 << 20)]
-            )
-            call = channel.unary_stream(_METHOD, response_deserializer=None)
+            totals = {"rows": 0, "bytes": 0, "frames": 0}
+            lock = threading.Lock()
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                rows = size = frames = 0
+                try:
+                    for raw in _CLIENTS[transport](address):
+                        header, rb = decode_frame(raw)
+                        if rb is not None:
+                            batch_from_arrow(rb)
+                        rows += header.num_rows
+                        size += len(raw)
+                        frames += 1
+                except BaseException as exc:  # surfaced below
+                    errors.append(exc)
+                with lock:
+                    totals["rows"] += rows
+                    totals["bytes"] += size
+                    totals["frames"] += frames
+
+            threads = [threading.Thread(target=run) for _ in range(streams)]
             cpu0, wall0 = self_cpu_s(), time.perf_counter()
-            received = messages = 0
-            for message in call(b""):
-                received += len(message)
-                messages += 1
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
             cpu, wall = self_cpu_s() - cpu0, time.perf_counter() - wall0
-            channel.close()
+            if errors:
+                raise errors[0]
         finally:
             child.kill()
             child.join(10)
-    rows = messages * 4096
+    rows = totals["rows"]
     return {
-        "frames": messages,
-        "mb": received / 1e6,
-        "gb_per_s": received / wall / 1e9,
+        "streams": streams,
+        "frames": totals["frames"],
+        "rows_per_s": rows / wall,
+        "gb_per_s": totals["bytes"] / wall / 1e9,
         "cpu_s_per_m_rows": cpu / rows * 1e6,
+        "cpu_ms_per_frame": cpu / totals["frames"] * 1e3,
     }
 
 
 def measure_decode(frames: list[bytes], rounds: int) -> dict[str, float]:
     for frame in frames:  # warm up
         batch_from_arrow(decode_frame(frame)[1])  # type: ignore[arg-type]
+    rows = sum(decode_frame(f)[0].num_rows for f in frames) * rounds
     cpu0 = time.process_time()
     for _ in range(rounds):
         for frame in frames:
             _, rb = decode_frame(frame)
             batch_from_arrow(rb)  # type: ignore[arg-type]
     cpu = time.process_time() - cpu0
-    rows = rounds * len(frames) * 4096
     return {
-        "frames": rounds * len(frames),
         "us_per_frame": cpu / (rounds * len(frames)) * 1e6,
         "cpu_s_per_m_rows": cpu / rows * 1e6,
     }
 
 
-def run(table_uri: str, quick: bool, frames: int) -> dict[str, Any]:
-    encoded = make_frames(table_uri, quick, frames)
-    return {
-        "frame_mb": len(encoded[0]) / 1e6,
-        "receive": measure_receive(table_uri, quick, frames, repeat=2 if quick else 4),
-        "decode": measure_decode(encoded, rounds=5 if quick else 20),
-    }
+def pick(result: dict[str, Any], layout: str, transport: str, streams: int) -> dict[str, Any]:
+    """One ``ingest`` entry of a :func:`run` result."""
+    for entry in result["ingest"]:
+        if (entry["layout"], entry["transport"], entry["streams"]) == (layout, transport, streams):
+            return dict(entry)
+    raise KeyError((layout, transport, streams))
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def run(table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {"table": table_uri, "frames": frames, "repeats": repeats}
+    if "layouts" in only:
+        layouts: dict[str, Any] = {}
+        for layout in LAYOUTS:
+            encoded = make_frames(table_uri, quick, frames, layout)
+            rows = sum(decode_frame(f)[0].num_rows for f in encoded)
+            layouts[layout] = {
+                "bytes_per_row": sum(len(f) for f in encoded) / rows,
+                "decode": _median([measure_decode(encoded, 5) for _ in range(repeats)]),
+            }
+        out["layouts"] = layouts
+    if "ingest" in only:
+        ingest: list[dict[str, Any]] = []
+        for streams in (1, 2, 4):
+            for _ in range(repeats):  # alternate layouts and transports within each repeat
+                for layout in ("before", "after"):
+                    for transport in TRANSPORTS:
+                        args = (table_uri, quick, frames, layout, 4096)
+                        got = measure_ingest(transport, args, streams, repeat=max(1, 4 // streams))
+                        ingest.append({"layout": layout, "transport": transport, **got})
+        out["ingest"] = _group(ingest, ("layout", "transport", "streams"))
+    if "batch_size" in only:
+        sizes: list[dict[str, Any]] = []
+        for _ in range(repeats):
+            for size in (4096, 16384, 65536):
+                count = max(3, frames * 4096 // size)
+                args = (table_uri, quick, count, "after", size)
+                got = measure_ingest("grpc", args, 1, repeat=2)
+                sizes.append({"batch_size": size, **got})
+        grouped = _group(sizes, ("batch_size",))
+        points = [(float(g["batch_size"]), g["cpu_ms_per_frame"]) for g in grouped]
+        slope = (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+        out["batch_size"] = {
+            "runs": grouped,
+            "fixed_cost_ms_per_batch": points[0][1] - slope * points[0][0],
+            "cost_us_per_row": slope * 1e3,
+        }
+    if "shaped" in only:
+        out["shaped"] = measure_shaped(table_uri, quick, frames, repeats)
+    return out
+
+
+def _group(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return [
+        {
+            **dict(zip(keys, key, strict=True)),
+            **_median([{k: v for k, v in r.items() if k not in keys} for r in rs]),
+        }
+        for key, rs in groups.items()
+    ]
+
+
+def measure_shaped(table_uri: str, quick: bool, frames: int, repeats: int) -> dict[str, Any]:
+    """Runs ``--inner-shaped`` in a new network namespace whose loopback is shaped."""
+    script = (
+        "ip link set lo up && tc qdisc add dev lo root tbf rate 1gbit burst 128kb latency 50ms "
+        f"&& exec {sys.executable} -m bench.client_cpu --inner-shaped --table {table_uri} "
+        f"--frames {frames} --repeats {repeats}" + (" --quick" if quick else "")
+    )
+    done = subprocess.run(
+        ["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        return {"skipped": f"needs root, unshare and tc: {done.stderr.strip()[-300:]}"}
+    return dict(json.loads(done.stdout))
+
+
+def inner_shaped(table_uri: str, quick: bool, frames: int, repeats: int) -> dict[str, Any]:
+    runs: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        for layout in ("before", "after", "after+lz4", "after+zstd"):
+            got = measure_ingest("grpc", (table_uri, quick, frames, layout, 4096), 1, repeat=1)
+            runs.append({"layout": layout, **got})
+    return {"link": "tbf rate 1gbit burst 128kb latency 50ms", "runs": _group(runs, ("layout",))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table", default="/tmp/dpp-bench/dlrm-300000-13d26s-seed0")
     parser.add_argument("--quick", action="store_true", help="--table is the quick table")
-    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        default="layouts,ingest,batch_size,shaped",
+        help="comma-separated parts: layouts, ingest, batch_size, shaped",
+    )
+    parser.add_argument("--out", default="", help="also write the JSON here")
+    parser.add_argument("--inner-shaped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(json.dumps(run(args.table, args.quick, args.frames), indent=2))
+    if args.inner_shaped:
+        print(json.dumps(inner_shaped(args.table, args.quick, args.frames, args.repeats)))
+        return
+    result = run(args.table, args.quick, args.frames, args.repeats, set(args.only.split(",")))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

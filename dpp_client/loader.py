@@ -152,6 +152,10 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         drop_last: drop each epoch's final short batch, so every batch has ``batch_size`` rows.
         pin_memory: pin batches in the stream threads for fast ``to(device,
             non_blocking=True)``; a no-op without CUDA.
+        int64_ids: hand sparse ids and offsets as int64. By default they keep their wire
+            types: int32 ids for features whose op chain bounds them (``sigrid_hash`` and
+            the like), int32 offsets; ``nn.EmbeddingBag`` and TorchRec take them as they
+            are. True costs a copy of every id in the stream threads.
         rpc_timeout_s: deadline of each master RPC, retries of UNAVAILABLE/ABORTED included.
         worker_refresh_s: how often to re-list workers. Lower picks up new or restarted
             workers faster at the cost of master RPCs.
@@ -180,6 +184,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         prefetch_batches: int = 16,
         drop_last: bool = False,
         pin_memory: bool = False,
+        int64_ids: bool = False,
         rpc_timeout_s: float = 30.0,
         worker_refresh_s: float = 1.0,
         ack_interval_s: float | None = 0.2,
@@ -208,6 +213,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._prefetch_batches = prefetch_batches
         self._ack_interval_s = ack_interval_s
         self._pin = pin_memory and torch.cuda.is_available()
+        self._int64_ids = int64_ids
         if pin_memory and not self._pin:
             _log.info("pin_memory=True ignored: CUDA is not available")
         self._link = master_link or GrpcMasterLink(master, rpc_timeout_s)
@@ -487,7 +493,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         session.acks.consumed(session.assembler.take_dirty())
 
     def _to_batch(self, rb: pa.RecordBatch) -> Batch:
-        batch = batch_from_arrow(rb)
+        batch = batch_from_arrow(rb, int64_ids=self._int64_ids)
         return batch.pin_memory() if self._pin else batch
 
     def _convert(self, rb: pa.RecordBatch) -> Batch:

@@ -56,15 +56,19 @@ __all__ = [
     "LABEL_COLUMN",
     "METADATA_DEDUP",
     "METADATA_DENSE",
+    "METADATA_KEYS",
     "METADATA_SPARSE",
+    "PACKED_COLUMN",
     "ROWS_SECTION",
     "SECTION_ALIGNMENT",
     "SPARSE_PREFIX",
+    "SPARSE_SECTION",
     "SPARSE_TYPE",
     "WEIGHT_COLUMN",
     "FrameEncoder",
     "Section",
     "WireFormatError",
+    "WireOptions",
     "assemble_wire_batch",
     "concat_rows",
     "decode_frame",
@@ -74,8 +78,11 @@ __all__ = [
     "expand",
     "feature_names",
     "inverse_column",
+    "is_id_list_type",
+    "pack_sparse",
     "passthrough_array",
     "passthrough_type",
+    "unpack_sparse",
     "wire_schema",
 ]
 
@@ -94,6 +101,8 @@ SECTION_ALIGNMENT = 64
 ROWS_SECTION = "rows"
 #: ``dedup/<group>``: the unique rows of a deduplicated feature group.
 DEDUP_SECTION_PREFIX = "dedup/"
+#: The packed sparse features of "rows" (see :class:`WireOptions`).
+SPARSE_SECTION = "sparse"
 # An Arrow IPC stream ends with this 8-byte marker (continuation token, zero length).
 _EOS_SIZE = 8
 
@@ -111,11 +120,78 @@ METADATA_SPARSE = b"dpp.sparse"
 METADATA_DEDUP = b"dpp.dedup"
 SPARSE_TYPE = pa.large_list(pa.int64())
 INVERSE_TYPE = pa.int32()
-#: A decoded dedup feature: unique rows as the dictionary, the inverse as the indices.
+#: A dedup feature as the worker's pipeline builds it (and the client decodes the unpacked
+#: per-feature layout): unique rows as the dictionary, the inverse as the indices. A packed
+#: frame decodes to the same with ``list<int32>`` or ``list<int64>`` unique rows.
 IKJT_TYPE = pa.dictionary(INVERSE_TYPE, SPARSE_TYPE)
+#: A packed section's one column: K*B id lists, feature by feature (KeyedJaggedTensor order).
+PACKED_COLUMN = "ids"
+#: A packed section's schema metadata: JSON ``[[column name, its index in the unpacked
+#: batch], ...]`` in packing order (the KeyedJaggedTensor's key order).
+METADATA_KEYS = b"dpp.keys"
+_PACKED_TYPES = {
+    np.dtype(np.int32): pa.list_(pa.field("item", pa.int32(), nullable=False)),
+    np.dtype(np.int64): pa.list_(pa.field("item", pa.int64(), nullable=False)),
+}
+_COMPRESSIONS = (None, "lz4", "zstd")
 
 #: A frame section besides "rows": its name and its record batch.
 Section = tuple[str, pa.RecordBatch]
+
+
+def is_id_list_type(dtype: pa.DataType) -> bool:
+    """Whether ``dtype`` is a decoded sparse column's: a list or large list of int32 or
+    int64 ids (int64 on the worker and in unpacked frames; packed frames may narrow)."""
+    return (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and dtype.value_type in (
+        pa.int32(),
+        pa.int64(),
+    )
+
+
+class WireOptions:
+    """How a session's frames are encoded; the decoder reads every combination.
+
+    Attributes:
+        packed: the KeyedJaggedTensor layout. The rows section's sparse columns (and each
+            dedup section's) travel as one section holding one ``list<int32|int64>`` column
+            ``ids`` of K*B lists, feature after feature, with int32 offsets, so the client
+            views all sparse features of a batch as 2 tensors (values, offsets) and
+            ``to_kjt()`` needs no copy. False: one ``large_list<int64>`` column per feature
+            in the section itself (the layout before packing; older clients read only it).
+        int32_features: sparse features whose ids fit int32
+            (``dpp_server.spec.int32_features``). A packed section whose every feature is
+            listed carries int32 ids (half the bytes); otherwise int64. Ignored unpacked.
+        compression: None, ``"lz4"`` or ``"zstd"``: Arrow IPC buffer compression of every
+            section. Pays only on links slower than the client can decompress (about
+            1 Gbit/s; ``docs/benchmarks.md``); costs worker and trainer CPU and the client's
+            zero-copy views (decompressed buffers are fresh allocations).
+
+    Immutable, so safe to share between threads.
+    """
+
+    __slots__ = ("compression", "int32_features", "packed")
+
+    def __init__(
+        self,
+        *,
+        packed: bool = True,
+        int32_features: frozenset[str] = frozenset(),
+        compression: str | None = None,
+    ) -> None:
+        if compression not in _COMPRESSIONS:
+            raise ValueError(
+                f"wire compression {compression!r} is not one of {_COMPRESSIONS}; use lz4 or "
+                "zstd, or none"
+            )
+        self.packed = packed
+        self.int32_features = frozenset(int32_features)
+        self.compression = compression
+
+    def __repr__(self) -> str:
+        return (
+            f"WireOptions(packed={self.packed}, int32_features={sorted(self.int32_features)}, "
+            f"compression={self.compression!r})"
+        )
 
 
 class WireFormatError(ValueError):
@@ -332,7 +408,9 @@ class FrameEncoder:
     each once. Thread-safe: each cache entry is one tuple, replaced atomically.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, options: WireOptions | None = None) -> None:
+        self.options = options or WireOptions()
+        self._write_options = pa.ipc.IpcWriteOptions(compression=self.options.compression)
         # Section name to (schema, its serialized IPC message).
         self._schemas: dict[str, tuple[pa.Schema, pa.Buffer]] = {}
 
@@ -365,13 +443,22 @@ class FrameEncoder:
             return self.encode_empty(header)
         del header.sections[:]
         batches = [(ROWS_SECTION, batch), *sections]
-        schemas = [self._schema_message(name, b.schema) for name, b in batches]
+        if self.options.packed:
+            batches = self._pack(batches)
+        written: list[pa.Buffer | None]
+        if self.options.compression is None:
+            schemas = [self._schema_message(name, b.schema) for name, b in batches]
+            lengths = [
+                schema.size + pa.ipc.get_record_batch_size(b) + _EOS_SIZE
+                for (_, b), schema in zip(batches, schemas, strict=True)
+            ]
+            written = [None] * len(batches)
+        else:  # compressed sizes are known only once written
+            written = [self._write_compressed(b) for _, b in batches]
+            lengths = [w.size for w in written if w is not None]
         entries = [
-            header.sections.add(
-                name=name,
-                length=schema.size + pa.ipc.get_record_batch_size(b) + _EOS_SIZE,
-            )
-            for (name, b), schema in zip(batches, schemas, strict=True)
+            header.sections.add(name=name, length=length)
+            for (name, _), length in zip(batches, lengths, strict=True)
         ]
         offset = SECTION_ALIGNMENT
         while True:  # the header's length depends on the offsets' varints, and they on it
@@ -388,8 +475,11 @@ class FrameEncoder:
         frame = bytearray(size)
         sink = pa.FixedSizeBufferWriter(pa.py_buffer(frame))
         sink.write(FRAME_PREFIX.pack(FRAME_MAGIC, len(body)) + body)
-        for entry, (_, b) in zip(entries, batches, strict=True):
+        for entry, (_, b), done in zip(entries, batches, written, strict=True):
             sink.write(b"\0" * (entry.offset - sink.tell()))
+            if done is not None:
+                sink.write(done)
+                continue
             with pa.ipc.new_stream(sink, b.schema) as writer:
                 writer.write_batch(b)
             if sink.tell() != entry.offset + entry.length:
@@ -399,6 +489,164 @@ class FrameEncoder:
                     "dpp_proto/wire.py"
                 )
         return bytes(frame)
+
+    def _write_compressed(self, batch: pa.RecordBatch) -> pa.Buffer:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema, options=self._write_options) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue()
+
+    def _pack(self, batches: list[Section]) -> list[Section]:
+        """The packed layout (:class:`WireOptions`) of the rows and each dedup section."""
+        narrow = self.options.int32_features
+        rows, packed = pack_sparse(batches[0][1], narrow, keep_one_column=True)
+        out: list[Section] = [(ROWS_SECTION, rows)]
+        if packed is not None:
+            out.append((SPARSE_SECTION, packed))
+        for name, section in batches[1:]:
+            if name.startswith(DEDUP_SECTION_PREFIX):
+                rest, packed = pack_sparse(section, narrow, keep_one_column=False)
+                if packed is not None and rest.num_columns == 0:
+                    section = packed
+            out.append((name, section))
+        return out
+
+
+def pack_sparse(
+    batch: pa.RecordBatch, int32_features: frozenset[str], *, keep_one_column: bool
+) -> tuple[pa.RecordBatch, pa.RecordBatch | None]:
+    """Splits ``batch``'s ``sparse.<name>`` id-list columns off into one packed batch.
+
+    The packed batch has one column :data:`PACKED_COLUMN` of ``K * B`` lists (feature 0's
+    ``B`` rows, then feature 1's, ...), int32 offsets from 0, and int32 ids when every
+    feature is in ``int32_features`` (else int64); :data:`METADATA_KEYS` records each column's
+    name, index and nullability so :func:`unpack_sparse` restores ``batch`` exactly. One copy
+    of the ids (they come from K separate arrays).
+
+    Args:
+        batch: a rows batch or a dedup section.
+        int32_features: feature names (without ``sparse.``) whose ids fit int32.
+        keep_one_column: leave the batch unpacked rather than without columns (a record
+            batch without columns would lose its row count).
+
+    Returns:
+        ``(batch without those columns, packed)``, or ``(batch, None)`` when nothing packs.
+
+    Raises:
+        ValueError: a list holds null ids, or the batch holds 2**31 ids or more (int32
+            offsets; a frame that large is past every message limit anyway).
+    """
+    schema = batch.schema
+    picked = [
+        i
+        for i, f in enumerate(schema)
+        if f.name.startswith(SPARSE_PREFIX) and is_id_list_type(f.type)
+    ]
+    if not picked or (keep_one_column and len(picked) == batch.num_columns):
+        return batch, None
+    rows = batch.num_rows
+    narrow = all(schema.field(i).name[len(SPARSE_PREFIX) :] in int32_features for i in picked)
+    dtype = np.dtype(np.int32 if narrow else np.int64)
+    offsets = np.empty(len(picked) * rows + 1, dtype=np.int32)
+    offsets[0] = 0
+    parts: list[np.ndarray] = []
+    masks: list[np.ndarray] | None = None
+    base = 0
+    for k, i in enumerate(picked):
+        column = batch.column(i)
+        own = column.offsets.to_numpy()
+        first, last = int(own[0]), int(own[-1])
+        values = column.values.slice(first, last - first)
+        if values.null_count:
+            raise ValueError(
+                f"{schema.field(i).name} holds {values.null_count} null ids; the pipeline "
+                "drops null ids before encoding"
+            )
+        if base + last - first >= 2**31:
+            raise ValueError(f"a batch of {rows} rows holds 2**31 ids or more; cut smaller")
+        np.add(
+            own[1:], base - first, out=offsets[k * rows + 1 : (k + 1) * rows + 1], casting="unsafe"
+        )
+        base += last - first
+        parts.append(values.to_numpy())
+        if column.null_count:
+            masks = masks if masks is not None else [np.zeros(rows, bool)] * k
+        if masks is not None:
+            masks.append(column.is_null().to_numpy(zero_copy_only=False))
+    flat = np.concatenate(parts, dtype=dtype, casting="unsafe") if parts else np.empty(0, dtype)
+    ids = pa.ListArray.from_arrays(
+        pa.array(offsets),
+        pa.array(flat),
+        type=_PACKED_TYPES[dtype],
+        mask=None if masks is None else pa.array(np.concatenate(masks)),
+    )
+    keys = [[schema.field(i).name, i, schema.field(i).nullable] for i in picked]
+    packed = pa.RecordBatch.from_arrays(
+        [ids],
+        schema=pa.schema(
+            [pa.field(PACKED_COLUMN, ids.type, nullable=masks is not None)],
+            metadata={METADATA_KEYS: json.dumps(keys).encode()},
+        ),
+    )
+    kept = [i for i in range(batch.num_columns) if i not in set(picked)]
+    rest = pa.RecordBatch.from_arrays(
+        [batch.column(i) for i in kept],
+        schema=pa.schema([schema.field(i) for i in kept], metadata=schema.metadata),
+    )
+    return rest, packed
+
+
+def unpack_sparse(
+    rest: pa.RecordBatch | None, packed: pa.RecordBatch, rows: int | None, where: str
+) -> pa.RecordBatch:
+    """The inverse of :func:`pack_sparse`: ``rest`` with each packed feature back at its
+    index, as a zero-copy slice of the packed column (so every feature's column shares one
+    values and one offsets buffer: ``dpp_client.batch`` views them as 2 tensors).
+
+    Args:
+        rest: the other columns (the rows section), or None (a dedup section: ``rows`` is
+            then the packed length over K).
+        packed: the packed batch.
+        rows: rows per feature (the frame's ``num_rows``), or None (see ``rest``).
+        where: the frame, for error messages.
+
+    Raises:
+        WireFormatError: the packed batch does not follow :func:`pack_sparse`.
+    """
+    raw = (packed.schema.metadata or {}).get(METADATA_KEYS)
+    try:
+        keys = json.loads(raw) if raw is not None else None
+        keys = [(str(n), int(i), bool(nullable)) for n, i, nullable in keys]  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise WireFormatError(
+            f"{where}: packed sparse metadata is not [[name, index, nullable], ...]: {raw!r}"
+        ) from exc
+    if packed.num_columns != 1 or not is_id_list_type(packed.schema.field(0).type):
+        raise WireFormatError(
+            f"{where}: a packed sparse section holds one list<int32|int64> column "
+            f"{PACKED_COLUMN!r}, not {packed.schema}"
+        )
+    ids = packed.column(0)
+    count = len(keys)
+    if rows is None:
+        rows = len(ids) // count if count else 0
+    if len(ids) != count * rows:
+        raise WireFormatError(
+            f"{where}: packed sparse section holds {len(ids)} lists, expected {count} "
+            f"features x {rows} rows"
+        )
+    fields = list(rest.schema) if rest is not None else []
+    arrays = list(rest.columns) if rest is not None else []
+    total = len(fields) + count
+    if sorted(i for _, i, _ in keys) != sorted(set(i for _, i, _ in keys)) or any(
+        not 0 <= i < total for _, i, _ in keys
+    ):
+        raise WireFormatError(f"{where}: packed sparse indices {keys} do not fit {total} columns")
+    for k, (name, index, nullable) in sorted(enumerate(keys), key=lambda e: e[1][1]):
+        fields.insert(index, pa.field(name, ids.type, nullable=nullable))
+        arrays.insert(index, ids.slice(k * rows, rows))
+    metadata = rest.schema.metadata if rest is not None else None
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
 
 
 # -- decoding (the client's half) ---------------------------------------------------------------
@@ -453,6 +701,7 @@ def decode_frame(buf: bytes) -> tuple[worker_pb2.FrameHeader, pa.RecordBatch | N
         ) from exc
 
     batch: pa.RecordBatch | None = None
+    packed: pa.RecordBatch | None = None
     dedup: dict[str, pa.RecordBatch] = {}
     for section in header.sections:
         end = section.offset + section.length
@@ -464,6 +713,10 @@ def decode_frame(buf: bytes) -> tuple[worker_pb2.FrameHeader, pa.RecordBatch | N
             )
         if section.name == ROWS_SECTION:
             batch = _read_single_batch(pa.py_buffer(view[section.offset : end]), header)
+        elif section.name == SPARSE_SECTION:
+            packed = _read_single_batch(
+                pa.py_buffer(view[section.offset : end]), header, section.name
+            )
         elif section.name.startswith(DEDUP_SECTION_PREFIX):
             group = section.name[len(DEDUP_SECTION_PREFIX) :]
             dedup[group] = _read_single_batch(
@@ -472,6 +725,14 @@ def decode_frame(buf: bytes) -> tuple[worker_pb2.FrameHeader, pa.RecordBatch | N
         else:
             _log.debug("ignoring unknown frame section %r", section.name)
 
+    where = f"frame of split {header.split_id} seq {header.batch_seq}"
+    if packed is not None:
+        if batch is None:
+            raise WireFormatError(f"{where} carries a packed sparse section but no rows")
+        batch = unpack_sparse(batch, packed, batch.num_rows, where)
+    for group, unique in dedup.items():
+        if METADATA_KEYS in (unique.schema.metadata or {}):
+            dedup[group] = unpack_sparse(None, unique, None, f"{where}, {dedup_section(group)}")
     if batch is not None and batch.num_rows != header.num_rows:
         raise WireFormatError(
             f"frame of split {header.split_id} seq {header.batch_seq} says num_rows="
@@ -535,11 +796,11 @@ def _join_dedup(
                 raise WireFormatError(
                     f"{where}: bad inverse of dedup group {group!r}: {exc}"
                 ) from exc
-            if joined.type != IKJT_TYPE:
+            if not is_id_list_type(joined.type.value_type):
                 raise WireFormatError(
                     f"{where}: {column!r} has type {joined.type}, expected {IKJT_TYPE}"
                 )
-            fields.append(pa.field(column, IKJT_TYPE, nullable=False))
+            fields.append(pa.field(column, joined.type, nullable=False))
             arrays.append(joined)
     keep = [i for i, name in enumerate(rows.schema.names) if name not in dropped]
     schema = pa.schema([rows.schema.field(i) for i in keep] + fields, metadata=rows.schema.metadata)

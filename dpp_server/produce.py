@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dpp_proto import worker_pb2
-from dpp_proto.wire import FrameEncoder, Section, concat_rows
+from dpp_proto.wire import FrameEncoder, Section, WireOptions, concat_rows
 from dpp_server.master import LeaseGrant
-from dpp_server.spec import Spec
+from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
 from storage.reader import filter_rows, scan_split
@@ -108,13 +108,28 @@ class SessionPipeline:
     read_batch_rows: int
 
     @classmethod
-    def compile(cls, spec: Spec, read_batch_rows: int) -> SessionPipeline:
-        """Builds the pipeline, parses the filter and resolves the file system of ``spec``."""
+    def compile(
+        cls, spec: Spec, read_batch_rows: int, wire: WireOptions | None = None
+    ) -> SessionPipeline:
+        """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
+
+        Args:
+            spec: the session's spec.
+            read_batch_rows: see the attribute.
+            wire: how frames are encoded; by default the packed layout, with int32 ids for
+                every feature :func:`~dpp_server.spec.int32_features` allows and the
+                compression of ``wire`` (none by default).
+        """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
+        options = WireOptions(
+            packed=wire.packed if wire is not None else True,
+            int32_features=int32_features(spec),
+            compression=wire.compression if wire is not None else None,
+        )
         return cls(
             spec=spec,
             pipeline=DedupPipeline(spec),
-            encoder=FrameEncoder(),
+            encoder=FrameEncoder(options),
             row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
             filesystem=filesystem,
             read_batch_rows=read_batch_rows,

@@ -74,6 +74,7 @@ from dpp_server.transforms.registry import (
     VType,
     describe_vtypes,
     get_op,
+    ids_range,
     op_columns,
     op_output,
     registered_ops,
@@ -90,6 +91,7 @@ __all__ = [
     "StatsOptions",
     "check_against_schema",
     "feature_vtypes",
+    "int32_features",
     "source_vtypes",
     "spec_from_proto",
     "spec_to_proto",
@@ -741,6 +743,28 @@ def feature_vtypes(feature: Feature, dtype: pa.DataType, path: str) -> tuple[VTy
     """
     start = _start_vtype(feature, dtype, path)
     return start, _check_chain(feature, path, frozenset({start}))
+
+
+_INT32_RANGE = (-(2**31), 2**31 - 1)
+
+
+def int32_features(spec: Spec) -> frozenset[str]:
+    """The sparse features whose op chain bounds every id within int32 (e.g. a
+    ``sigrid_hash`` with ``max_value <= 2**31``, then only ops that keep the range).
+
+    Their ids travel as int32 (``dpp_proto.wire.WireOptions``). Decided from the spec alone,
+    so every worker of a session decides alike; a raw source (no bounding op) stays int64,
+    whatever its column type.
+    """
+    fits: set[str] = set()
+    for feature in spec.sparse_features:
+        bound: tuple[int, int] | None = None
+        for call in feature.ops:
+            op = get_op(call.op)
+            bound = None if op is None else ids_range(op, call.params, bound)
+        if bound is not None and _INT32_RANGE[0] <= bound[0] and bound[1] <= _INT32_RANGE[1]:
+            fits.add(feature.name)
+    return frozenset(fits)
 
 
 def is_numeric(dtype: pa.DataType) -> bool:

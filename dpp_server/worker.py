@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from dpp_proto.wire import FrameEncoder
+from dpp_proto.wire import FrameEncoder, WireOptions
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.produce_stats import StatsPipeline, sketch_split
@@ -45,12 +45,22 @@ class WorkerConfig:
             ``shuffle`` a read chunk is the unit of the seeded row order, so all workers of a
             cluster must use one value for re-produced splits to repeat their batches.
         idle_sleep_s: wait before asking the master again when it has no work.
+        wire_compression: ``lz4`` or ``zstd`` compresses every frame (Arrow IPC buffer
+            compression; empty: none). Pays only when the trainers' link is slower than
+            about 1 Gbit/s; costs worker and trainer CPU (docs/benchmarks.md).
     """
 
     pipeline_threads: int = 2
     max_buffer_bytes: int = 256 << 20
     read_batch_rows: int = 65_536
     idle_sleep_s: float = 0.05
+    wire_compression: str = ""
+
+    def __post_init__(self) -> None:
+        if self.wire_compression not in ("", "lz4", "zstd"):
+            raise ValueError(
+                f"wire_compression {self.wire_compression!r} is not lz4, zstd or empty (none)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,6 +465,10 @@ class Worker:
         if session is not None:
             return session
         spec = self._link.get_spec(session_id)
-        session = SessionPipeline.compile(spec, self.config.read_batch_rows)
+        session = SessionPipeline.compile(
+            spec,
+            self.config.read_batch_rows,
+            WireOptions(compression=self.config.wire_compression or None),
+        )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

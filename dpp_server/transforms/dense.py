@@ -414,6 +414,7 @@ register(
         output="sparse",
         check=_check_boundaries,
         summary="[bisect_right(boundaries, x)]: a dense value becomes a one-id list",
+        ids_range=lambda params, given: (0, len(params["boundaries"])),
     )
 )
 
@@ -427,6 +428,7 @@ register(
         compile=_compile_onehot,
         output="sparse",
         summary="[int(x)] for a class index in [0, num_classes), else []",
+        ids_range=lambda params, given: (0, int(params["num_classes"]) - 1),
     )
 )
 

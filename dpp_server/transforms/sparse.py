@@ -36,11 +36,14 @@ from dpp_server.transforms.hashing import (
 )
 from dpp_server.transforms.registry import (
     ExprFn,
+    IdRange,
     OpDef,
     Param,
     Params,
     VType,
+    below_max_value,
     input_name,
+    keeps_range,
     register,
 )
 
@@ -275,8 +278,43 @@ def _compile_map_id(params: Params, vtype: VType) -> ExprFn:
     """
     del vtype
     vocab = load_vocabulary(params["path"], "map_id.path")
+    if len(vocab) > _MAP_ID_MAX_INDEX:
+        raise SpecError(
+            "map_id.path",
+            f"{params['path']} holds {len(vocab)} ids; at most {_MAP_ID_MAX_INDEX + 1} fit "
+            "the int32 ids map_id promises (split the vocabulary)",
+        )
     oov = len(vocab) if params["oov_id"] is None else int(params["oov_id"])
     return lambda expr: _map_ids(expr, lambda v: vocab.lookup(v, oov))
+
+
+#: map_id's line numbers stay below this, so its ids (but an oov_id) fit int32 on the wire.
+_MAP_ID_MAX_INDEX = 2**31 - 2
+
+
+def _map_id_range(params: Params, given: IdRange | None) -> IdRange | None:
+    del given
+    oov = params["oov_id"]
+    if oov is None:
+        return (0, _MAP_ID_MAX_INDEX + 1)
+    return (min(0, int(oov)), max(_MAP_ID_MAX_INDEX, int(oov)))
+
+
+def _clamp_range(params: Params, given: IdRange | None) -> IdRange | None:
+    lo, hi = params["min"], params["max"]
+    if given is None:
+        return None if lo is None or hi is None else (int(lo), int(hi))
+    low = given[0] if lo is None else max(given[0], int(lo))
+    high = given[1] if hi is None else min(given[1], int(hi))
+    return (low, high)
+
+
+def _keep_ids_range(params: Params, given: IdRange | None) -> IdRange | None:
+    ids = [int(i) for i in params["ids"]]
+    if not ids:
+        return given if given is not None else (0, 0)
+    lo, hi = min(ids), max(ids)
+    return (lo, hi) if given is None else (max(lo, given[0]), min(hi, given[1]))
 
 
 def _prepare_map_id(params: Params, path: str) -> None:
@@ -457,6 +495,7 @@ register(
         params=(_SALT, _MAX_VALUE),
         compile=_compile_sigrid_hash,
         summary="fmix64(id XOR fmix64(salt)) mod max_value",
+        ids_range=below_max_value,
     )
 )
 
@@ -467,6 +506,7 @@ register(
         params=(Param("x", "int", required=True, minimum=1, doc="ids to keep, an integer >= 1"),),
         compile=_compile_first_x,
         summary="keep the first x ids of each list",
+        ids_range=keeps_range,
     )
 )
 
@@ -486,6 +526,7 @@ register(
         compile=_compile_map_id,
         prepare=_prepare_map_id,
         summary="id -> its line number in a vocabulary file, else oov_id",
+        ids_range=_map_id_range,
     )
 )
 
@@ -500,6 +541,7 @@ register(
         compile=_compile_clamp_list,
         check=_check_bounds,
         summary="limit every id to [min, max]",
+        ids_range=_clamp_range,
     )
 )
 
@@ -510,6 +552,7 @@ register(
         params=(),
         compile=_compile_dedup,
         summary="drop repeated ids within a list, first occurrences kept",
+        ids_range=keeps_range,
     )
 )
 
@@ -520,6 +563,7 @@ register(
         params=(_IDS,),
         compile=_compile_keep_ids,
         summary="keep only ids in a set",
+        ids_range=_keep_ids_range,
     )
 )
 
@@ -530,6 +574,7 @@ register(
         params=(_IDS,),
         compile=_compile_drop_ids,
         summary="drop ids in a set",
+        ids_range=keeps_range,
     )
 )
 
@@ -544,6 +589,7 @@ register(
         ),
         compile=_compile_ngram,
         summary="hash each run of n consecutive ids into one id",
+        ids_range=below_max_value,
     )
 )
 
@@ -571,6 +617,7 @@ register(
         ),
         compile=_compile_cross,
         summary="hashed cartesian product of two id lists, capped",
+        ids_range=below_max_value,
     )
 )
 

@@ -12,7 +12,15 @@ import polars as pl
 import pyarrow as pa
 
 from dpp_server.transforms.hashing import reduce_mod, string_hash_values
-from dpp_server.transforms.registry import ExprFn, OpDef, Param, Params, VType, register
+from dpp_server.transforms.registry import (
+    ExprFn,
+    OpDef,
+    Param,
+    Params,
+    VType,
+    below_max_value,
+    register,
+)
 
 _STRINGS: frozenset[VType] = frozenset({"string", "strings"})
 _IDS = pl.List(pl.Int64)
@@ -75,5 +83,6 @@ register(
         compile=_compile_hash_string,
         output="sparse",
         summary="hash UTF-8 strings (or each string of a list) to ids",
+        ids_range=below_max_value,
     )
 )

@@ -32,9 +32,10 @@ def test_every_tensor_is_a_view_of_the_frame() -> None:
     batch = batch_from_arrow(rb)
     assert batch.labels is not None and batch.weights is not None
     assert _inside(batch.dense, frame)
+    assert batch.packed is not None  # the packed layout: 2 views for every sparse feature
+    assert _inside(batch.packed.values, frame) and _inside(batch.packed.offsets, frame)
     for jt in batch.sparse.values():
-        assert _inside(jt.values, frame)
-        assert _inside(jt.offsets, frame)
+        assert _inside(jt.values, frame)  # offsets: a rebased B + 1 slice (a small copy)
     assert _inside(batch.labels, frame)
     assert _inside(batch.weights, frame)
     assert _inside(batch.extras["row_id"], frame)
@@ -140,8 +141,8 @@ def test_integer_extra_with_nulls_reads_zero_and_is_marked_invalid() -> None:
 def test_wrong_sparse_type_is_rejected() -> None:
     rb = make_rows(2)
     idx = rb.schema.get_field_index("sparse.s0")
-    rb = rb.set_column(idx, "sparse.s0", pa.array([[1], [2]], type=pa.list_(pa.int64())))
-    with pytest.raises(FrameError, match="expected large_list<int64>"):
+    rb = rb.set_column(idx, "sparse.s0", pa.array([[1.0], [2.0]], type=pa.list_(pa.float64())))
+    with pytest.raises(FrameError, match="expected a list of int32 or int64 ids"):
         batch_from_arrow(rb)
 
 

@@ -22,6 +22,7 @@ from dpp_client.errors import DppClientError
 from dpp_client.loader import StallWatchdog
 from dpp_client.master_link import GrpcMasterLink
 from dpp_proto import master_pb2
+from dpp_proto.wire import FrameEncoder, WireOptions
 from tests.helpers.rpc import FakeRpcError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The given buffer is not writable:UserWarning")
@@ -94,8 +95,8 @@ def test_two_epochs_then_empty() -> None:
 def test_full_batches_are_converted_off_the_trainer_thread(monkeypatch: Any) -> None:
     converted: list[tuple[threading.Thread, Batch]] = []
 
-    def recording_batch_from_arrow(rb: Any) -> Batch:
-        batch = original(rb)
+    def recording_batch_from_arrow(rb: Any, **kwargs: Any) -> Batch:
+        batch = original(rb, **kwargs)
         converted.append((threading.current_thread(), batch))
         return batch
 
@@ -110,6 +111,21 @@ def test_full_batches_are_converted_off_the_trainer_thread(monkeypatch: Any) -> 
         assert thread is not threading.current_thread() and thread.name.startswith("dpp-stream")
         assert batch is prepared
         assert batch.dense.dtype == torch.float32 and batch.dense.shape == (4, 1)
+
+
+@pytest.mark.parametrize("int64_ids", [False, True])
+def test_ids_stay_int32_unless_int64_ids(int64_ids: bool) -> None:
+    rb = rows(4, 0)
+    h = header("A", 0, last=True, num_rows=4)
+    frame = FrameEncoder(WireOptions(int32_features=frozenset({"s"}))).encode(h, rb)
+    master, workers = fake_master(["A"]), FakeWorkers()
+    with make_loader(master, workers, int64_ids=int64_ids) as loader:
+        it = iter(loader)
+        workers.feed(WORKER, frame)
+        batch = next(it)
+        want = torch.int64 if int64_ids else torch.int32
+        assert batch.sparse["s"].values.dtype == want and batch.sparse["s"].offsets.dtype == want
+        assert batch.sparse["s"].values.tolist() == rb.column("sparse.s").flatten().to_pylist()
 
 
 def test_drop_last() -> None:

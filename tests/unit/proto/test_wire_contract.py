@@ -1,19 +1,46 @@
 """The frame contract (dpp_proto.wire): encode -> decode round trips over every column kind,
-dedup sections, concatenation and expansion, and every decode error with its text."""
+dedup sections, concatenation and expansion, and every decode error with its text.
+
+Both layouts are covered: the packed (KeyedJaggedTensor) layout with int32 ids, which workers
+send, is checked against the per-feature layout's decoding as the reference."""
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpp_client.errors import FrameError
 from dpp_client.frames import decode_frame as client_decode_frame
 from dpp_proto import wire, worker_pb2
-from dpp_proto.wire import FrameEncoder, WireFormatError, decode_frame
+from dpp_proto.wire import FrameEncoder, WireFormatError, WireOptions, decode_frame
+
+#: The per-feature layout: its decoding is the reference the packed layout must equal.
+UNPACKED = WireOptions(packed=False)
+LAYOUTS = {"unpacked": UNPACKED, "packed": WireOptions()}
+
+
+def reference(rb: pa.RecordBatch) -> pa.RecordBatch:
+    """``rb`` with every id list as ``large_list<int64>`` (the unpacked layout's type), dictionary
+    columns too, so a packed decoding compares equal to the reference decoding."""
+    fields, arrays = [], []
+    for field, column in zip(rb.schema, rb.columns, strict=True):
+        if wire.is_id_list_type(field.type):
+            column = column.cast(wire.SPARSE_TYPE)
+        elif pa.types.is_dictionary(field.type):
+            column = pa.DictionaryArray.from_arrays(
+                column.indices, column.dictionary.cast(wire.SPARSE_TYPE)
+            )
+        fields.append(pa.field(field.name, column.type, field.nullable))
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=rb.schema.metadata))
+
 
 SPARSE = {
     "a": [[1, 2, 3], [], None, [2**63 - 1, -(2**63)]],  # empty and null lists, int64 bounds
@@ -48,7 +75,9 @@ def plain_rows() -> pa.RecordBatch:
     return wire.assemble_wire_batch(schema, dense, columns)
 
 
-def dedup_frame(seq: int = 0) -> tuple[pa.RecordBatch, list[wire.Section], bytes]:
+def dedup_frame(
+    seq: int = 0, options: WireOptions = UNPACKED
+) -> tuple[pa.RecordBatch, list[wire.Section], bytes]:
     """Rows with group ``user`` deduplicated (3 unique rows of 5) and group ``plain`` sent
     plain, and the encoded frame."""
     unique = pa.record_batch(
@@ -79,16 +108,18 @@ def dedup_frame(seq: int = 0) -> tuple[pa.RecordBatch, list[wire.Section], bytes
     )
     sections = [(wire.dedup_section("user"), unique)]
     header = worker_pb2.FrameHeader(split_id="s", batch_seq=seq, num_rows=5)
-    return rows, sections, FrameEncoder().encode(header, rows, sections)
+    return rows, sections, FrameEncoder(options).encode(header, rows, sections)
 
 
-def test_plain_columns_round_trip_exactly() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_plain_columns_round_trip_exactly(layout: str) -> None:
     rows = plain_rows()
     header = worker_pb2.FrameHeader(session_id="s1", epoch=2, rank=1, split_id="a", batch_seq=3)
     header.num_rows = rows.num_rows
-    frame = FrameEncoder().encode(header, rows)
+    frame = FrameEncoder(LAYOUTS[layout]).encode(header, rows)
     got_header, got = decode_frame(frame)
     assert got is not None
+    got = reference(got)
     assert got.equals(rows) and got.schema.equals(rows.schema, check_metadata=True)
     assert got.column("sparse.a").to_pylist() == SPARSE["a"]
     assert got.column("extra.country").to_pylist() == ["de", None, "fr", ""]
@@ -97,13 +128,15 @@ def test_plain_columns_round_trip_exactly() -> None:
     assert wire.feature_names(got.schema, wire.METADATA_SPARSE) == ["a", "b"]
     assert (got_header.session_id, got_header.epoch, got_header.rank) == ("s1", 2, 1)
     assert (got_header.split_id, got_header.batch_seq, got_header.num_rows) == ("a", 3, 4)
-    assert [s.name for s in got_header.sections] == [wire.ROWS_SECTION]
-    assert got_header.sections[0].offset % wire.SECTION_ALIGNMENT == 0
+    packed = [wire.SPARSE_SECTION] if layout == "packed" else []
+    assert [s.name for s in got_header.sections] == [wire.ROWS_SECTION, *packed]
+    assert all(s.offset % wire.SECTION_ALIGNMENT == 0 for s in got_header.sections)
     assert frame[:4] == wire.FRAME_MAGIC
 
 
-def test_rows_buffers_point_into_the_frame() -> None:
-    frame = FrameEncoder().encode(worker_pb2.FrameHeader(num_rows=4), plain_rows())
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rows_buffers_point_into_the_frame(layout: str) -> None:
+    frame = FrameEncoder(LAYOUTS[layout]).encode(worker_pb2.FrameHeader(num_rows=4), plain_rows())
     _, rb = decode_frame(frame)
     assert rb is not None
     start = pa.py_buffer(frame).address
@@ -137,15 +170,17 @@ def test_end_marker_and_error_frames_have_no_batch() -> None:
     assert got_header.error == "file vanished"
 
 
-def test_dedup_sections_join_as_dictionaries_and_expand_to_the_plain_rows() -> None:
-    rows, sections, frame = dedup_frame()
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dedup_sections_join_as_dictionaries_and_expand_to_the_plain_rows(layout: str) -> None:
+    rows, sections, frame = dedup_frame(options=LAYOUTS[layout])
     header, got = decode_frame(frame)
     assert got is not None
-    assert [s.name for s in header.sections] == ["rows", "dedup/user"]
+    packed = [wire.SPARSE_SECTION] if layout == "packed" else []
+    assert [s.name for s in header.sections] == ["rows", *packed, "dedup/user"]
     assert all(s.offset % wire.SECTION_ALIGNMENT == 0 for s in header.sections)
     assert got.schema.names == ["extra.row_id", "sparse.u0", "sparse.u1", "sparse.p0"]
     for name in ("sparse.u0", "sparse.u1", "sparse.p0"):
-        assert got.schema.field(name).type == wire.IKJT_TYPE
+        assert reference(got).schema.field(name).type == wire.IKJT_TYPE
     assert got.column("sparse.u0").indices.to_pylist() == [0, 1, 0, 2, 1]
     assert got.column("sparse.u0").dictionary.to_pylist() == [[7], [], [8, 9]]
     assert got.column("sparse.p0").indices.to_pylist() == [0, 1, 2, 3, 4]  # a plain group
@@ -252,6 +287,16 @@ def without_inverse(rows: pa.RecordBatch) -> pa.RecordBatch:
     return rows.drop_columns(["dedup.user.inverse"])
 
 
+def packed_with(change: Callable[[list[list[object]]], bytes]) -> bytes:
+    """A packed frame whose packed section's key metadata was changed."""
+    rows, packed = wire.pack_sparse(plain_rows(), frozenset(), keep_one_column=True)
+    assert packed is not None
+    keys = json.loads(packed.schema.metadata[wire.METADATA_KEYS])
+    packed = packed.replace_schema_metadata({wire.METADATA_KEYS: change(keys)})
+    header = worker_pb2.FrameHeader(split_id="a", num_rows=4)
+    return FrameEncoder(UNPACKED).encode(header, rows, [(wire.SPARSE_SECTION, packed)])
+
+
 def good() -> bytes:
     return FrameEncoder().encode(worker_pb2.FrameHeader(split_id="a", num_rows=4), plain_rows())
 
@@ -269,7 +314,22 @@ BAD_FRAMES: list[tuple[str, Callable[[], bytes], str]] = [
         lambda: wire.FRAME_PREFIX.pack(wire.FRAME_MAGIC, 2) + b"\xff\xff",
         r"frame header \(2 bytes\) is not a FrameHeader",
     ),
-    ("truncated section", lambda: good()[:-10], r"section 'rows' of split a seq 0 spans \["),
+    ("truncated section", lambda: good()[:-10], r"section 'sparse' of split a seq 0 spans \["),
+    (
+        "packed keys not a list",
+        lambda: packed_with(lambda _: b"{oops"),
+        r"packed sparse metadata is not \[\[name, index, nullable\], ...\]: b'\{oops'",
+    ),
+    (
+        "packed index past the columns",
+        lambda: packed_with(lambda keys: json.dumps([keys[0], [keys[1][0], 99, True]]).encode()),
+        r"packed sparse indices .* do not fit 8 columns",
+    ),
+    (
+        "packed count off",
+        lambda: packed_with(lambda keys: json.dumps(keys[:1]).encode()),
+        "packed sparse section holds 8 lists, expected 1 features x 4 rows",
+    ),
     ("row count", row_count_mismatch, "num_rows=5 but its rows section holds 4 rows"),
     ("bad IPC", not_arrow, "rows section of split a seq 0 is not an Arrow IPC stream"),
     (
@@ -344,11 +404,123 @@ def test_unknown_sections_are_skipped() -> None:
         worker_pb2.FrameHeader(num_rows=4), rows, [("future/x", pa.record_batch({"z": [1]}))]
     )
     header, got = decode_frame(frame)
-    assert [s.name for s in header.sections] == ["rows", "future/x"]
-    assert got is not None and got.equals(rows)
+    assert [s.name for s in header.sections] == ["rows", "sparse", "future/x"]
+    assert got is not None and reference(got).equals(rows)
 
 
 def test_prefix_is_magic_and_little_endian_length() -> None:
     frame = FrameEncoder.encode_empty(worker_pb2.FrameHeader(split_id="abc"))
     magic, length = struct.unpack_from("<4sI", frame)
     assert magic == b"DPPF" and length == len(frame) - 8
+
+
+# -- the packed layout against the per-feature one, property-tested -----------------------------
+
+
+@st.composite
+def frames_to_compare(draw: st.DrawFn) -> tuple[pa.RecordBatch, list[wire.Section], frozenset[str]]:
+    """A rows batch with 0-3 plain sparse features (nulls, empty lists; some int32-bounded,
+    some int64), a label, and maybe a dedup group of 1-2 features; plus the int32 set."""
+    rows = draw(st.integers(1, 6))
+    lists = st.lists(
+        st.one_of(st.none(), st.lists(st.integers(-(2**31), 2**31 - 1), max_size=4)),
+        min_size=rows,
+        max_size=rows,
+    )
+    wide = st.lists(
+        st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3), min_size=rows, max_size=rows
+    )
+    plain = {f"p{i}": draw(st.one_of(lists, wide)) for i in range(draw(st.integers(0, 3)))}
+    narrow = frozenset(
+        n for n, v in plain.items() if all(-(2**31) <= i < 2**31 for x in v if x for i in x)
+    )
+    narrow = narrow if draw(st.booleans()) else frozenset(list(narrow)[:1])
+    fields = [pa.field("label", pa.float32(), nullable=False)]
+    arrays: list[pa.Array] = [pa.array(np.arange(rows, dtype=np.float32))]
+    for name, values in plain.items():
+        fields.append(pa.field(wire.SPARSE_PREFIX + name, wire.SPARSE_TYPE))
+        arrays.append(pa.array(values, wire.SPARSE_TYPE))
+    metadata = {wire.METADATA_DENSE: b"[]", wire.METADATA_SPARSE: json.dumps(list(plain)).encode()}
+    sections: list[wire.Section] = []
+    if draw(st.booleans()):
+        unique_rows = draw(st.integers(1, rows))
+        group = [f"u{i}" for i in range(draw(st.integers(1, 2)))]
+        ulists = st.lists(
+            st.lists(st.integers(0, 1000), max_size=3), min_size=unique_rows, max_size=unique_rows
+        )
+        unique = pa.record_batch(
+            {wire.SPARSE_PREFIX + n: pa.array(draw(ulists), wire.SPARSE_TYPE) for n in group}
+        )
+        inverse = draw(st.lists(st.integers(0, unique_rows - 1), min_size=rows, max_size=rows))
+        fields.append(pa.field(wire.inverse_column("g"), wire.INVERSE_TYPE, nullable=False))
+        arrays.append(pa.array(inverse, wire.INVERSE_TYPE))
+        sections.append((wire.dedup_section("g"), unique))
+        metadata[wire.METADATA_SPARSE] = json.dumps([*plain, *group]).encode()
+        metadata[wire.METADATA_DEDUP] = json.dumps({"g": group}).encode()
+        narrow |= frozenset(group) if draw(st.booleans()) else frozenset()
+    batch = pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+    return batch, sections, narrow
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=frames_to_compare(), compression=st.sampled_from([None, "lz4", "zstd"]))
+def test_packed_layout_decodes_like_the_per_feature_layout(
+    case: tuple[pa.RecordBatch, list[wire.Section], frozenset[str]], compression: str | None
+) -> None:
+    rows, sections, narrow = case
+    header = worker_pb2.FrameHeader(split_id="s", num_rows=rows.num_rows)
+    _, expected = decode_frame(FrameEncoder(UNPACKED).encode(header, rows, sections))
+    options = WireOptions(int32_features=narrow, compression=compression)
+    frame_header = worker_pb2.FrameHeader(split_id="s", num_rows=rows.num_rows)
+    _, got = decode_frame(FrameEncoder(options).encode(frame_header, rows, sections))
+    assert expected is not None and got is not None
+    assert reference(got).equals(expected)
+    assert reference(got).schema.equals(expected.schema, check_metadata=True)
+    plain = [n for n in got.schema.names if n.startswith("sparse.p")]
+    if plain:  # one packed column: its type says whether every feature was int32-bounded
+        packed_type = got.schema.field(plain[0]).type
+        narrowed = all(n[len(wire.SPARSE_PREFIX) :] in narrow for n in plain)
+        assert packed_type.value_type == (pa.int32() if narrowed else pa.int64())
+        assert pa.types.is_list(packed_type)  # int32 offsets
+
+
+def test_packed_features_share_one_values_and_one_offsets_buffer() -> None:
+    rows = plain_rows()
+    frame = FrameEncoder(WireOptions(int32_features=frozenset({"b"}))).encode(
+        worker_pb2.FrameHeader(num_rows=4), rows
+    )
+    _, got = decode_frame(frame)
+    assert got is not None
+    a, b = got.column("sparse.a"), got.column("sparse.b")
+    assert a.type.value_type == pa.int64()  # "a" holds int64 ids: the whole section stays int64
+    assert a.buffers()[1].address == b.buffers()[1].address  # one offsets buffer
+    assert a.buffers()[3].address == b.buffers()[3].address  # one values buffer
+    assert (a.offset, b.offset) == (0, 4)
+
+
+def test_int32_ids_halve_the_sparse_bytes() -> None:
+    ids = [list(range(i, i + 20)) for i in range(512)]
+    rows = pa.RecordBatch.from_arrays(
+        [pa.array(ids, wire.SPARSE_TYPE), pa.array(np.zeros(512, np.float32))],
+        schema=pa.schema(
+            [pa.field("sparse.x", wire.SPARSE_TYPE), pa.field("label", pa.float32())],
+            metadata={wire.METADATA_SPARSE: b'["x"]'},
+        ),
+    )
+    sizes = {
+        name: len(FrameEncoder(o).encode(worker_pb2.FrameHeader(num_rows=512), rows))
+        for name, o in {
+            "old": UNPACKED,
+            "int64": WireOptions(),
+            "int32": WireOptions(int32_features=frozenset({"x"})),
+            "lz4": WireOptions(int32_features=frozenset({"x"}), compression="lz4"),
+        }.items()
+    }
+    assert sizes["int32"] < 0.55 * sizes["old"]
+    assert sizes["int64"] < sizes["old"]  # int32 offsets
+    assert sizes["lz4"] < sizes["int32"]  # consecutive ids compress
+
+
+def test_unknown_compression_is_refused_with_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"wire compression 'gzip' is not one of \(None, 'lz4'"):
+        WireOptions(compression="gzip")
