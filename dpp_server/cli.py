@@ -360,7 +360,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
 
+    from dpp_server.budget import MemoryPlan, configure_allocators
+
     config = config_from_args(WorkerConfig, args)
+    try:
+        MemoryPlan.of(config.memory_mb, config.pipeline_threads, config.max_buffer_bytes)
+    except ValueError as exc:
+        raise SystemExit(f"dpp worker: {exc}") from None
+    configure_allocators(config.memory_mb)
     obs = WorkerObservability(args.host, args.metrics_port)
     server = WorkerServer(
         args.master,

@@ -98,6 +98,10 @@ class SessionPipeline:
         read_batch_rows: rows per read chunk (``WorkerConfig.read_batch_rows``). With
             ``shuffle`` the chunk is the unit of the seeded order, so every worker producing a
             session's splits must use the same value.
+        max_batch_bytes: without ``shuffle``, decode fewer rows at a time where a read
+            chunk would exceed this many bytes (0: never); from the worker's memory budget.
+        max_row_group_bytes: refuse a row group whose compressed column chunks exceed this
+            (0: never); from the worker's memory budget.
     """
 
     spec: Spec
@@ -106,9 +110,18 @@ class SessionPipeline:
     row_filter: Filter | None
     filesystem: pafs.FileSystem
     read_batch_rows: int
+    max_batch_bytes: int = 0
+    max_row_group_bytes: int = 0
 
     @classmethod
-    def compile(cls, spec: Spec, read_batch_rows: int) -> SessionPipeline:
+    def compile(
+        cls,
+        spec: Spec,
+        read_batch_rows: int,
+        *,
+        max_batch_bytes: int = 0,
+        max_row_group_bytes: int = 0,
+    ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``."""
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         return cls(
@@ -118,6 +131,8 @@ class SessionPipeline:
             row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
             filesystem=filesystem,
             read_batch_rows=read_batch_rows,
+            max_batch_bytes=max_batch_bytes,
+            max_row_group_bytes=max_row_group_bytes,
         )
 
 
@@ -222,6 +237,9 @@ def _transformed(
         columns=columns,
         row_filter=session.row_filter,
         batch_rows=session.read_batch_rows,
+        # With shuffle a chunk is the unit of the seeded order: its size must not vary.
+        max_batch_bytes=0 if session.spec.shuffle else session.max_batch_bytes,
+        max_row_group_bytes=session.max_row_group_bytes,
     )
     for chunk in itertools.count():
         started = time.perf_counter()

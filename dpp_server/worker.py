@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from dpp_proto.wire import FrameEncoder
+from dpp_server.budget import MemoryPlan
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.records import StageSeconds, WorkerCounters
@@ -42,12 +43,18 @@ class WorkerConfig:
             ``shuffle`` a read chunk is the unit of the seeded row order, so all workers of a
             cluster must use one value for re-produced splits to repeat their batches.
         idle_sleep_s: wait before asking the master again when it has no work.
+        memory_mb: resident memory budget of the whole worker process, in MB (0: none). The
+            frame buffers and each thread's read sizes are derived from it
+            (:mod:`dpp_server.budget`); a row group that cannot fit fails its split with an
+            error naming the file and the row group's size. Less holds less and reads in
+            smaller pieces (more per-call overhead); below 192 the worker refuses to start.
     """
 
     pipeline_threads: int = 2
     max_buffer_bytes: int = 256 << 20
     read_batch_rows: int = 65_536
     idle_sleep_s: float = 0.05
+    memory_mb: int = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +205,9 @@ class Worker:
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config or WorkerConfig()
+        self.memory = MemoryPlan.of(
+            self.config.memory_mb, self.config.pipeline_threads, self.config.max_buffer_bytes
+        )
         self.address = address
         self._link = link
         self._lock = threading.Lock()
@@ -284,7 +294,7 @@ class Worker:
             key = (session_id, rank)
             buffer = self._buffers.get(key)
             if buffer is None:
-                buffer = self._buffers[key] = FrameBuffer(self.config.max_buffer_bytes)
+                buffer = self._buffers[key] = FrameBuffer(self.memory.buffer_bytes)
             return buffer
 
     def stats(self) -> tuple[StageSeconds, WorkerCounters]:
@@ -379,6 +389,11 @@ class Worker:
         if session is not None:
             return session
         spec = self._link.get_spec(session_id)
-        session = SessionPipeline.compile(spec, self.config.read_batch_rows)
+        session = SessionPipeline.compile(
+            spec,
+            self.config.read_batch_rows,
+            max_batch_bytes=self.memory.max_batch_bytes,
+            max_row_group_bytes=self.memory.max_row_group_bytes,
+        )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

@@ -104,7 +104,7 @@ def scan_split(
     Args:
         max_batch_bytes: when above 0, decode fewer than ``batch_rows`` rows at a time (at
             least 1024) where a decoded batch of ``batch_rows`` would exceed it (estimated
-            from the footer's uncompressed column sizes).
+            from the footer's sizes for the first row group, then from the decoded batches).
         max_row_group_bytes: when above 0, refuse a row group whose compressed column chunks
             of the columns read exceed it.
 
@@ -142,7 +142,7 @@ def scan_split(
         validate_types(row_filter, schema, "row_filter")
         scanned += sorted(c for c in row_filter.columns if c not in scanned)
     from_file = [c for c in scanned if c in file_columns]
-    steps = []
+    groups = []
     for rg in split.row_groups:
         compressed, uncompressed, rows = _row_group_bytes(metadata, rg, set(from_file))
         if max_row_group_bytes and compressed > max_row_group_bytes:
@@ -154,21 +154,26 @@ def scan_split(
                 f"{max_row_group_bytes / 1e6:.1f} MB: raise the worker's --memory-mb, or "
                 "rewrite the table with smaller row groups"
             )
-        step = batch_rows
-        if max_batch_bytes and rows and uncompressed:
-            fitting = int(max_batch_bytes * rows / uncompressed)
-            step = max(min(batch_rows, fitting), min(batch_rows, _MIN_DECODE_ROWS))
-        steps.append((rg, step))
+        groups.append((rg, uncompressed / rows if rows else 0.0))
     partition = {k: v for k, v in split.partition.items() if k in scanned and k not in file_columns}
 
     def decode() -> Iterator[pa.RecordBatch]:
-        for rg, step in steps:
+        measured = 0.0  # decoded bytes per row seen so far (Arrow's, not the footer's)
+        for rg, footer_row_bytes in groups:
+            step = batch_rows
+            if max_batch_bytes:
+                # The footer's sizes are after dictionary/RLE encoding: Arrow's decoded lists
+                # measured 2-3x larger. Until a batch is seen, assume 3x.
+                row_bytes = measured or 3 * footer_row_bytes
+                if row_bytes:
+                    step = min(batch_rows, max(_MIN_DECODE_ROWS, int(max_batch_bytes / row_bytes)))
             # One row group per call: pre_buffer then holds that row group's chunks only.
             for batch in parquet.iter_batches(
                 batch_size=step, row_groups=[rg], columns=from_file, use_threads=False
             ):
                 if batch.num_rows == 0:
                     continue
+                measured = max(measured, batch.nbytes / batch.num_rows)
                 arrays = [
                     batch.column(c)
                     if c not in partition
