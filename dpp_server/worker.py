@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Protocol
 
 from dpp_proto.wire import FrameEncoder
 from dpp_server.budget import MemoryPlan
+from dpp_server.cache import SplitCache
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.records import StageSeconds, WorkerCounters
@@ -48,6 +50,11 @@ class WorkerConfig:
             (:mod:`dpp_server.budget`); a row group that cannot fit fails its split with an
             error naming the file and the row group's size. Less holds less and reads in
             smaller pieces (more per-call overhead); below 192 the worker refuses to start.
+        cache_mb: local disk kept for transformed splits, reused by later epochs and jobs
+            over the same splits and features (0: no cache; :mod:`dpp_server.cache`). More
+            serves more epochs and jobs from disk; it costs disk and the write on a miss.
+        cache_dir: the cache's folder (empty: a new temporary folder per process). Name one
+            to keep the cache across worker restarts; never share one between workers.
     """
 
     pipeline_threads: int = 2
@@ -55,6 +62,8 @@ class WorkerConfig:
     read_batch_rows: int = 65_536
     idle_sleep_s: float = 0.05
     memory_mb: int = 512
+    cache_mb: int = 0
+    cache_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +223,10 @@ class Worker:
         self._buffers: dict[tuple[str, int], FrameBuffer] = {}
         self._sessions: dict[str, SessionPipeline] = {}
         self._stats = _Stats(observe)
+        self.cache: SplitCache | None = None
+        if self.config.cache_mb > 0:
+            directory = self.config.cache_dir or tempfile.mkdtemp(prefix="dpp-cache-")
+            self.cache = SplitCache(directory, self.config.cache_mb << 20, self._stats.add_count)
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._active = _ActiveSplits()
@@ -394,6 +407,7 @@ class Worker:
             self.config.read_batch_rows,
             max_batch_bytes=self.memory.max_batch_bytes,
             max_row_group_bytes=self.memory.max_row_group_bytes,
+            cache=self.cache,
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)
