@@ -100,7 +100,7 @@ def configure_allocators(memory_mb: int) -> str:
         The Arrow pool's backend name now in use.
     """
     if memory_mb <= 0:
-        return pa.default_memory_pool().backend_name
+        return str(pa.default_memory_pool().backend_name)
     try:
         pool = pa.jemalloc_memory_pool()
         pa.jemalloc_set_decay_ms(0)
@@ -113,4 +113,4 @@ def configure_allocators(memory_mb: int) -> str:
         mallopt = getattr(libc, "mallopt", None)
         if mallopt is not None:
             mallopt(-8, 2)  # M_ARENA_MAX: glibc's per-thread arenas hold freed memory
-    return pa.default_memory_pool().backend_name
+    return str(pa.default_memory_pool().backend_name)

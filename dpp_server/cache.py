@@ -81,7 +81,7 @@ def output_digest(spec: Spec) -> str:
     so the row filter is kept and the partition filter dropped; the fields after the cache
     (:data:`_AFTER_CACHE`) are set to one value so that jobs differing only there share.
     """
-    neutral = dataclasses.replace(spec, **_neutral_values(spec))
+    neutral = dataclasses.replace(spec, **_neutral_values(spec))  # type: ignore[arg-type]
     return hashlib.sha1(repr(neutral).encode()).hexdigest()[:16]
 
 
@@ -204,7 +204,8 @@ class SplitCache:
             return None
         self._count("cache_hits", 1)
         self._count("cache_bytes_read", entry.nbytes)
-        return iter(reader)
+        batches: Iterator[pa.RecordBatch] = iter(reader)
+        return batches
 
     def writer(self, split: SplitInfo, digest: str, filesystem: pafs.FileSystem) -> CacheWriter:
         """A writer for ``split``'s entry, stamped with the file's size and mtime now."""
@@ -265,7 +266,13 @@ class SplitCache:
             if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
                 continue
             stat = path.stat()
-            found.append((stat.st_mtime_ns, parts[0], _Entry(path, stat.st_size, int(parts[1]), int(parts[2]))))
+            found.append(
+                (
+                    stat.st_mtime_ns,
+                    parts[0],
+                    _Entry(path, stat.st_size, int(parts[1]), int(parts[2])),
+                )
+            )
         for _, key, entry in sorted(found, key=lambda f: f[0]):
             self._entries[key] = entry
             self._bytes += entry.nbytes

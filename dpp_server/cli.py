@@ -355,12 +355,11 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from dpp_server.budget import MemoryPlan, configure_allocators
     from dpp_server.local_cluster import write_ready_file
     from dpp_server.metrics import WorkerObservability
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
-
-    from dpp_server.budget import MemoryPlan, configure_allocators
 
     config = config_from_args(WorkerConfig, args)
     try:

@@ -214,9 +214,7 @@ def _check_unchanged(split: SplitInfo, filesystem: pafs.FileSystem) -> None:
         )
 
 
-def _row_group_bytes(
-    metadata: pq.FileMetaData, rg: int, columns: set[str]
-) -> tuple[int, int, int]:
+def _row_group_bytes(metadata: pq.FileMetaData, rg: int, columns: set[str]) -> tuple[int, int, int]:
     """Compressed and uncompressed bytes of row group ``rg``'s chunks of ``columns`` (top-level
     names; a list column's leaves count toward it), and its rows."""
     group = metadata.row_group(rg)
@@ -269,7 +267,8 @@ def _read_ahead(batches: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.Re
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item  # type: ignore[misc]
+            assert isinstance(item, pa.RecordBatch)  # the only other kind the thread puts
+            yield item
     finally:
         stop.set()
         thread.join()

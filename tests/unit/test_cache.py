@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Generator
 from pathlib import Path
 
 import pyarrow as pa
@@ -159,6 +160,7 @@ def test_lru_by_bytes_and_no_partial_entries(small_table: str, tmp_path: Path) -
     partial = SessionPipeline.compile(spec, read_batch_rows=500, cache=small)
     grant = LeaseGrant(session_id="s", epoch=0, rank=0, split=splits[1], start_batch=0)
     frames = produce_split(partial, grant, StageTotals())
+    assert isinstance(frames, Generator)
     next(frames)
     frames.close()
     assert small.stats() == (0, 0)
