@@ -1,11 +1,12 @@
 """Worker memory: peak RSS of one worker streaming a table far larger than its budget.
 
-    python -m bench.worker_memory [--rows 4400000] [--budget-mb 512]
+    python -m bench.worker_memory [--rows 4400000] [--budgets 0,256,512,1024]
 
 The budget is what the whole worker process may hold resident (``VmHWM``: interpreter,
 libraries, gRPC, every pipeline thread's chunks and the frame buffers), not only the frame
-buffer. The worker is configured to fit it: ``--buffer-mb`` frames per (session, rank), one
-pipeline thread reading ``--read-batch-rows`` rows at a time. The trainer sleeps
+buffer. Each budget runs one worker with ``--memory-mb BUDGET``, which sizes its buffers and
+reads (:mod:`dpp_server.budget`); budget 0 is the worker without a budget (``--buffer-mb``,
+``--read-batch-rows`` as given), the reference for throughput. The trainer sleeps
 ``--consumer-sleep-ms`` per batch, about the worker's pace on 2 cores, so frames queue up in
 the worker rather than being taken as soon as they are made. Reported: the table's size on
 disk and decoded (what the job's projection holds in memory), the worker's RSS when idle and
@@ -39,11 +40,16 @@ def run(
     read_batch_rows: int,
     consumer_sleep_ms: float,
     max_seconds: float,
+    memory_mb: int | None = None,
 ) -> dict[str, Any]:
+    """One worker streaming the table; ``memory_mb`` (when given) is passed as ``--memory-mb``
+    (0: no budget)."""
     workload = Workload("dlrm", GenConfig(rows=rows, seed=0), read_dense=13, read_sparse=26)
     uri = workload.ensure_table(table_dir)
     spec = workload.spec(uri)
     worker_args = ["--buffer-mb", str(buffer_mb), "--read-batch-rows", str(read_batch_rows)]
+    if memory_mb is not None:
+        worker_args += ["--memory-mb", str(memory_mb)]
     sampler = ProcessSampler().start()
     with LocalCluster(workers=1, pipeline_threads=1, worker_args=worker_args) as cluster:
         worker_pid = cluster.workers[0].process.pid
@@ -73,6 +79,8 @@ def run(
         "table_decoded_mb_estimate": round(decoded_estimate / 1e6),
         "rows_delivered": delivered,
         "seconds": round(seconds, 1),
+        "rows_per_s": round(delivered / seconds) if seconds else 0,
+        "memory_mb_flag": memory_mb,
         "budget_mb": budget_mb,
         "buffer_mb": buffer_mb,
         "read_batch_rows": read_batch_rows,
@@ -88,22 +96,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table-dir", default="/tmp/dpp-bench")
     parser.add_argument("--rows", type=int, default=4_400_000, help="about 2 GB of Parquet")
-    parser.add_argument("--budget-mb", type=int, default=512)
+    parser.add_argument(
+        "--budgets", default="0,256,512,1024", help="--memory-mb values (0: no budget, 512 MB goal)"
+    )
     parser.add_argument("--buffer-mb", type=int, default=128)
     parser.add_argument("--read-batch-rows", type=int, default=16_384)
     parser.add_argument("--consumer-sleep-ms", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=240.0)
     args = parser.parse_args()
-    result = run(
-        Path(args.table_dir),
-        args.rows,
-        args.budget_mb,
-        args.buffer_mb,
-        args.read_batch_rows,
-        args.consumer_sleep_ms,
-        args.max_seconds,
-    )
-    print(json.dumps(result, indent=2))
+    results = []
+    for budget in (int(b) for b in args.budgets.split(",")):
+        result = run(
+            Path(args.table_dir),
+            args.rows,
+            budget or 512,
+            args.buffer_mb,
+            args.read_batch_rows,
+            args.consumer_sleep_ms,
+            args.max_seconds,
+            memory_mb=budget,
+        )
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    print("budget_mb  peak_rss_mb  rows/s")
+    for r in results:
+        print(f"{r['memory_mb_flag']:>9}  {r['worker_peak_rss_mb']:>11.0f}  {r['rows_per_s']:>6}")
 
 
 if __name__ == "__main__":

@@ -357,12 +357,18 @@ def cmd_master(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from dpp_server.budget import MemoryPlan, configure_allocators
     from dpp_server.local_cluster import write_ready_file
     from dpp_server.metrics import WorkerObservability
     from dpp_server.worker import WorkerConfig
     from dpp_server.worker_service import WorkerServer
 
     config = config_from_args(WorkerConfig, args)
+    try:
+        MemoryPlan.of(config.memory_mb, config.pipeline_threads, config.max_buffer_bytes)
+    except ValueError as exc:
+        raise SystemExit(f"dpp worker: {exc}") from None
+    configure_allocators(config.memory_mb)
     obs = WorkerObservability(args.host, args.metrics_port)
     server = WorkerServer(
         args.master,

@@ -53,6 +53,14 @@ WORKER_COUNTERS: Mapping[str, tuple[str, str]] = {
     "batches_out": ("dpp_worker_batches_out_total", "Batches encoded as frames."),
     "bytes_out": ("dpp_worker_bytes_out_total", "Frame bytes encoded."),
     "splits_done": ("dpp_worker_splits_done_total", "Splits fully produced."),
+    "cache_hits": ("dpp_worker_cache_hits_total", "Splits served from the worker's cache."),
+    "cache_misses": (
+        "dpp_worker_cache_misses_total",
+        "Splits looked up in the worker's cache and produced from storage.",
+    ),
+    "cache_evictions": ("dpp_worker_cache_evictions_total", "Cache entries evicted (LRU)."),
+    "cache_bytes_written": ("dpp_worker_cache_written_bytes_total", "Bytes written to the cache."),
+    "cache_bytes_read": ("dpp_worker_cache_read_bytes_total", "Bytes served from the cache."),
 }
 
 

@@ -41,6 +41,7 @@ import pyarrow.fs as pafs
 
 from dpp_proto import worker_pb2
 from dpp_proto.wire import FrameEncoder, Section, WireOptions, concat_rows
+from dpp_server.cache import SplitCache, output_digest
 from dpp_server.master import LeaseGrant
 from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
@@ -98,6 +99,13 @@ class SessionPipeline:
         read_batch_rows: rows per read chunk (``WorkerConfig.read_batch_rows``). With
             ``shuffle`` the chunk is the unit of the seeded order, so every worker producing a
             session's splits must use the same value.
+        max_batch_bytes: without ``shuffle``, decode fewer rows at a time where a read
+            chunk would exceed this many bytes (0: never); from the worker's memory budget.
+        max_row_group_bytes: refuse a row group whose compressed column chunks exceed this
+            (0: never); from the worker's memory budget.
+        cache: the worker's cache of transformed splits (None: none); used only by sessions
+            without ``shuffle`` (see :mod:`dpp_server.cache`).
+        cache_digest: :func:`~dpp_server.cache.output_digest` of ``spec``.
     """
 
     spec: Spec
@@ -106,10 +114,21 @@ class SessionPipeline:
     row_filter: Filter | None
     filesystem: pafs.FileSystem
     read_batch_rows: int
+    max_batch_bytes: int = 0
+    max_row_group_bytes: int = 0
+    cache: SplitCache | None = None
+    cache_digest: str = ""
 
     @classmethod
     def compile(
-        cls, spec: Spec, read_batch_rows: int, wire: WireOptions | None = None
+        cls,
+        spec: Spec,
+        read_batch_rows: int,
+        wire: WireOptions | None = None,
+        *,
+        max_batch_bytes: int = 0,
+        max_row_group_bytes: int = 0,
+        cache: SplitCache | None = None,
     ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
 
@@ -119,6 +138,9 @@ class SessionPipeline:
             wire: how frames are encoded; by default the packed layout, with int32 ids for
                 every feature :func:`~dpp_server.spec.int32_features` allows and the
                 compression of ``wire`` (none by default).
+            max_batch_bytes, max_row_group_bytes: the worker's read budget
+                (:mod:`dpp_server.budget`; 0: none).
+            cache: where transformed splits are kept and found again (None: no cache).
         """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         options = WireOptions(
@@ -133,6 +155,10 @@ class SessionPipeline:
             row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
             filesystem=filesystem,
             read_batch_rows=read_batch_rows,
+            max_batch_bytes=max_batch_bytes,
+            max_row_group_bytes=max_row_group_bytes,
+            cache=None if spec.shuffle else cache,
+            cache_digest=output_digest(spec) if cache is not None else "",
         )
 
 
@@ -229,6 +255,41 @@ def _batches(
 def _transformed(
     session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
 ) -> Iterator[pa.RecordBatch]:
+    """The split's transformed chunks: from the worker's cache when it holds them (read back
+    memory-mapped, timed as ``read_s``), else produced and written to the cache on the way."""
+    cache = session.cache
+    if cache is None:
+        yield from _produce_chunks(session, lease, recorder)
+        return
+    started = time.perf_counter()
+    cached = cache.get(lease.split, session.cache_digest, session.filesystem)
+    recorder.add_seconds("read_s", time.perf_counter() - started)
+    if cached is not None:
+        while True:
+            started = time.perf_counter()
+            chunk = next(cached, None)
+            recorder.add_seconds("read_s", time.perf_counter() - started)
+            if chunk is None:
+                return
+            yield chunk
+    writer = cache.writer(lease.split, session.cache_digest, session.filesystem)
+    committed = False
+    try:
+        for chunk in _produce_chunks(session, lease, recorder):
+            started = time.perf_counter()
+            writer.write(chunk)
+            recorder.add_seconds("transform_s", time.perf_counter() - started)
+            yield chunk
+        writer.commit()
+        committed = True
+    finally:
+        if not committed:
+            writer.abort()
+
+
+def _produce_chunks(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
     """Reads, filters, shuffles (with ``shuffle``) and transforms the split chunk by chunk."""
     columns = session.pipeline.input_columns
     reader = scan_split(
@@ -237,6 +298,9 @@ def _transformed(
         columns=columns,
         row_filter=session.row_filter,
         batch_rows=session.read_batch_rows,
+        # With shuffle a chunk is the unit of the seeded order: its size must not vary.
+        max_batch_bytes=0 if session.spec.shuffle else session.max_batch_bytes,
+        max_row_group_bytes=session.max_row_group_bytes,
     )
     for chunk in itertools.count():
         started = time.perf_counter()

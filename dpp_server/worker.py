@@ -16,12 +16,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 from dpp_proto.wire import FrameEncoder, WireOptions
+from dpp_server.budget import MemoryPlan
+from dpp_server.cache import SplitCache
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.produce_stats import StatsPipeline, sketch_split
@@ -48,6 +51,16 @@ class WorkerConfig:
         wire_compression: ``lz4`` or ``zstd`` compresses every frame (Arrow IPC buffer
             compression; empty: none). Pays only when the trainers' link is slower than
             about 1 Gbit/s; costs worker and trainer CPU (docs/benchmarks.md).
+        memory_mb: resident memory budget of the whole worker process, in MB (0: none). The
+            frame buffers and each thread's read sizes are derived from it
+            (:mod:`dpp_server.budget`); a row group that cannot fit fails its split with an
+            error naming the file and the row group's size. Less holds less and reads in
+            smaller pieces (more per-call overhead); below 192 the worker refuses to start.
+        cache_mb: local disk kept for transformed splits, reused by later epochs and jobs
+            over the same splits and features (0: no cache; :mod:`dpp_server.cache`). More
+            serves more epochs and jobs from disk; it costs disk and the write on a miss.
+        cache_dir: the cache's folder (empty: a new temporary folder per process). Name one
+            to keep the cache across worker restarts; never share one between workers.
     """
 
     pipeline_threads: int = 2
@@ -55,6 +68,9 @@ class WorkerConfig:
     read_batch_rows: int = 65_536
     idle_sleep_s: float = 0.05
     wire_compression: str = ""
+    memory_mb: int = 0
+    cache_mb: int = 0
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.wire_compression not in ("", "lz4", "zstd"):
@@ -214,6 +230,9 @@ class Worker:
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.config = config or WorkerConfig()
+        self.memory = MemoryPlan.of(
+            self.config.memory_mb, self.config.pipeline_threads, self.config.max_buffer_bytes
+        )
         self.address = address
         self._link = link
         self._lock = threading.Lock()
@@ -221,6 +240,10 @@ class Worker:
         self._sessions: dict[str, SessionPipeline] = {}
         self._stats_pipelines: dict[str, StatsPipeline] = {}
         self._stats = _Stats(observe)
+        self.cache: SplitCache | None = None
+        if self.config.cache_mb > 0:
+            directory = self.config.cache_dir or tempfile.mkdtemp(prefix="dpp-cache-")
+            self.cache = SplitCache(directory, self.config.cache_mb << 20, self._stats.add_count)
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._active = _ActiveSplits()
@@ -301,7 +324,7 @@ class Worker:
             key = (session_id, rank)
             buffer = self._buffers.get(key)
             if buffer is None:
-                buffer = self._buffers[key] = FrameBuffer(self.config.max_buffer_bytes)
+                buffer = self._buffers[key] = FrameBuffer(self.memory.buffer_bytes)
             return buffer
 
     def stats(self) -> tuple[StageSeconds, WorkerCounters]:
@@ -469,6 +492,9 @@ class Worker:
             spec,
             self.config.read_batch_rows,
             WireOptions(compression=self.config.wire_compression or None),
+            max_batch_bytes=self.memory.max_batch_bytes,
+            max_row_group_bytes=self.memory.max_row_group_bytes,
+            cache=self.cache,
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

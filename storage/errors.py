@@ -29,3 +29,12 @@ class SplitChangedError(StorageError):
     Reading on would return rows of other row groups than the ones leased, so the reader
     refuses; the session must be replanned over the current files.
     """
+
+
+class RowGroupTooLargeError(StorageError):
+    """A row group of a split needs more memory than the reader may hold.
+
+    A row group is the smallest unit a Parquet reader buffers (its column chunks); when one
+    alone exceeds the budget, no read unit fits: the operator raises the budget or the
+    table's producer writes smaller row groups.
+    """

@@ -1,0 +1,174 @@
+"""The worker's cache of transformed splits: byte-identical frames from cache and from storage,
+never a changed file's rows, LRU by bytes, no partial entries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dpp_proto import spec_pb2
+from dpp_server.cache import SplitCache, output_digest
+from dpp_server.master import LeaseGrant
+from dpp_server.produce import SessionPipeline, StageTotals, produce_split
+from dpp_server.spec import Spec, spec_from_proto
+from storage import SplitChangedError, SplitInfo, Table
+
+
+def _spec(uri: str, **extra: object) -> Spec:
+    fields: dict[str, object] = {
+        "table_uri": uri,
+        "batch_size": 300,
+        "target_split_rows": 4000,
+        "label": "label",
+        "passthrough": ["row_id"],
+        "row_filter": "label = 0 OR dense_1 > 0.5",
+        "features": [
+            {"name": "d0", "source": "dense_0", "kind": spec_pb2.FEATURE_KIND_DENSE},
+            {
+                "name": "s0",
+                "source": "sparse_0",
+                "kind": spec_pb2.FEATURE_KIND_SPARSE,
+                "ops": [{"op": "sigrid_hash", "params": {"max_value": 1000}}],
+            },
+        ],
+    }
+    return spec_from_proto(spec_pb2.SessionSpec(**{**fields, **extra}))  # type: ignore[arg-type]
+
+
+def _frames(session: SessionPipeline, split: SplitInfo, start: int = 0) -> list[bytes]:
+    grant = LeaseGrant(session_id="s", epoch=0, rank=0, split=split, start_batch=start)
+    return list(produce_split(session, grant, StageTotals()))
+
+
+def _copy_table(src: str, dst: Path) -> str:
+    shutil.copytree(src, dst)
+    return str(dst)
+
+
+def test_cached_frames_are_byte_identical_and_resume_mid_split(
+    small_table: str, tmp_path: Path
+) -> None:
+    uri = _copy_table(small_table, tmp_path / "t")
+    spec = _spec(uri)
+    splits = Table.open(uri).plan_splits(spec.target_split_rows).splits[:3]
+    plain = SessionPipeline.compile(spec, read_batch_rows=700)
+    counts: dict[str, int] = {}
+    cache = SplitCache(
+        str(tmp_path / "cache"), 1 << 30, lambda k, n: counts.__setitem__(k, counts.get(k, 0) + n)
+    )
+    cached = SessionPipeline.compile(spec, read_batch_rows=700, cache=cache)
+    for split in splits:
+        want = _frames(plain, split)
+        assert len(want) > 2
+        assert _frames(cached, split) == want  # a miss: produced and written
+        assert _frames(cached, split) == want  # a hit: read back
+        assert _frames(cached, split, start=2) == want[2:]  # a re-produced split resumes
+    assert counts["cache_misses"] == 3 and counts["cache_hits"] == 6
+    # A worker restarted on the same folder keeps the entries (and a different spec misses).
+    again = SplitCache(str(tmp_path / "cache"), 1 << 30)
+    assert again.stats() == cache.stats()
+    reopened = SessionPipeline.compile(spec, read_batch_rows=4000, cache=again)
+    assert _frames(reopened, splits[0]) == _frames(plain, splits[0])
+    other = _spec(uri, batch_size=100)
+    assert output_digest(other) == output_digest(spec)  # batching is after the cache
+    assert output_digest(_spec(uri, row_filter="label = 1")) != output_digest(spec)
+
+
+def _write_plain(path: Path, values: list[float]) -> None:
+    """Uncompressed, unencoded, no statistics: other values of the same length give a file
+    of the same size (a rewrite that an ETag-less file system cannot tell by size)."""
+    table = pa.table(
+        {
+            "row_id": pa.array(range(len(values)), pa.int64()),
+            "label": pa.array([0.0] * len(values), pa.float32()),
+            "dense_0": pa.array(values, pa.float32()),
+        }
+    )
+    pq.write_table(
+        table,
+        path,
+        row_group_size=500,
+        compression="none",
+        use_dictionary=False,
+        write_statistics=False,
+    )
+
+
+def test_a_changed_file_is_never_served_from_the_cache(tmp_path: Path) -> None:
+    folder = tmp_path / "t" / "ds=2026-01-01"
+    folder.mkdir(parents=True)
+    path = folder / "part-0.parquet"
+    _write_plain(path, [float(i) for i in range(2000)])
+    uri = str(tmp_path / "t")
+    spec = spec_from_proto(
+        spec_pb2.SessionSpec(
+            table_uri=uri,
+            batch_size=300,
+            label="label",
+            features=[{"name": "d0", "source": "dense_0", "kind": spec_pb2.FEATURE_KIND_DENSE}],
+        )
+    )
+    split = Table.open(uri).plan_splits(spec.target_split_rows).splits[0]
+    cache = SplitCache(str(tmp_path / "cache"), 1 << 30)
+    session = SessionPipeline.compile(spec, read_batch_rows=1000, cache=cache)
+    before = _frames(session, split)
+    assert _frames(session, split) == before  # served from the cache
+    _write_plain(path, [float(-i) for i in range(2000)])
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert path.stat().st_size == split.file_size  # same size, same split id
+    after = _frames(session, split)
+    fresh = SessionPipeline.compile(spec, read_batch_rows=1000)
+    assert after != before and after == _frames(fresh, split)
+    assert cache.stats()[0] == 1  # the stale entry was replaced by the new production
+    # A file of another size: the cache drops its entry and the reader refuses the file.
+    with path.open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SplitChangedError):
+        _frames(session, split)
+    assert cache.stats() == (0, 0)
+
+
+def test_lru_by_bytes_and_no_partial_entries(small_table: str, tmp_path: Path) -> None:
+    uri = _copy_table(small_table, tmp_path / "t")
+    spec = _spec(uri)
+    splits = Table.open(uri).plan_splits(spec.target_split_rows).splits[:3]
+    probe = SplitCache(str(tmp_path / "probe"), 1 << 30)
+    _frames(SessionPipeline.compile(spec, read_batch_rows=1000, cache=probe), splits[0])
+    one_entry = probe.stats()[1]
+    counts: dict[str, int] = {}
+    cache = SplitCache(
+        str(tmp_path / "cache"),
+        int(one_entry * 2.5),
+        lambda k, n: counts.__setitem__(k, counts.get(k, 0) + n),
+    )
+    session = SessionPipeline.compile(spec, read_batch_rows=1000, cache=cache)
+    for split in splits:
+        _frames(session, split)
+    entries, nbytes = cache.stats()
+    assert entries == 2 and nbytes <= cache.max_bytes
+    assert counts["cache_evictions"] == 1
+    _frames(session, splits[0])  # evicted (least recent): a miss again
+    assert counts["cache_misses"] == 4
+    # A split abandoned mid-way (the worker stopped) leaves no entry and no temporary file.
+    small = SplitCache(str(tmp_path / "partial"), 1 << 30)
+    partial = SessionPipeline.compile(spec, read_batch_rows=500, cache=small)
+    grant = LeaseGrant(session_id="s", epoch=0, rank=0, split=splits[1], start_batch=0)
+    frames = produce_split(partial, grant, StageTotals())
+    assert isinstance(frames, Generator)
+    next(frames)
+    frames.close()
+    assert small.stats() == (0, 0)
+    assert list((tmp_path / "partial").iterdir()) == []
+
+
+def test_shuffled_sessions_bypass_the_cache(small_table: str, tmp_path: Path) -> None:
+    spec = _spec(small_table, shuffle=True, seed=3)
+    cache = SplitCache(str(tmp_path / "cache"), 1 << 30)
+    session = SessionPipeline.compile(spec, read_batch_rows=1000, cache=cache)
+    assert session.cache is None
