@@ -56,12 +56,14 @@ class UnregisterWorkerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("spec", "session_name")
+    __slots__ = ("spec", "session_name", "validate_only")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     spec: _spec_pb2.SessionSpec
     session_name: str
-    def __init__(self, spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., session_name: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., session_name: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session_id", "joined", "plan")

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from storage.errors import StorageError, TableNotFoundError
+from storage.errors import CorruptFileError, StorageError, TableLayoutError, TableNotFoundError
 from storage.filesystem import fsspec_filesystem_of, resolve
 from storage.filters import Filter, validate_types
 
@@ -198,7 +198,7 @@ class Table:
         partition_columns = list(files[0].partition)
         for f in files:
             if list(f.partition) != partition_columns:
-                raise StorageError(
+                raise TableLayoutError(
                     f"table {uri!r}: inconsistent partition folders: {files[0].path!r} has "
                     f"keys {partition_columns} but {f.path!r} has {list(f.partition)}; every "
                     "file must sit under the same key=value folder levels"
@@ -206,7 +206,7 @@ class Table:
         file_schema = _read_schema(filesystem, files[0])
         clashing = [c for c in partition_columns if c in file_schema.names]
         if clashing:
-            raise StorageError(
+            raise TableLayoutError(
                 f"table {uri!r}: partition column(s) {clashing} are also stored in "
                 f"{files[0].path!r}; drop them from the files or from the folder names"
             )
@@ -324,7 +324,7 @@ class Table:
                     for rg in part.row_groups
                 ]
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(
+            raise CorruptFileError(
                 f"table {self.uri!r}: reading the footer of {file.path!r} failed ({exc}); "
                 "the file may have been deleted or rewritten since the table was opened, or "
                 "is not Parquet: reopen the table, or remove the file"
@@ -435,7 +435,7 @@ def _read_schema(filesystem: pafs.FileSystem, file: FileInfo) -> pa.Schema:
         fragment = _PARQUET_FORMAT.make_fragment(file.path, filesystem, file_size=file.size)
         return fragment.physical_schema
     except (OSError, pa.ArrowException) as exc:
-        raise StorageError(
+        raise CorruptFileError(
             f"reading the schema from the footer of {file.path!r} failed ({exc}); is it a "
             "complete Parquet file? Remove or rewrite it"
         ) from exc
