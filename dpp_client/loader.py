@@ -262,7 +262,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             DppUnavailableError: the master stayed unreachable for ``rpc_timeout_s``.
         """
         try:
-            self._link.validate_spec(self.spec)
+            self._link.validate_spec(self.spec, self.session_name)
         except BaseException:
             self._link.close()  # the constructor raises: nobody else will close the link
             raise

@@ -45,9 +45,10 @@ class MasterLink(Protocol):
         self, spec: SessionSpec, session_name: str
     ) -> master_pb2.CreateSessionResponse: ...
 
-    def validate_spec(self, spec: SessionSpec) -> None:
-        """Has the master check ``spec`` (against its table too) without creating anything;
-        raises :class:`~dpp_client.errors.SpecRejectedError` and the like when it is bad."""
+    def validate_spec(self, spec: SessionSpec, session_name: str) -> None:
+        """Has the master check ``spec`` (against its table, and ``session_name`` against the
+        sessions of that name) without creating anything; raises
+        :class:`~dpp_client.errors.SpecRejectedError` and the like when it is bad."""
         ...
 
     def session_exists(self, session_id: str) -> master_pb2.SessionPlan | None:
@@ -127,9 +128,11 @@ class GrpcMasterLink:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"{what} at master {self.address}") from exc
 
-    def validate_spec(self, spec: SessionSpec) -> None:
-        request = master_pb2.CreateSessionRequest(spec=spec.to_proto(), validate_only=True)
-        what = f"CreateSession(validate_only, table={spec.table_uri!r})"
+    def validate_spec(self, spec: SessionSpec, session_name: str) -> None:
+        request = master_pb2.CreateSessionRequest(
+            spec=spec.to_proto(), session_name=session_name, validate_only=True
+        )
+        what = f"CreateSession(name={session_name!r}, table={spec.table_uri!r}, validate_only)"
         try:
             self._stub().CreateSession(request, timeout=self.rpc_timeout_s, wait_for_ready=True)
         except grpc.RpcError as exc:

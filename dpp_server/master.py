@@ -76,6 +76,7 @@ from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
 from storage import Filter, FilterError, SplitInfo, Table, check_columns, parse_filter
+from storage.filters import validate_types
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +255,21 @@ class Master:
         )
         return self._view(session_id), False
 
-    def validate_spec(self, spec_proto: spec_pb2.SessionSpec) -> None:
-        """Runs every check :meth:`create_session` runs before it plans (the spec alone, then
-        against the table's schema and partition columns), and creates nothing.
+    def validate_spec(self, spec_proto: spec_pb2.SessionSpec, session_name: str = "") -> None:
+        """Runs every check :meth:`create_session` runs before it plans (the spec alone, the
+        session name against the sessions of that name, then the spec against the table's
+        schema and partition columns), and creates nothing.
 
         Cheaper than planning: it lists the table's files and reads one footer, where planning
         reads every footer. Raises what :meth:`create_session` raises for a bad spec or table.
         """
-        _check_against_table(spec_from_proto(spec_proto))
+        spec = spec_from_proto(spec_proto)
+        if session_name:
+            spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
+            with self._lock:
+                if self._join(session_name, spec_bytes) is not None:
+                    return  # joining: the session's creator already checked it
+        _check_against_table(spec)
 
     def _join(self, session_name: str, spec_bytes: bytes) -> SessionView | None:
         session_id = self._ledger.sessions_by_name.get(session_name)
@@ -638,9 +646,10 @@ def _check_against_table(spec: Spec) -> tuple[Table, Filter | None, Filter | Non
     if spec.partition_filter:
         partition_filter = parse_filter(spec.partition_filter, "partition_filter")
         _check_partition_columns(partition_filter, table)
+        table.files(partition_filter)  # type-checks it (no I/O): ``ds > 3`` fails here
     if spec.row_filter:
         row_filter = parse_filter(spec.row_filter, "row_filter")
-        check_columns(row_filter, table.schema.names, "row_filter")
+        validate_types(row_filter, table.schema, "row_filter")
     return table, partition_filter, row_filter
 
 

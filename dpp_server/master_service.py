@@ -79,7 +79,7 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
         self, request: master_pb2.CreateSessionRequest, context: grpc.ServicerContext
     ) -> master_pb2.CreateSessionResponse:
         if request.validate_only:
-            self.master.validate_spec(request.spec)
+            self.master.validate_spec(request.spec, request.session_name)
             return master_pb2.CreateSessionResponse()
         view, joined = self.master.create_session(request.spec, request.session_name)
         return master_pb2.CreateSessionResponse(

@@ -55,7 +55,7 @@ class FakeMasterLink:
             raise self.create_error
         return master_pb2.CreateSessionResponse(session_id="s1", plan=self.plan)
 
-    def validate_spec(self, spec: SessionSpec) -> None:
+    def validate_spec(self, spec: SessionSpec, session_name: str) -> None:
         self.validated.append(spec)
         if self.validate_error is not None:
             raise self.validate_error
