@@ -183,6 +183,8 @@ class Master:
         self._cursor = 0
         # Batches each rank received per (session, epoch): volatile, re-reported with acks.
         self._received: dict[tuple[str, int], dict[int, tuple[int, bool]]] = {}
+        # Splits failed per session and the last error, for `dpp top`: volatile (monitoring).
+        self._failures: dict[str, tuple[int, str]] = {}
         if self._ledger.sessions or self._workers:
             logger.info(
                 "recovered from the journal: %d session(s), %d worker(s)",
@@ -478,6 +480,12 @@ class Master:
         with self._lock:
             return list(self._ledger.sessions)
 
+    def session_failures(self) -> dict[str, tuple[int, str]]:
+        """Splits failed per session since this master started, and the last error (for
+        monitoring; sessions with none are absent)."""
+        with self._lock:
+            return dict(self._failures)
+
     def expire_workers(self) -> list[str]:
         """Drops workers silent for longer than the lease timeout and releases their leases.
         Returns the dropped worker ids. Called periodically and on every heartbeat."""
@@ -591,6 +599,8 @@ class Master:
                     worker_id,
                     error,
                 )
+                failed, _ = self._failures.get(session_id, (0, ""))
+                self._failures[session_id] = (failed + 1, error)
                 ack = state.SplitAck(split_index, stream.acked.get(split_index, 0), True)
                 self._record(state.BatchesAcked(session_id, epoch, rank, (ack,)))
             elif done:
