@@ -210,7 +210,9 @@ class SessionSpec:
         partition_filter: SQL-like predicate over partition columns; prunes files unopened.
         row_filter: SQL-like predicate over any columns; pushed down to row-group statistics.
         epochs: passes over the table.
-        seed: seed of split-order shuffling.
+        seed: seed of the split order and the row order within read chunks (with
+            ``shuffle``), and of sampling (with ``sample_key``): the same seed gives the
+            same order and the same sampled rows.
         world_size: ranks sharing the session; each receives disjoint splits.
         target_split_rows: rows per split; larger means fewer master round trips, smaller
             balances load better. 0: the master's default.
