@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_page_is_what_the_parser_generates() -> None:
     assert (ROOT / "docs" / "settings.md").read_text(encoding="utf-8") == render(), (
-        "docs/settings.md is stale: run `python -m dpp_server.settings_reference > docs/settings.md`"
+        "docs/settings.md is stale: run "
+        "`python -m dpp_server.settings_reference > docs/settings.md`"
     )
 
 
