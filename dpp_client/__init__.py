@@ -21,12 +21,18 @@ from dpp_client.batch import (
     concat_batches,
 )
 from dpp_client.errors import (
+    CorruptFileError,
     DppClientError,
     DppUnavailableError,
     FrameError,
+    LimitExceededError,
     SessionConflictError,
     SessionNotFoundError,
     SpecRejectedError,
+    TableChangedError,
+    TableError,
+    TableLayoutError,
+    TableNotFoundError,
     WorkerDataError,
 )
 from dpp_client.loader import DppLoader
@@ -36,6 +42,7 @@ from dpp_client.spec import Feature, Op, SessionSpec
 
 __all__ = [
     "Batch",
+    "CorruptFileError",
     "DppClientError",
     "DppLoader",
     "DppUnavailableError",
@@ -44,6 +51,7 @@ __all__ = [
     "GrpcMasterLink",
     "InverseKeyedJaggedTensor",
     "JaggedTensor",
+    "LimitExceededError",
     "LoaderStats",
     "MasterLink",
     "Op",
@@ -51,6 +59,10 @@ __all__ = [
     "SessionNotFoundError",
     "SessionSpec",
     "SpecRejectedError",
+    "TableChangedError",
+    "TableError",
+    "TableLayoutError",
+    "TableNotFoundError",
     "WorkerDataError",
     "batch_from_arrow",
     "concat_batches",

@@ -4,13 +4,18 @@ Owns: :class:`JaggedTensor`, :class:`InverseKeyedJaggedTensor`, :class:`Batch`,
 :func:`batch_from_arrow` and :func:`concat_batches`. Knows Arrow and torch, never gRPC; must
 never import ``dpp_server`` or ``storage``.
 
-Zero copy and read-only memory: :func:`batch_from_arrow` builds every tensor with
+Zero copy, and what that means for writes: :func:`batch_from_arrow` builds every tensor with
 ``torch.frombuffer`` over the Arrow buffers, which themselves point into the received gRPC
-message (an immutable ``bytes``). The tensors therefore share that memory, keep it alive, and
-must be treated as read-only: writing to them in place is undefined behaviour (it would mutate a
-Python ``bytes`` object). Use ``.clone()`` first, or ``.to(device)`` / ``.pin_memory()``, which
-copy. Torch warns once per process that the buffer "is not writable"; that one warning is
-silenced by a filter matching its exact text and this module only.
+message (an immutable ``bytes``). The tensors therefore share that memory and keep it alive.
+Torch has no read-only tensors, so nothing stops an in-place write (``batch.dense.clamp_(0)``,
+``labels.mul_(2)``, ``t[0] = 1``): it succeeds silently and changes the message's bytes, which
+other tensors of the batch may share (a dedup group's unique rows serve several features). That
+is a bug in the caller's code, never detected: copy first. ``t.clone()`` copies one tensor;
+``batch.to("cuda")`` and ``batch.pin_memory()`` copy the batch; ``batch.to("cpu")`` on a CPU
+batch does *not* (torch returns the same tensors). Making the tensors truly read-only would
+need a copy of every batch, which is what zero copy avoids (``docs/client.md``). Torch warns
+once per process that the buffer "is not writable"; that one warning is silenced by a filter
+matching its exact text and this module only.
 
 The "rows" batch it converts is the one :func:`dpp_client.frames.decode_frame` returns; its
 columns, types and metadata are :mod:`dpp_proto.wire`'s (described in ``docs/architecture.md``,
@@ -264,8 +269,9 @@ class InverseKeyedJaggedTensor:
 class Batch:
     """One batch of rows, as the trainer consumes it.
 
-    Tensors built by :func:`batch_from_arrow` are read-only views of the received message
-    (see the module docstring); :meth:`to` and :meth:`pin_memory` return writable copies.
+    Tensors built by :func:`batch_from_arrow` are views of the received message that must not
+    be written in place: nothing prevents it, so copy a tensor (``clone()``) before writing
+    (see the module docstring). :meth:`to` another device and :meth:`pin_memory` copy.
 
     Attributes:
         dense: float32 ``[B, D]``, dense features stacked in spec order (``D`` may be 0).

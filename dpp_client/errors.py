@@ -3,22 +3,37 @@
 Owns: every deliberate error of ``dpp_client``. Other client modules raise these and never
 inspect ``grpc.StatusCode`` themselves, so the status-to-exception policy lives in
 :func:`error_from_rpc` alone. Must never import ``dpp_server`` or ``storage``: the client knows
-the server only through the proto contract and its status codes.
+the server only through the proto contract: status codes, and the machine-readable reason and
+field the master attaches as trailing metadata (:mod:`dpp_proto.reasons`).
+
+Each :class:`~dpp_proto.reasons.Reason` has its own exception class (``docs/errors.md``), so a
+trainer can catch a table problem apart from a session name conflict; a hint is appended only
+where the master's message does not already say what to do.
 
 Messages say what was tried (with ids), what went wrong, and what to do about it.
 """
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
+from dpp_proto.reasons import FIELD_KEY, REASON_KEY, Reason
+
 __all__ = [
+    "CorruptFileError",
     "DppClientError",
     "DppUnavailableError",
     "FrameError",
+    "LimitExceededError",
     "SessionConflictError",
     "SessionNotFoundError",
     "SpecRejectedError",
+    "TableChangedError",
+    "TableError",
+    "TableLayoutError",
+    "TableNotFoundError",
     "WorkerDataError",
     "error_from_rpc",
     "rpc_code",
@@ -31,11 +46,14 @@ class DppClientError(Exception):
     Attributes:
         code: the gRPC status code behind the error, or ``None`` when it did not come from an
             RPC (e.g. a malformed frame). Kept so callers can still branch on the raw status.
+        reason: the master's machine-readable reason (a :class:`~dpp_proto.reasons.Reason`
+            value), or ``""`` when the error carried none.
     """
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.reason = reason
 
 
 class SpecRejectedError(DppClientError, ValueError):
@@ -45,21 +63,64 @@ class SpecRejectedError(DppClientError, ValueError):
     working.
 
     Attributes:
-        field: path of the offending field (e.g. ``features[3].ops[1].max_value``), as named
-            by the master's message (the text before its first colon) or by the local check.
+        field: path of the offending field (e.g. ``features[3].ops[1].max_value``), as the
+            master named it (``dpp-error-field``) or the local check did.
     """
 
-    def __init__(self, message: str, field: str = "", code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message, code)
+    def __init__(
+        self,
+        message: str,
+        field: str = "",
+        code: grpc.StatusCode | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message, code, reason)
         self.field = field
 
 
 class SessionNotFoundError(DppClientError):
-    """NOT_FOUND: an unknown session (e.g. the master lost it) or an unknown table."""
+    """NOT_FOUND: the session (or an epoch or split of it) is unknown to the master."""
+
+
+class TableNotFoundError(DppClientError):
+    """NOT_FOUND: nothing at the table URI, or no Parquet file under it."""
 
 
 class SessionConflictError(DppClientError):
-    """FAILED_PRECONDITION: e.g. a session name reused with a different spec."""
+    """FAILED_PRECONDITION: the session name is taken by a session with a different spec."""
+
+
+class TableError(DppClientError):
+    """FAILED_PRECONDITION: the table exists but cannot be read as asked (storage unreachable,
+    a bad storage option). Subclasses name the more precise cases."""
+
+
+class TableLayoutError(TableError):
+    """The table's folders or columns do not fit together (partition keys differ between
+    folders, a partition column also stored in the files)."""
+
+
+class CorruptFileError(TableError):
+    """A file of the table is not readable Parquet (truncated, corrupt footer)."""
+
+
+class TableChangedError(TableError):
+    """A file of the table changed since the session was planned."""
+
+
+class LimitExceededError(DppClientError):
+    """RESOURCE_EXHAUSTED: a request exceeded a limit of the master or of gRPC.
+
+    Attributes:
+        limit: the limit's name (a master setting, or a gRPC channel option such as
+            ``grpc.max_send_message_length``), or ``""`` when the answer named none.
+    """
+
+    def __init__(
+        self, message: str, limit: str = "", code: grpc.StatusCode | None = None, reason: str = ""
+    ) -> None:
+        super().__init__(message, code, reason)
+        self.limit = limit
 
 
 class WorkerDataError(DppClientError):
@@ -93,6 +154,39 @@ RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 )
 
+#: Reason -> (client exception, hint appended to the master's message, or "" when the message
+#: already says what to do). One row per reason: tests/integration/test_error_status.py checks
+#: that every :class:`Reason` has one.
+REASON_ERRORS: dict[Reason, tuple[type[DppClientError], str]] = {
+    Reason.SPEC_INVALID: (
+        SpecRejectedError,
+        "fix the spec field named above and create the session again",
+    ),
+    Reason.SESSION_NOT_FOUND: (
+        SessionNotFoundError,
+        "a master started without --journal-dir forgets its sessions when it restarts; "
+        "create the session again",
+    ),
+    Reason.SPLIT_NOT_FOUND: (SessionNotFoundError, ""),
+    Reason.EPOCH_NOT_BEGUN: (SessionNotFoundError, ""),
+    Reason.WORKER_NOT_FOUND: (DppClientError, ""),
+    Reason.TABLE_NOT_FOUND: (TableNotFoundError, ""),
+    Reason.SESSION_CONFLICT: (SessionConflictError, ""),
+    Reason.TABLE_LAYOUT: (TableLayoutError, ""),
+    Reason.FILE_UNREADABLE: (CorruptFileError, ""),
+    Reason.TABLE_CHANGED: (TableChangedError, ""),
+    Reason.STORAGE_FAILED: (TableError, ""),
+    Reason.OUT_OF_RANGE: (DppClientError, ""),
+    Reason.LIMIT_EXCEEDED: (LimitExceededError, ""),
+    Reason.INTERNAL: (
+        DppClientError,
+        "a bug in dpp, not in your spec: please report it with the master's log",
+    ),
+}
+
+# gRPC's own message size check: "Sent message larger than max (20000000 vs. 16777216)".
+_MESSAGE_SIZE = re.compile(r"(Sent|Received) message larger than max \((\d+) vs\. (\d+)\)")
+
 
 def rpc_code(exc: BaseException) -> grpc.StatusCode | None:
     """Returns the status code of a gRPC error, or None when ``exc`` carries none.
@@ -113,8 +207,24 @@ def _rpc_details(exc: BaseException) -> str:
     return str(details) if details else str(exc)
 
 
+def rpc_reason(exc: BaseException) -> tuple[Reason | None, str]:
+    """The ``dpp-error-reason`` and ``dpp-error-field`` trailing metadata of a failed call:
+    (None, "") when it carries none (gRPC's own errors, an older master)."""
+    metadata_fn = getattr(exc, "trailing_metadata", None)
+    metadata = metadata_fn() if callable(metadata_fn) else None
+    values = {key: value for key, value in metadata or () if isinstance(value, str)}
+    try:
+        reason = Reason(values[REASON_KEY]) if REASON_KEY in values else None
+    except ValueError:  # a newer master's reason: fall back on the status code
+        reason = None
+    return reason, values.get(FIELD_KEY, "")
+
+
 def error_from_rpc(exc: BaseException, what: str) -> DppClientError:
     """Maps a failed RPC to the client exception a trainer should see.
+
+    The master's reason (trailing metadata) picks the class; without one, the status code
+    does, and only where it is unambiguous.
 
     Args:
         exc: the ``grpc.RpcError`` raised by a stub call.
@@ -127,26 +237,49 @@ def error_from_rpc(exc: BaseException, what: str) -> DppClientError:
     code = rpc_code(exc)
     details = _rpc_details(exc)
     message = f"{what} failed: {details}"
+    reason, field = rpc_reason(exc)
+    if reason is not None:
+        cls, hint = REASON_ERRORS[reason]
+        text = f"{message} ({hint})" if hint else message
+        if cls is SpecRejectedError:
+            return SpecRejectedError(text, field=field, code=code, reason=reason)
+        if cls is LimitExceededError:
+            return LimitExceededError(text, limit=field, code=code, reason=reason)
+        return cls(text, code, reason)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        # The master's SpecError text is "<field>: <problem>[; <fix>]".
+        # No reason: an older master, whose SpecError text is "<field>: <problem>[; <fix>]".
         field = details.split(":", 1)[0].strip() if ":" in details else ""
         return SpecRejectedError(
-            f"{message} (fix the spec field named above and create the session again)",
-            field=field,
-            code=code,
+            f"{message} ({REASON_ERRORS[Reason.SPEC_INVALID][1]})", field=field, code=code
         )
     if code == grpc.StatusCode.NOT_FOUND:
-        return SessionNotFoundError(
-            f"{message} (check the table URI, or create the session again if the master lost it)",
-            code,
-        )
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return SessionConflictError(
-            f"{message} (use another session_name or the same spec as the other ranks)", code
-        )
+        return SessionNotFoundError(message, code)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _limit_error(message, details, code)
     if code in RETRYABLE_CODES or code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DppUnavailableError(
             f"{message} (is the master/worker running and reachable? retried until the deadline)",
             code,
         )
     return DppClientError(message, code)
+
+
+def _limit_error(message: str, details: str, code: grpc.StatusCode) -> LimitExceededError:
+    """RESOURCE_EXHAUSTED without a reason: gRPC's own message size limit, named."""
+    size = _MESSAGE_SIZE.search(details)
+    if size is None:
+        return LimitExceededError(message, code=code)
+    direction, got, limit = size.group(1), int(size.group(2)), int(size.group(3))
+    if direction == "Sent":
+        name = "grpc.max_send_message_length"
+        whose = "this client's"
+    else:
+        name = "grpc.max_receive_message_length"
+        whose = "the receiver's"
+    return LimitExceededError(
+        f"{message} ({name}: the message is {got} bytes, above {whose} limit of {limit} bytes; "
+        "a spec this large usually inlines a huge op parameter (a map_id table, a keep_ids "
+        "list): move such data into the table, or shorten it)",
+        limit=name,
+        code=code,
+    )

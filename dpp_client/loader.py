@@ -141,6 +141,16 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
     Shared across threads: the trainer's thread owns the assembler, ``_ready`` and the epoch
     state; the parts (link, fan-in, acknowledger, counters) are thread-safe themselves.
 
+    Attributes:
+        plan: the session's plan (``SessionPlan``: ``num_splits``, ``num_files``,
+            ``num_row_groups``, ``num_rows``, ``num_partitions``, ``planning_seconds``) once
+            the session is created, joined or resumed (first ``iter()`` or ``len()``); None
+            before. ``num_rows`` counts the rows of the planned row groups, before the row
+            filter and sampling.
+        session_id: the session's id once created ("" before).
+        epochs: the session's number of epochs, after the first ``iter()``.
+        epoch: the epoch being read (None before the first ``iter()``).
+
     Args:
         master: ``host:port`` of the master.
         spec: a :class:`SessionSpec`, a YAML path (or text), or a mapping.
@@ -168,10 +178,19 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         reproduce_after_s: with splits missing and no frame for this long, ask the master to
             produce them again (frames lost in a broken stream, a wedged worker). Shorter
             recovers sooner; too short re-produces splits that are merely slow.
+        validate: have the master check the spec (against the table's schema and partition
+            columns, filters included) here, in the constructor, so that a bad spec fails on
+            the line that built the loader rather than at the first ``iter()``. Costs one RPC
+            and a look at the table (listing and one footer, no planning). False skips it
+            (e.g. to build loaders before the master is up); :meth:`validate` runs it later.
         master_link: the link to the master; default a :class:`GrpcMasterLink` to
             ``master`` with ``rpc_timeout_s``. The loader closes it. A seam for tests.
         dial_worker: opens a worker's StreamBatches call; default gRPC. A seam for tests.
 
+    Raises:
+        SpecRejectedError: the spec is invalid (locally, or as the master judged it), naming
+            the field; TableNotFoundError, TableError and subclasses: its table is missing or
+            unreadable (``docs/errors.md`` lists every error).
     """
 
     def __init__(
@@ -189,6 +208,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         worker_refresh_s: float = 1.0,
         ack_interval_s: float | None = 0.2,
         reproduce_after_s: float = 10.0,
+        validate: bool = True,
         master_link: MasterLink | None = None,
         dial_worker: WorkerDialer | None = None,
     ) -> None:
@@ -235,8 +255,59 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._session: _Session | None = None
         self._counters = LoaderCounters()
         self._closed = threading.Event()
+        if validate:
+            self.validate()
 
     # ----------------------------------------------------------------- public API
+
+    def validate(self) -> None:
+        """Has the master check the spec now, creating nothing (see ``validate`` above).
+
+        Raises:
+            SpecRejectedError, TableNotFoundError, TableError: what ``iter()`` would raise.
+            DppUnavailableError: the master stayed unreachable for ``rpc_timeout_s``.
+        """
+        try:
+            self._link.validate_spec(self.spec, self.session_name)
+        except BaseException:
+            self._link.close()  # the constructor raises: nobody else will close the link
+            raise
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank, when the plan makes that exact.
+
+        It is exact with ``world_size`` 1, no ``row_filter`` and no sampling: every planned
+        row is delivered, all batches are full but the epoch's last
+        (``ceil(plan.num_rows / batch_size)``, or ``floor`` with ``drop_last``). The session
+        is created (or joined) on the first call, as ``iter()`` would.
+
+        Raises:
+            TypeError: the count is not known in advance (rows dropped by a row filter or
+                sampling are seen only by workers; ranks share splits by rows), which is how
+                ``len()`` says "no length": ``tqdm`` and ``rich`` then show a bar without a
+                total. ``loader.plan.num_rows`` is still an upper bound of the rows.
+        """
+        spec = self.spec
+        unknown = [
+            why
+            for why, applies in (
+                ("a row_filter drops rows only workers see", bool(spec.row_filter)),
+                ("sampling drops rows", spec.sample_rate < 1 or spec.negative_downsample_rate < 1),
+                ("ranks share splits by rows", spec.world_size > 1),
+            )
+            if applies
+        ]
+        if unknown:
+            raise TypeError(
+                f"len(DppLoader) is not known in advance: {'; '.join(unknown)}; use "
+                "loader.plan.num_rows as an upper bound of the rows per epoch"
+            )
+        self._ensure_session()
+        plan = self.plan
+        if plan is None:
+            raise TypeError("len(DppLoader): the master sent no plan for this session")
+        full, rest = divmod(plan.num_rows, spec.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
 
     @property
     def stats(self) -> LoaderStats:
@@ -546,8 +617,10 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
     def _open_session(self) -> str:
         """The session id: the restored checkpoint's session if the master still knows it
         (or recovered it from its journal), else a session created (or joined) now."""
-        if self._saved_session_id and self._link.session_exists(self._saved_session_id):
+        plan = self._link.session_exists(self._saved_session_id) if self._saved_session_id else None
+        if plan is not None:
             _log.info("resuming session %s", self._saved_session_id)
+            self.plan = plan
             return self._saved_session_id
         if self._saved_session_id:
             _log.warning(

@@ -45,7 +45,15 @@ class MasterLink(Protocol):
         self, spec: SessionSpec, session_name: str
     ) -> master_pb2.CreateSessionResponse: ...
 
-    def session_exists(self, session_id: str) -> bool: ...
+    def validate_spec(self, spec: SessionSpec, session_name: str) -> None:
+        """Has the master check ``spec`` (against its table, and ``session_name`` against the
+        sessions of that name) without creating anything; raises
+        :class:`~dpp_client.errors.SpecRejectedError` and the like when it is bad."""
+        ...
+
+    def session_exists(self, session_id: str) -> master_pb2.SessionPlan | None:
+        """The session's plan when the master knows the session, else None."""
+        ...
 
     def begin_epoch(
         self, request: master_pb2.BeginEpochRequest
@@ -68,7 +76,8 @@ class GrpcMasterLink:
     """:class:`MasterLink` over gRPC.
 
     Thread-safe: ``_lock`` guards ``_closed`` and the lazy creation of the channel and stub
-    (made on the first call, so a loader that never iterates never dials); gRPC stubs are
+    (made on the first call: a loader built with ``validate=False`` dials at its first
+    ``iter()``); gRPC stubs are
     thread-safe.
 
     Args:
@@ -119,16 +128,28 @@ class GrpcMasterLink:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, f"{what} at master {self.address}") from exc
 
-    def session_exists(self, session_id: str) -> bool:
+    def validate_spec(self, spec: SessionSpec, session_name: str) -> None:
+        request = master_pb2.CreateSessionRequest(
+            spec=spec.to_proto(), session_name=session_name, validate_only=True
+        )
+        what = f"CreateSession(name={session_name!r}, table={spec.table_uri!r}, validate_only)"
+        try:
+            self._stub().CreateSession(request, timeout=self.rpc_timeout_s, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"{what} at master {self.address}") from exc
+
+    def session_exists(self, session_id: str) -> master_pb2.SessionPlan | None:
         request = master_pb2.GetSessionRequest(session_id=session_id)
         try:
-            self._stub().GetSession(request, timeout=self.rpc_timeout_s, wait_for_ready=True)
+            response = self._stub().GetSession(
+                request, timeout=self.rpc_timeout_s, wait_for_ready=True
+            )
         except grpc.RpcError as exc:
             if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
-                return False
+                return None
             what = f"GetSession({session_id}) at master {self.address}"
             raise error_from_rpc(exc, what) from exc
-        return True
+        return response.plan
 
     def begin_epoch(
         self, request: master_pb2.BeginEpochRequest

@@ -225,7 +225,9 @@ class SessionSpec:
         partition_filter: SQL-like predicate over partition columns; prunes files unopened.
         row_filter: SQL-like predicate over any columns; pushed down to row-group statistics.
         epochs: passes over the table.
-        seed: seed of split-order shuffling.
+        seed: seed of the split order and the row order within read chunks (with
+            ``shuffle``), and of sampling (with ``sample_key``): the same seed gives the
+            same order and the same sampled rows.
         world_size: ranks sharing the session; each receives disjoint splits.
         target_split_rows: rows per split; larger means fewer master round trips, smaller
             balances load better. 0: the master's default.
@@ -285,10 +287,12 @@ class SessionSpec:
             value = getattr(self, name)
             # A float field takes an int too (YAML writes 1 for 1.0).
             _check_type(name, value, (int, float) if kind is float else kind)
-            if kind is int and value < 0:
-                raise _reject(name, f"must be >= 0, got {value}")
-        if self.batch_size == 0:
-            raise _reject("batch_size", "must be > 0")
+            if kind is int:
+                low, high = _int_range(name)
+                if not low <= value <= high:
+                    zero = defaults.SPEC_ZERO_MEANS.get(name)
+                    means = f" (0 means {zero})" if zero is not None else ""
+                    raise _reject(name, f"must be between {low} and {high}{means}, got {value}")
         for i, f in enumerate(self.features):
             _check_type(f"features[{i}]", f, Feature)
         for i, p in enumerate(self.passthrough):
@@ -391,6 +395,18 @@ def _scalar_fields() -> dict[str, type]:
 
 
 _SCALARS = (str, int, float, bool)
+
+
+@functools.cache
+def _int_range(name: str) -> tuple[int, int]:
+    """The values an integer field may take: what its proto type holds (one rule for every
+    field, so ``batch_size: -5`` and ``batch_size: 0`` get the same message), narrowed where
+    the spec says more (``batch_size``: 1..:data:`~dpp_proto.defaults.MAX_BATCH_SIZE`)."""
+    if name == "batch_size":
+        return 1, defaults.MAX_BATCH_SIZE
+    descriptor = spec_pb2.SessionSpec.DESCRIPTOR.fields_by_name[name]
+    bits = 32 if descriptor.type == descriptor.TYPE_UINT32 else 64
+    return 0, 2**bits - 1
 
 
 def coerce_spec(spec: SessionSpec | str | os.PathLike[str] | Mapping[str, Any]) -> SessionSpec:

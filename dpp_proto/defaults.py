@@ -26,6 +26,11 @@ MAX_SPLITS_IN_FLIGHT = 8
 #: A sampling rate (``negative_downsample_rate``, ``sample_rate``) left at 0: keep every row.
 RATE = 1.0
 
+#: Largest ``batch_size`` a session may ask for: 1 Mi rows keeps one wire batch well under
+#: gRPC's message limits for typical widths while still amortising per-batch overhead. Both
+#: sides check it: the client before any RPC, the master authoritatively.
+MAX_BATCH_SIZE = 1_048_576
+
 #: SessionSpec field -> the value its 0 stands for (see ``spec.proto``).
 SPEC_ZERO_MEANS: Mapping[str, int | float] = MappingProxyType(
     {

@@ -112,12 +112,14 @@ class UnregisterWorkerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("spec", "session_name")
+    __slots__ = ("spec", "session_name", "validate_only")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SESSION_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     spec: _spec_pb2.SessionSpec
     session_name: str
-    def __init__(self, spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., session_name: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    def __init__(self, spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., session_name: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session_id", "joined", "plan")
@@ -439,8 +441,18 @@ class RankStatus(_message.Message):
     seconds_since_report: float
     def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., stall_share: _Optional[float] = ..., seconds_since_report: _Optional[float] = ...) -> None: ...
 
+class SessionFailures(_message.Message):
+    __slots__ = ("session_id", "splits_failed", "last_error")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    splits_failed: int
+    last_error: str
+    def __init__(self, session_id: _Optional[str] = ..., splits_failed: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done")
+    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done", "session_failures")
     class StageSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -462,6 +474,7 @@ class GetClusterStatusResponse(_message.Message):
     SPLITS_PENDING_FIELD_NUMBER: _ClassVar[int]
     SPLITS_LEASED_FIELD_NUMBER: _ClassVar[int]
     SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FAILURES_FIELD_NUMBER: _ClassVar[int]
     window_s: float
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
@@ -476,7 +489,8 @@ class GetClusterStatusResponse(_message.Message):
     splits_pending: int
     splits_leased: int
     splits_done: int
-    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ...) -> None: ...
+    session_failures: _containers.RepeatedCompositeFieldContainer[SessionFailures]
+    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ..., session_failures: _Optional[_Iterable[_Union[SessionFailures, _Mapping]]] = ...) -> None: ...
 
 class SetWorkerTargetRequest(_message.Message):
     __slots__ = ("workers",)

@@ -23,11 +23,14 @@ import sys
 import threading
 import typing
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpp_server.demo import add_arguments as add_demo_arguments
 from dpp_server.stats_command import add_stats_commands
 from dpp_server.top import add_observability_commands
+
+if TYPE_CHECKING:
+    from dpp_server.local_cluster import LocalCluster
 
 logger = logging.getLogger("dpp")
 
@@ -415,18 +418,41 @@ def cmd_up(args: argparse.Namespace) -> int:
             min_workers=args.min_workers,
             max_workers=args.max_workers,
         )
-        print(f"dpp cluster up: master at {cluster.master_address}", flush=True)
-        for worker in cluster.workers:
-            print(f"  worker at {worker.address} (pid {worker.process.pid})", flush=True)
-        print("Ctrl-C stops everything.", flush=True)
+        print(_up_summary(cluster), flush=True)
         if args.ready_file:
-            write_ready_file(args.ready_file, cluster.master_address, master=cluster.master_address)
+            processes = [p for p in (cluster.master, *cluster.workers) if p is not None]
+            write_ready_file(
+                args.ready_file,
+                cluster.master_address,
+                master=cluster.master_address,
+                metrics=",".join(p.metrics_address for p in processes if p.metrics_address),
+            )
         _wait_for_signal()
     finally:
         if controller is not None:
             controller.stop()
         cluster.stop()
     return 0
+
+
+def _up_summary(cluster: LocalCluster) -> str:
+    """What ``dpp up`` tells its user: where to point a trainer, ``dpp top`` and Prometheus."""
+    master = cluster.master
+    lines = [
+        f"dpp cluster up: master at {cluster.master_address}",
+        f"  trainer: DppLoader({cluster.master_address!r}, spec)",
+        f"  live view: dpp top --master {cluster.master_address}",
+        "  Prometheus /metrics:",
+    ]
+    if master is not None:
+        lines.append(f"    master  http://{master.metrics_address or '(none)'}/metrics")
+    for worker in cluster.workers:
+        lines.append(
+            f"    worker  http://{worker.metrics_address or '(none)'}/metrics  "
+            f"(streams at {worker.address}, pid {worker.process.pid})"
+        )
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dpp_client.spec import SessionSpec
@@ -109,7 +109,27 @@ def _stop(cluster: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def run(rows: int, steps: int, workers: int, keep: bool) -> int:
+def _progress(enabled: bool) -> Any:
+    """A rich progress bar (steps, rate, loss), or one that shows nothing."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def run(rows: int, steps: int, workers: int, keep: bool, progress: bool = True) -> int:
     """Runs the demo; returns the process exit code."""
     # Imported here, not at the top: `dpp` builds its parser from this module (add_arguments)
     # in a server-only install too, where these are absent (see run_args).
@@ -154,11 +174,17 @@ def run(rows: int, steps: int, workers: int, keep: bool) -> int:
 
         losses: list[float] = []
         start = time.monotonic()
-        with DppLoader(master, spec, session_name="demo", drop_last=True) as loader:
+        with (
+            DppLoader(master, spec, session_name="demo", drop_last=True) as loader,
+            _progress(progress) as bar,
+        ):
+            # len(loader): batches per epoch, exact here (no row filter, no sampling).
+            task = bar.add_task("training", total=min(steps, len(loader) * epochs), loss=0.0)
             for _ in range(epochs):
                 for batch in loader:
                     losses.append(train_step(model, opt, batch))
-                    if len(losses) % 50 == 0:
+                    bar.update(task, advance=1, loss=losses[-1])
+                    if not progress and len(losses) % 50 == 0:
                         _log.info("step %d loss %.4f", len(losses), losses[-1])
                     if len(losses) >= steps:
                         break
@@ -207,6 +233,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--workers", type=int, default=2, help="dpp worker processes")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="log every 50 steps instead of showing a progress bar",
+    )
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -221,7 +253,7 @@ def run_args(args: argparse.Namespace) -> int:
             f"({exc})"
         ) from exc
     try:
-        return run(args.rows, args.steps, args.workers, args.keep)
+        return run(args.rows, args.steps, args.workers, args.keep, args.progress)
     except KeyboardInterrupt:
         _log.warning("interrupted; cluster stopped")
         return 130

@@ -1,23 +1,44 @@
 """Domain exceptions of the dpp server, and their one mapping to gRPC status codes.
 
 Owns: every exception the master and workers raise on purpose. Logic modules raise these;
-``*_service.py`` modules turn them into gRPC statuses with :func:`grpc_status_of` and nothing
+``*_service.py`` modules turn them into gRPC statuses with :func:`grpc_error_of` and nothing
 else. Must never import grpc at module level beyond the status enum: the mapping is data.
+
+Each error has a status code and a machine-readable :class:`~dpp_proto.reasons.Reason` (and,
+where one is at fault, the spec field or limit it names): the code alone cannot tell a session
+name conflict from a corrupt footer, and the client must not parse English to tell them apart.
 
 Messages say what was tried (with ids), what went wrong, and what to do about it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 
-from storage.errors import FilterError, StorageError, TableNotFoundError
+from dpp_proto.reasons import FIELD_KEY, REASON_KEY, Reason
+from storage.errors import (
+    CorruptFileError,
+    FilterError,
+    SplitChangedError,
+    StorageError,
+    TableLayoutError,
+    TableNotFoundError,
+)
 
 
 class DppError(Exception):
-    """Base of every deliberate dpp server error."""
+    """Base of every deliberate dpp server error.
+
+    Attributes:
+        status: the gRPC status code callers see.
+        reason: the machine-readable kind of error (``dpp-error-reason``); a class default
+            that an instance may refine (``NotFoundError(..., reason=...)``).
+    """
 
     status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: Reason = Reason.INTERNAL
 
 
 class SpecError(DppError):
@@ -30,6 +51,7 @@ class SpecError(DppError):
     """
 
     status = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.SPEC_INVALID
 
     def __init__(self, field: str, problem: str, fix: str = "") -> None:
         self.field = field
@@ -42,21 +64,92 @@ class SpecError(DppError):
 
 
 class NotFoundError(DppError):
-    """An unknown session, worker or table."""
+    """An unknown session, split, epoch or worker; ``reason`` says which."""
 
     status = grpc.StatusCode.NOT_FOUND
+    reason = Reason.SESSION_NOT_FOUND
+
+    def __init__(self, message: str, reason: Reason = Reason.SESSION_NOT_FOUND) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConflictError(DppError):
-    """A request conflicts with existing state (e.g. a session name reused with another spec)."""
+    """A session name reused with another spec."""
 
     status = grpc.StatusCode.FAILED_PRECONDITION
+    reason = Reason.SESSION_CONFLICT
 
 
 class OutOfRangeError(DppError):
     """A request beyond the end of a sequence (e.g. an epoch past the session's last)."""
 
     status = grpc.StatusCode.OUT_OF_RANGE
+    reason = Reason.OUT_OF_RANGE
+
+
+class LimitError(DppError):
+    """A request exceeds one of the server's limits.
+
+    Attributes:
+        limit: the limit's name as the operator sets it (a ``MasterConfig`` field, e.g.
+            ``max_sessions``), sent as ``dpp-error-field`` so the client can name it.
+    """
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.LIMIT_EXCEEDED
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(f"{limit}: {message}")
+        self.limit = limit
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcError:
+    """What a caller sees of an error: status code, message, reason and the field at fault."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: Reason
+    field: str = ""
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The ``dpp-error-*`` entries (:mod:`dpp_proto.reasons`)."""
+        entries = [(REASON_KEY, self.reason.value)]
+        if self.field:
+            # Text metadata must be ASCII; field paths and limit names are, but be safe.
+            entries.append((FIELD_KEY, self.field.encode("ascii", "backslashreplace").decode()))
+        return tuple(entries)
+
+
+# Storage errors come from a package that knows nothing of gRPC: mapped here, most specific
+# class first.
+_STORAGE: tuple[tuple[type[StorageError], grpc.StatusCode, Reason], ...] = (
+    (TableNotFoundError, grpc.StatusCode.NOT_FOUND, Reason.TABLE_NOT_FOUND),
+    (FilterError, grpc.StatusCode.INVALID_ARGUMENT, Reason.SPEC_INVALID),
+    (TableLayoutError, grpc.StatusCode.FAILED_PRECONDITION, Reason.TABLE_LAYOUT),
+    (CorruptFileError, grpc.StatusCode.FAILED_PRECONDITION, Reason.FILE_UNREADABLE),
+    (SplitChangedError, grpc.StatusCode.FAILED_PRECONDITION, Reason.TABLE_CHANGED),
+    (StorageError, grpc.StatusCode.FAILED_PRECONDITION, Reason.STORAGE_FAILED),
+)
+
+
+def grpc_error_of(exc: BaseException) -> GrpcError:
+    """Maps any exception to the status, message, reason and field a caller should see.
+
+    Anything unexpected is INTERNAL: a bug, never the user's fault.
+    """
+    if isinstance(exc, DppError):
+        field = getattr(exc, "field", "") or getattr(exc, "limit", "")
+        return GrpcError(exc.status, str(exc), exc.reason, field)
+    for cls, code, reason in _STORAGE:
+        if isinstance(exc, cls):
+            return GrpcError(code, str(exc), reason, getattr(exc, "field", ""))
+    return GrpcError(
+        grpc.StatusCode.INTERNAL,
+        f"internal error ({type(exc).__name__}): {exc}",
+        Reason.INTERNAL,
+    )
 
 
 class StatsError(DppError):
@@ -65,6 +158,7 @@ class StatsError(DppError):
     an option out of range."""
 
     status = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.SPEC_INVALID
 
 
 class CapacityError(StatsError):
@@ -76,6 +170,7 @@ class CapacityError(StatsError):
     """
 
     status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.LIMIT_EXCEEDED
 
     def __init__(self, message: str, table: str, shortfall_gb: float) -> None:
         super().__init__(message)
@@ -84,17 +179,6 @@ class CapacityError(StatsError):
 
 
 def grpc_status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Maps any exception to the gRPC status code and message a caller should see.
-
-    Storage errors come from the ``storage`` package, which knows nothing of gRPC, so they
-    are mapped here too. Anything unexpected is INTERNAL: a bug, never the user's fault.
-    """
-    if isinstance(exc, DppError):
-        return exc.status, str(exc)
-    if isinstance(exc, TableNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, FilterError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, StorageError):
-        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}): {exc}"
+    """The status code and message of :func:`grpc_error_of` (for callers that need no more)."""
+    error = grpc_error_of(exc)
+    return error.code, error.message

@@ -79,6 +79,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dpp_proto import spec_pb2
+from dpp_proto.reasons import Reason
 from dpp_server import state
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
 from dpp_server.records import StageSeconds, WorkerCounters
@@ -89,7 +90,8 @@ from dpp_server.spec import (
     spec_from_proto,
     spec_to_proto,
 )
-from storage import SplitInfo, Table, check_columns, parse_filter
+from storage import Filter, FilterError, SplitInfo, Table, check_columns, parse_filter
+from storage.filters import validate_types
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +224,8 @@ class Master:
         # Merged stats of finished stats sessions (MergedStats), derived from the ledger.
         self._merged: dict[str, Any] = {}
         self._received: dict[tuple[str, int], dict[int, tuple[int, bool]]] = {}
+        # Splits failed per session and the last error, for `dpp top`: volatile (monitoring).
+        self._failures: dict[str, tuple[int, str]] = {}
         if self._ledger.sessions or self._workers:
             logger.info(
                 "recovered from the journal: %d session(s), %d worker(s)",
@@ -253,15 +257,7 @@ class Master:
                 joined = self._join(session_name, spec_bytes)
             if joined is not None:
                 return joined, True
-        table = Table.open(spec.table_uri, spec.storage_options)
-        check_against_schema(spec, table.schema)
-        partition_filter = row_filter = None
-        if spec.partition_filter:
-            partition_filter = parse_filter(spec.partition_filter, "partition_filter")
-            check_columns(partition_filter, table.partition_columns)
-        if spec.row_filter:
-            row_filter = parse_filter(spec.row_filter, "row_filter")
-            check_columns(row_filter, table.schema.names)
+        table, partition_filter, row_filter = _check_against_table(spec)
         plan = table.plan_splits(
             spec.target_split_rows,
             partition_filter=partition_filter,
@@ -312,6 +308,22 @@ class Master:
             summary.planning_seconds,
         )
         return self._view(session_id), False
+
+    def validate_spec(self, spec_proto: spec_pb2.SessionSpec, session_name: str = "") -> None:
+        """Runs every check :meth:`create_session` runs before it plans (the spec alone, the
+        session name against the sessions of that name, then the spec against the table's
+        schema and partition columns), and creates nothing.
+
+        Cheaper than planning: it lists the table's files and reads one footer, where planning
+        reads every footer. Raises what :meth:`create_session` raises for a bad spec or table.
+        """
+        spec = spec_from_proto(spec_proto)
+        if session_name:
+            spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
+            with self._lock:
+                if self._join(session_name, spec_bytes) is not None:
+                    return  # joining: the session's creator already checked it
+        _check_against_table(spec)
 
     def _join(self, session_name: str, spec_bytes: bytes) -> SessionView | None:
         session_id = self._ledger.sessions_by_name.get(session_name)
@@ -426,7 +438,8 @@ class Master:
             if stream is None:
                 raise NotFoundError(
                     f"session {session_id} has not begun epoch {epoch} for rank {rank}; call "
-                    "BeginEpoch first"
+                    "BeginEpoch first",
+                    Reason.EPOCH_NOT_BEGUN,
                 )
             parsed = self._acks_of(session, acks)
             fresh = tuple(
@@ -519,6 +532,12 @@ class Master:
         with self._lock:
             return list(self._ledger.sessions)
 
+    def session_failures(self) -> dict[str, tuple[int, str]]:
+        """Splits failed per session since this master started, and the last error (for
+        monitoring; sessions with none are absent)."""
+        with self._lock:
+            return dict(self._failures)
+
     def expire_workers(self) -> list[str]:
         """Drops workers silent for longer than the lease timeout and releases their leases.
         Returns the dropped worker ids. Called periodically and on every heartbeat."""
@@ -563,7 +582,8 @@ class Master:
             if record is None:
                 raise NotFoundError(
                     f"worker {worker_id} is not registered (it may have missed heartbeats "
-                    "for longer than the lease timeout); register again"
+                    "for longer than the lease timeout); register again",
+                    Reason.WORKER_NOT_FOUND,
                 )
             record.last_heartbeat = self._clock()
             candidates = []
@@ -616,7 +636,8 @@ class Master:
             stream = session.streams.get((epoch, rank))
             if stream is None:
                 raise NotFoundError(
-                    f"session {session_id} has not begun epoch {epoch} for rank {rank}"
+                    f"session {session_id} has not begun epoch {epoch} for rank {rank}",
+                    Reason.EPOCH_NOT_BEGUN,
                 )
             split_index = self._split_index(session, split_id)
             lease = stream.leased.get(split_index)
@@ -635,6 +656,8 @@ class Master:
                     worker_id,
                     error,
                 )
+                failed, _ = self._failures.get(session_id, (0, ""))
+                self._failures[session_id] = (failed + 1, error)
                 ack = state.SplitAck(split_index, stream.acked.get(split_index, 0), True)
                 self._record(state.BatchesAcked(session_id, epoch, rank, (ack,)))
             elif done:
@@ -732,7 +755,8 @@ class Master:
         session = self._ledger.sessions.get(session_id)
         if session is None:
             raise NotFoundError(
-                f"session {session_id!r} does not exist; create it with CreateSession first"
+                f"session {session_id!r} does not exist; create it with CreateSession first",
+                Reason.SESSION_NOT_FOUND,
             )
         return session
 
@@ -740,7 +764,11 @@ class Master:
         index = session.index_of.get(split_id)
         if index is not None:
             return index
-        raise NotFoundError(f"session {session.session_id} has no split {split_id!r}")
+        raise NotFoundError(
+            f"session {session.session_id} has no split {split_id!r} (a checkpoint or ack of "
+            "another session's plan?); restore a checkpoint of this session",
+            Reason.SPLIT_NOT_FOUND,
+        )
 
     def _view(self, session_id: str) -> SessionView:
         session = self._ledger.sessions[session_id]
@@ -751,6 +779,40 @@ class Master:
             spec_bytes=session.spec_bytes,
             plan=session.plan,
         )
+
+
+def _check_against_table(spec: Spec) -> tuple[Table, Filter | None, Filter | None]:
+    """Opens the spec's table and checks the spec against it: columns, types, filters.
+
+    Returns:
+        The table and the parsed partition and row filters (None when the spec has none).
+    """
+    table = Table.open(spec.table_uri, spec.storage_options)
+    check_against_schema(spec, table.schema)
+    partition_filter = row_filter = None
+    if spec.partition_filter:
+        partition_filter = parse_filter(spec.partition_filter, "partition_filter")
+        _check_partition_columns(partition_filter, table)
+        table.files(partition_filter)  # type-checks it (no I/O): ``ds > 3`` fails here
+    if spec.row_filter:
+        row_filter = parse_filter(spec.row_filter, "row_filter")
+        validate_types(row_filter, table.schema, "row_filter")
+    return table, partition_filter, row_filter
+
+
+def _check_partition_columns(partition_filter: Filter, table: Table) -> None:
+    """A partition filter may read partition folder keys only. A column stored in the files is
+    the commonest slip (``label = 1`` as a partition filter): say so, and where it belongs."""
+    stored = sorted(partition_filter.columns - set(table.partition_columns))
+    if stored and stored[0] in table.schema.names:
+        keys = ", ".join(table.partition_columns) or "(none: the table is not partitioned)"
+        raise FilterError(
+            "partition_filter",
+            f"{partition_filter.text!r} refers to {stored[0]!r}, a column stored in the files, "
+            f"not a partition folder key (partition columns: {keys}); move that condition to "
+            "row_filter",
+        )
+    check_columns(partition_filter, table.partition_columns, "partition_filter")
 
 
 def _parse_spec(spec_bytes: bytes) -> spec_pb2.SessionSpec:

@@ -1,8 +1,9 @@
 """The master's gRPC face: decodes requests, calls :class:`~dpp_server.master.Master`, encodes.
 
 Owns nothing but translation and the server's lifecycle (health service, reaper thread,
-graceful stop). Every exception is turned into a gRPC status by
-:func:`dpp_server.errors.grpc_status_of`, in one place (:func:`_rpc`).
+graceful stop). Every exception is turned into a gRPC status, with its reason and field as
+trailing metadata (:mod:`dpp_proto.reasons`), by :func:`dpp_server.errors.grpc_error_of`, in
+one place (:func:`_rpc`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
 from dpp_server import state
-from dpp_server.errors import grpc_status_of
+from dpp_server.errors import grpc_error_of
 from dpp_server.records import (
     StageSeconds,
     WorkerCounters,
@@ -47,17 +48,19 @@ _Resp = TypeVar("_Resp")
 def _rpc(
     method: Callable[[Any, _Req, grpc.ServicerContext], _Resp],
 ) -> Callable[[Any, _Req, grpc.ServicerContext], _Resp]:
-    """Maps exceptions raised by a servicer method to gRPC statuses."""
+    """Maps exceptions raised by a servicer method to gRPC statuses, with the error's reason
+    and field as trailing metadata."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: _Req, context: grpc.ServicerContext) -> _Resp:
         try:
             return method(self, request, context)
         except Exception as exc:
-            code, message = grpc_status_of(exc)
-            if code == grpc.StatusCode.INTERNAL:
+            error = grpc_error_of(exc)
+            if error.code == grpc.StatusCode.INTERNAL:
                 logger.exception("%s failed", method.__name__)
-            context.abort(code, message)
+            context.set_trailing_metadata(error.trailing_metadata())
+            context.abort(error.code, error.message)
 
     return wrapper
 
@@ -76,6 +79,9 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     def CreateSession(
         self, request: master_pb2.CreateSessionRequest, context: grpc.ServicerContext
     ) -> master_pb2.CreateSessionResponse:
+        if request.validate_only:
+            self.master.validate_spec(request.spec, request.session_name)
+            return master_pb2.CreateSessionResponse()
         view, joined = self.master.create_session(request.spec, request.session_name)
         return master_pb2.CreateSessionResponse(
             session_id=view.session_id, joined=joined, plan=_plan_to_proto(view.plan)

@@ -75,6 +75,8 @@ class MasterView(Protocol):
 
     def get_session(self, session_id: str) -> tuple[object, list[StreamView]]: ...
 
+    def session_failures(self) -> dict[str, tuple[int, str]]: ...
+
 
 @dataclasses.dataclass(frozen=True)
 class WorkerStatus:
@@ -103,6 +105,8 @@ class SplitCounts:
     leased: int = 0
     done: int = 0
     by_session: Mapping[str, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
+    # session id -> (splits failed, last error); every session of by_session has an entry.
+    failures: Mapping[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +137,9 @@ def split_counts(master: MasterView) -> SplitCounts:
             sum(s.splits_leased for s in streams),
             sum(s.splits_done for s in streams),
         )
+    failed = master.session_failures()
     return SplitCounts(
+        failures={s: failed.get(s, (0, "")) for s in by_session},
         sessions=len(by_session),
         pending=sum(v[0] for v in by_session.values()),
         leased=sum(v[1] for v in by_session.values()),

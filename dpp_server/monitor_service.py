@@ -43,6 +43,10 @@ def status_to_proto(status: ClusterStatus) -> master_pb2.GetClusterStatusRespons
         splits_leased=status.splits.leased,
         splits_done=status.splits.done,
     )
+    for session_id, (failed, last_error) in status.splits.failures.items():
+        response.session_failures.add(
+            session_id=session_id, splits_failed=failed, last_error=last_error
+        )
     for w in status.workers:
         response.workers.add(
             worker_id=w.worker_id,

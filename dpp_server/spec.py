@@ -62,6 +62,7 @@ from google.protobuf import struct_pb2
 
 from dpp_proto import spec_pb2, wire
 from dpp_proto.defaults import (
+    MAX_BATCH_SIZE,
     MAX_SPLITS_IN_FLIGHT,
     RATE,
     SPEC_ZERO_MEANS,
@@ -99,9 +100,6 @@ __all__ = [
 
 Kind = Literal["dense", "sparse"]
 
-#: Largest batch a session may ask for: 1 Mi rows keeps one wire batch well under gRPC's
-#: message limits for typical widths while still amortising per-batch overhead.
-MAX_BATCH_SIZE = 1_048_576
 #: Rows per split when the spec says 0 (:data:`dpp_proto.defaults.TARGET_SPLIT_ROWS`).
 DEFAULT_TARGET_SPLIT_ROWS = TARGET_SPLIT_ROWS
 

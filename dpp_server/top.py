@@ -166,6 +166,13 @@ def render(status: master_pb2.GetClusterStatusResponse, master: str = "") -> Any
             _pct(r.stall_share),
             f"{r.seconds_since_report:.0f}s ago",
         )
+    failures = [f for f in status.session_failures if f.splits_failed]
+    failed = Table(title="failed splits", expand=True)
+    for column in ("session", "failed", "last error"):
+        failed.add_column(column, justify="right" if column == "failed" else "left")
+    for f in failures:
+        failed.add_row(f.session_id, str(f.splits_failed), f.last_error)
     verdict = status.verdict or "not enough samples yet"
     kind = f"[{status.verdict_kind}] " if status.verdict_kind else ""
-    return Group(head, workers, ranks, Panel(kind + verdict, title="verdict"))
+    parts: list[Any] = [head, workers, ranks, *([failed] if failures else [])]
+    return Group(*parts, Panel(kind + verdict, title="verdict"))

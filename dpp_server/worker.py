@@ -112,9 +112,27 @@ class MasterLink(Protocol):
 class FrameBuffer:
     """Frames ready for one (session, rank), bounded by bytes.
 
-    Thread-safe: ``_cond`` guards ``_frames`` and ``_bytes``. Producers (pipeline threads)
-    block in :meth:`put` while the buffer is full; one consumer (a client stream) takes frames
-    in order with :meth:`get`.
+    Thread-safe: ``_cond`` guards ``_frames``, ``_bytes`` and ``_consumer``. Producers
+    (pipeline threads) block in :meth:`put` while the buffer is full; one consumer (a client
+    stream) takes frames in order with :meth:`get`.
+
+    One consumer at a time: a (session, rank) is one trainer, which streams from each worker
+    once. A stream that :meth:`attach` es supersedes the ones before it, which then get no
+    more frames. Without that, the stream of a trainer that just died (closed, or killed and
+    resumed from a checkpoint) would keep taking frames until the worker noticed the
+    cancellation, and the frames it took would be lost: the resumed trainer then waited for
+    the loader's liveness net (``reproduce_after_s``) to have them produced again. Worked
+    example:
+
+    1. Trainer T1 streams from W with token 1, consumes, checkpoints, and dies; its stream's
+       server thread is still waiting in :meth:`get`.
+    2. T2 restores the checkpoint: the master revokes the leases, W leases a split again and
+       puts its first frame F here.
+    3. T2's stream attaches (token 2). T1's thread wakes with F waiting, but token 1 is no
+       longer the consumer (or its RPC is no longer active): it takes nothing and ends. T2's
+       stream takes F.
+    4. A frame a stream took but could not send (its RPC ended at the ``yield``) is put back
+       at the front with :meth:`unget`, for the next consumer, in order.
     """
 
     def __init__(self, max_bytes: int) -> None:
@@ -123,6 +141,7 @@ class FrameBuffer:
         self._frames: collections.deque[bytes] = collections.deque()
         self._bytes = 0
         self._closed = False
+        self._consumer = 0
 
     def put(self, frame: bytes) -> None:
         """Appends a frame, waiting while the buffer is full. A frame larger than the whole
@@ -134,17 +153,51 @@ class FrameBuffer:
             self._bytes += len(frame)
             self._cond.notify_all()
 
-    def get(self, timeout_s: float) -> bytes | None:
-        """Takes the oldest frame, or returns None after ``timeout_s`` without one."""
+    def attach(self) -> int:
+        """Makes a new stream the consumer; returns its token for :meth:`get`."""
         with self._cond:
-            if not self._frames:
+            self._consumer += 1
+            self._cond.notify_all()  # a superseded stream waiting in get() ends now
+            return self._consumer
+
+    def is_consumer(self, token: int) -> bool:
+        with self._cond:
+            return token == self._consumer
+
+    def get(
+        self, timeout_s: float, token: int | None = None, alive: Callable[[], bool] | None = None
+    ) -> bytes | None:
+        """Takes the oldest frame, or returns None after ``timeout_s`` without one.
+
+        Args:
+            token: the caller's :meth:`attach` token; None for a caller that never attached
+                (tests). A superseded token gets None at once.
+            alive: whether the caller can still deliver a frame (its RPC is active); checked
+                under the lock right before a frame is taken, so a dead stream takes none.
+        """
+        with self._cond:
+            if not self._frames and (token is None or token == self._consumer):
                 self._cond.wait(timeout_s)
-            if not self._frames:
+            if not self._frames or (token is not None and token != self._consumer):
+                return None
+            if alive is not None and not alive():
                 return None
             frame = self._frames.popleft()
             self._bytes -= len(frame)
             self._cond.notify_all()
             return frame
+
+    def unget(self, frame: bytes) -> None:
+        """Puts back, at the front, a frame taken by :meth:`get` that could not be sent."""
+        with self._cond:
+            self._frames.appendleft(frame)
+            self._bytes += len(frame)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wakes a consumer waiting in :meth:`get` (its RPC ended: it should stop waiting)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def full(self) -> bool:
         with self._cond:

@@ -165,13 +165,24 @@ class WorkerServicer:
         self, request: worker_pb2.StreamBatchesRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         buffer = self.worker.buffer(request.session_id, request.rank)
+        # This stream is now the (session, rank)'s only consumer on this worker: an older one
+        # (a trainer that died or re-dialled) stops taking frames (see FrameBuffer).
+        token = buffer.attach()
+        context.add_callback(buffer.wake)  # a cancelled stream stops waiting at once
         logger.info("client streaming session %s rank %d", request.session_id, request.rank)
         self.worker.streams.add(1)
         try:
-            while context.is_active() and not self.worker.stopping:
-                frame = buffer.get(self.poll_s)
-                if frame is not None:
+            while context.is_active() and buffer.is_consumer(token) and not self.worker.stopping:
+                frame = buffer.get(self.poll_s, token, context.is_active)
+                if frame is None:
+                    continue
+                sent = False
+                try:
                     yield frame
+                    sent = True
+                finally:
+                    if not sent:  # the RPC ended at the yield: the frame stays for the next
+                        buffer.unget(frame)
         finally:
             self.worker.streams.add(-1)
 

@@ -11,6 +11,15 @@ class TableNotFoundError(StorageError):
     """The table URI names nothing, or a folder holding no Parquet files."""
 
 
+class TableLayoutError(StorageError):
+    """The table's files do not fit together: partition folders with different keys, or a
+    partition column also stored in the files."""
+
+
+class CorruptFileError(StorageError):
+    """A file of the table is not readable Parquet (a truncated file, a corrupt footer)."""
+
+
 class FilterError(StorageError):
     """A partition or row filter could not be parsed or does not fit the table.
 

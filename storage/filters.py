@@ -76,11 +76,15 @@ class Filter:
         expression: the compiled pyarrow expression; pass it to scanners as ``filter=``.
         columns: every column name the filter refers to, so callers can check them against
             a table and project them for filtering.
+        field: the spec field that held it (``row_filter`` or ``partition_filter``). Kept
+            with the filter so that every later check blames the right field: the checks
+            take it from here, never from a default.
     """
 
     text: str
     expression: pc.Expression
     columns: frozenset[str]
+    field: str = "filter"
 
 
 def parse_filter(text: str, field: str) -> Filter:
@@ -112,17 +116,17 @@ def parse_filter(text: str, field: str) -> Filter:
         )
     columns: set[str] = set()
     expression = _as_expr(_Compiler(field, text, columns).compile(statements[0]))
-    return Filter(text=text, expression=expression, columns=frozenset(columns))
+    return Filter(text=text, expression=expression, columns=frozenset(columns), field=field)
 
 
-def check_columns(f: Filter, available: Collection[str], field: str = "row_filter") -> None:
+def check_columns(f: Filter, available: Collection[str], field: str | None = None) -> None:
     """Raises if ``f`` refers to a column that ``available`` lacks.
 
     Args:
         f: the parsed filter.
         available: the column names the filter may use (a table's schema names, or its
             partition columns for a partition filter).
-        field: the spec field that held the filter, for the message.
+        field: the spec field that held the filter, for the message; default ``f.field``.
 
     Raises:
         FilterError: naming the first unknown column (sorted) and listing the available
@@ -132,6 +136,7 @@ def check_columns(f: Filter, available: Collection[str], field: str = "row_filte
     unknown = sorted(f.columns - known)
     if not unknown:
         return
+    field = field or f.field
     names = sorted(known)
     listed = ", ".join(names[:_MAX_LISTED_COLUMNS])
     if len(names) > _MAX_LISTED_COLUMNS:
@@ -144,7 +149,7 @@ def check_columns(f: Filter, available: Collection[str], field: str = "row_filte
     )
 
 
-def validate_types(f: Filter, schema: pa.Schema, field: str = "row_filter") -> None:
+def validate_types(f: Filter, schema: pa.Schema, field: str | None = None) -> None:
     """Raises if ``f`` does not type-check against ``schema`` or is not boolean.
 
     Binding happens on an empty table, so a filter comparing an int column to a string
@@ -153,6 +158,7 @@ def validate_types(f: Filter, schema: pa.Schema, field: str = "row_filter") -> N
     Raises:
         FilterError: naming the filter and Arrow's complaint.
     """
+    field = field or f.field
     check_columns(f, schema.names, field)
     try:
         schema.empty_table().filter(f.expression)

@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from storage import orc
-from storage.errors import StorageError, TableNotFoundError
+from storage.errors import CorruptFileError, StorageError, TableLayoutError, TableNotFoundError
 from storage.filesystem import fsspec_filesystem_of, resolve
 from storage.filters import Filter, validate_types
 from storage.orc import ORC_SUFFIXES
@@ -239,7 +239,7 @@ class Table:
         partition_columns = list(files[0].partition)
         for f in files:
             if list(f.partition) != partition_columns:
-                raise StorageError(
+                raise TableLayoutError(
                     f"table {uri!r}: inconsistent partition folders: {files[0].path!r} has "
                     f"keys {partition_columns} but {f.path!r} has {list(f.partition)}; every "
                     "file must sit under the same key=value folder levels"
@@ -375,7 +375,7 @@ class Table:
                     for rg in part.row_groups
                 ]
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(
+            raise CorruptFileError(
                 f"table {self.uri!r}: reading the footer of {file.path!r} failed ({exc}); "
                 "the file may have been deleted or rewritten since the table was opened, or "
                 "is not Parquet: reopen the table, or remove the file"
@@ -654,7 +654,7 @@ def _read_schema(filesystem: pafs.FileSystem, file: FileInfo) -> pa.Schema:
         fragment = _PARQUET_FORMAT.make_fragment(file.path, filesystem, file_size=file.size)
         return fragment.physical_schema
     except (OSError, pa.ArrowException) as exc:
-        raise StorageError(
+        raise CorruptFileError(
             f"reading the schema from the footer of {file.path!r} failed ({exc}); is it a "
             "complete Parquet file? Remove or rewrite it"
         ) from exc

@@ -82,15 +82,16 @@ def _check_clamp(params: Params, path: str) -> None:
 def _compile_log1p(params: Params, vtype: VType) -> ExprFn:
     """``log1p()``: ``ln(1 + x)`` for a count-like feature, always finite.
 
-    Semantics: ``y = ln(1 + clamp(x, 0, FLOAT32_MAX))`` in float32: negative values and
-    ``-inf`` give 0, ``+inf`` gives ``ln(1 + FLOAT32_MAX)`` (about 88.72), NaN gives 0.
-    Clamping below at 0 (rather than at -1) follows the usual count-feature preprocessing
-    (e.g. Criteo): a negative count is treated as a missing one, never as a large negative.
-    Nulls stay null. Params: none.
+    Semantics: ``y = ln(1 + clamp(x, 0, FLOAT32_MAX))``, computed in float64 and rounded
+    once to float32 like every transcendental op (a float32 ``log1p`` is off by one ulp for
+    about 1% of inputs): negative values and ``-inf`` give 0, ``+inf`` gives
+    ``ln(1 + FLOAT32_MAX)`` (about 88.72), NaN gives 0. Clamping below at 0 (rather than at
+    -1) follows the usual count-feature preprocessing (e.g. Criteo): a negative count is
+    treated as a missing one, never as a large negative. Nulls stay null. Params: none.
     """
     del params, vtype
     zero, top = _f32(0.0), _f32(FLOAT32_MAX)
-    return lambda expr: expr.clip(zero, top).fill_nan(zero).log1p()
+    return lambda expr: _f64(expr.clip(zero, top).fill_nan(zero)).log1p().cast(pl.Float32)
 
 
 def _f64(expr: pl.Expr) -> pl.Expr:

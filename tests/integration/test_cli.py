@@ -118,6 +118,11 @@ def test_up_prints_its_address_and_ctrl_c_leaves_no_process(tmp_path: Path) -> N
         up.wait(30)
         out = up.stdout.read() if up.stdout else ""
         assert f"master at {master}" in out
+        # Every process's /metrics port, printed and in the ready file (issue 18).
+        metrics = json.loads(ready.read_text())["metrics"].split(",")
+        assert len(metrics) == 3 and all(m.startswith("127.0.0.1:") for m in metrics)
+        for address in metrics:
+            assert f"http://{address}/metrics" in out
         assert up.returncode == 0
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in children) and time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 Arrow Flight's way (``test_flight.py``: each ``FlightError`` raised in a handler, caught as the
 same type by a real client): the real ``MasterServicer`` on a real gRPC server on
 127.0.0.1:0, whose ``Master`` raises the error, so it goes through the one server mapping
-(``dpp_server.errors.grpc_status_of``, as every MasterService method uses it); a real stub call,
+(``dpp_server.errors.grpc_error_of``, as every MasterService method uses it); a real stub call,
 its ``grpc.RpcError`` through the one client mapping (``dpp_client.errors.error_from_rpc``).
 
 The table below is the contract. The error types are enumerated (every subclass of
@@ -20,79 +20,139 @@ import grpc
 import pytest
 
 from dpp_client.errors import (
+    REASON_ERRORS,
+    CorruptFileError,
     DppClientError,
+    LimitExceededError,
     SessionConflictError,
     SessionNotFoundError,
     SpecRejectedError,
+    TableChangedError,
+    TableError,
+    TableLayoutError,
+    TableNotFoundError,
     error_from_rpc,
 )
 from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto.reasons import Reason
 from dpp_server.errors import (
     CapacityError,
     ConflictError,
     DppError,
+    LimitError,
     NotFoundError,
     OutOfRangeError,
     SpecError,
     StatsError,
 )
 from dpp_server.master_service import MasterServicer
-from storage.errors import FilterError, SplitChangedError, StorageError, TableNotFoundError
+from storage import errors as storage_errors
+from storage.errors import FilterError, SplitChangedError, StorageError
 
 pytestmark = pytest.mark.integration
 
 Code = grpc.StatusCode
 
-# error raised on the server -> (status code on the wire, client exception class)
-CONTRACT: list[tuple[Exception, Code, type[DppClientError]]] = [
+# error raised on the server -> (status code on the wire, reason, client exception class)
+CONTRACT: list[tuple[Exception, Code, Reason, type[DppClientError]]] = [
     (
         SpecError("features[3].ops[1].op", "unknown op 'foo'", "known ops: clamp, log1p"),
         Code.INVALID_ARGUMENT,
+        Reason.SPEC_INVALID,
         SpecRejectedError,
     ),
     (
         NotFoundError("session 's-1f2e' (name 'clic_é') not found; create it again"),
         Code.NOT_FOUND,
+        Reason.SESSION_NOT_FOUND,
         SessionNotFoundError,
+    ),
+    (
+        NotFoundError("session s-1 has no split 'x'", Reason.SPLIT_NOT_FOUND),
+        Code.NOT_FOUND,
+        Reason.SPLIT_NOT_FOUND,
+        SessionNotFoundError,
+    ),
+    (
+        NotFoundError("session s-1 has not begun epoch 3 for rank 0", Reason.EPOCH_NOT_BEGUN),
+        Code.NOT_FOUND,
+        Reason.EPOCH_NOT_BEGUN,
+        SessionNotFoundError,
+    ),
+    (
+        NotFoundError("worker w-1 is not registered", Reason.WORKER_NOT_FOUND),
+        Code.NOT_FOUND,
+        Reason.WORKER_NOT_FOUND,
+        DppClientError,
     ),
     (
         ConflictError("session name 'ctr' is in use with another spec; pick another name"),
         Code.FAILED_PRECONDITION,
+        Reason.SESSION_CONFLICT,
         SessionConflictError,
     ),
-    (OutOfRangeError("epoch 2 is past the last (epochs=2)"), Code.OUT_OF_RANGE, DppClientError),
     (
-        TableNotFoundError("no Parquet files under /data/t (is the URI right?)"),
+        OutOfRangeError("epoch 2 is past the last (epochs=2)"),
+        Code.OUT_OF_RANGE,
+        Reason.OUT_OF_RANGE,
+        DppClientError,
+    ),
+    (
+        LimitError("max_sessions", "64 sessions are open; close one"),
+        Code.RESOURCE_EXHAUSTED,
+        Reason.LIMIT_EXCEEDED,
+        LimitExceededError,
+    ),
+    (
+        storage_errors.TableNotFoundError("no Parquet files under /data/t (is the URI right?)"),
         Code.NOT_FOUND,
-        SessionNotFoundError,
+        Reason.TABLE_NOT_FOUND,
+        TableNotFoundError,
     ),
     (
         FilterError("row_filter", "unknown column 'dense_99'; columns: dense_0, label"),
         Code.INVALID_ARGUMENT,
+        Reason.SPEC_INVALID,
         SpecRejectedError,
+    ),
+    (
+        storage_errors.TableLayoutError("table '/t': inconsistent partition folders"),
+        Code.FAILED_PRECONDITION,
+        Reason.TABLE_LAYOUT,
+        TableLayoutError,
+    ),
+    (
+        storage_errors.CorruptFileError("reading the footer of '/t/a.parquet' failed"),
+        Code.FAILED_PRECONDITION,
+        Reason.FILE_UNREADABLE,
+        CorruptFileError,
     ),
     (
         SplitChangedError("/data/t/ds=1/part-0.parquet changed since planning: replan"),
         Code.FAILED_PRECONDITION,
-        SessionConflictError,
+        Reason.TABLE_CHANGED,
+        TableChangedError,
     ),
     (
         StorageError("reading /data/t failed: permission denied"),
         Code.FAILED_PRECONDITION,
-        SessionConflictError,
+        Reason.STORAGE_FAILED,
+        TableError,
     ),
     (
         StatsError("no split payloads to merge; the stats session produced no splits"),
         Code.INVALID_ARGUMENT,
+        Reason.SPEC_INVALID,
         SpecRejectedError,
     ),
     (
         CapacityError("table t0 needs 3.2 GB more than 8 GPUs x 1 GB hold", "t0", 3.2),
         Code.RESOURCE_EXHAUSTED,
-        DppClientError,
+        Reason.LIMIT_EXCEEDED,
+        LimitExceededError,
     ),
     # Not deliberate: a bug. INTERNAL, with the type named.
-    (KeyError("plan"), Code.INTERNAL, DppClientError),
+    (KeyError("plan"), Code.INTERNAL, Reason.INTERNAL, DppClientError),
 ]
 
 
@@ -127,23 +187,28 @@ def master() -> Iterator[tuple[_RaisingMaster, master_pb2_grpc.MasterServiceStub
         server.stop(0)
 
 
-def test_every_error_type_has_a_row() -> None:
+def test_every_error_type_and_reason_has_a_row() -> None:
     server_types = _subclasses(DppError) | {StorageError, *_subclasses(StorageError)}
-    in_contract = {type(error) for error, _, _ in CONTRACT}
+    in_contract = {type(error) for error, _, _, _ in CONTRACT}
     assert server_types - in_contract == set(), "error types with no status/client mapping"
     # A DppError subclass names its own status: inheriting one silently is how a new type
     # would end up INTERNAL (or another type's code) by accident.
     inherited = {cls.__name__ for cls in _subclasses(DppError) if "status" not in vars(cls)}
     assert inherited == set()
+    assert {reason for _, _, reason, _ in CONTRACT} == set(Reason), "reasons with no row"
+    assert set(REASON_ERRORS) == set(Reason), "reasons the client cannot map"
 
 
 @pytest.mark.parametrize(
-    ("error", "code", "client_type"), CONTRACT, ids=[type(e).__name__ for e, _, _ in CONTRACT]
+    ("error", "code", "reason", "client_type"),
+    CONTRACT,
+    ids=[f"{type(e).__name__}-{r.value}" for e, _, r, _ in CONTRACT],
 )
 def test_error_crosses_the_wire(
     master: tuple[_RaisingMaster, master_pb2_grpc.MasterServiceStub],
     error: Exception,
     code: grpc.StatusCode,
+    reason: Reason,
     client_type: type[DppClientError],
 ) -> None:
     fake, stub = master
@@ -155,6 +220,7 @@ def test_error_crosses_the_wire(
     mapped = error_from_rpc(raised.value, "CreateSession(name='ctr')")
     assert type(mapped) is client_type
     assert mapped.code == code
+    assert mapped.reason == reason.value
     text = str(error) if code != Code.INTERNAL else f"internal error (KeyError): {error}"
     assert str(mapped).startswith(f"CreateSession(name='ctr') failed: {text}")
     if isinstance(mapped, SpecRejectedError):

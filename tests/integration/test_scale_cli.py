@@ -71,3 +71,51 @@ def test_scale_resizes_a_running_up(tmp_path: Path) -> None:
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
+
+
+def test_top_json_shows_split_failures_and_the_last_error_per_session(
+    tmp_path: Path, small_table: str
+) -> None:
+    """A file rewritten after planning fails its split on the worker: the trainer gets a
+    WorkerDataError, and `dpp top --json` counts the failure under the session, with its
+    error, so an operator sees it without the trainer's log."""
+    import shutil
+
+    from dpp_client import DppLoader, Feature, WorkerDataError
+    from dpp_server.local_cluster import LocalCluster
+
+    table = tmp_path / "table"
+    shutil.copytree(small_table, table)
+    victim = sorted(table.rglob("*.parquet"))[0]
+    spec = {
+        "table_uri": str(table),
+        "features": [Feature("d0", "dense", source="dense_0")],
+        "batch_size": 500,
+        "deterministic": True,  # the rewritten file's split comes first: fail fast
+    }
+    with LocalCluster(
+        workers=1, pipeline_threads=1, master_args=["--monitor-interval-s", "0.2"]
+    ) as cluster:
+        other = DppLoader(cluster.master_address, spec)  # a healthy session, for contrast
+        len(other)  # creates (plans) the session
+        with DppLoader(cluster.master_address, spec) as loader:
+            len(loader)
+            victim.write_bytes(victim.read_bytes() + b"appended")  # its size changes
+            with pytest.raises(WorkerDataError, match="was rewritten"):
+                for _ in loader:
+                    pass
+            session_id = loader.session_id
+        deadline = time.monotonic() + 30
+        while True:
+            status = json.loads(_dpp("top", "--json", "--master", cluster.master_address).stdout)
+            by_session = {f["session_id"]: f for f in status.get("session_failures", [])}
+            if session_id in by_session and other.session_id in by_session:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        other.close()
+    failed = by_session[session_id]
+    assert int(failed["splits_failed"]) == 1
+    assert victim.name in failed["last_error"] and "was rewritten" in failed["last_error"]
+    healthy = by_session[other.session_id]
+    assert (int(healthy["splits_failed"]), healthy["last_error"]) == (0, "")

@@ -41,6 +41,9 @@ class FakeMaster:
     def get_session(self, session_id: str) -> tuple[object, list[StreamView]]:
         return None, self.streams[session_id]
 
+    def session_failures(self) -> dict[str, tuple[int, str]]:
+        return {}
+
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)

@@ -43,6 +43,43 @@ def test_frame_buffer_blocks_producers_when_full() -> None:
     thread.join()
 
 
+def test_frame_buffer_gives_frames_to_the_newest_stream_only() -> None:
+    """A trainer that died leaves its stream waiting in get(); once the resumed trainer's
+    stream attaches, the old one takes nothing (its frames would be lost with it)."""
+    buffer = FrameBuffer(max_bytes=100)
+    old = buffer.attach()
+    new = buffer.attach()
+    assert not buffer.is_consumer(old) and buffer.is_consumer(new)
+    buffer.put(b"f0")
+    assert buffer.get(0.01, old) is None  # superseded: returns at once, takes nothing
+    assert buffer.get(0.01, new) == b"f0"
+
+
+def test_frame_buffer_wakes_a_superseded_waiter_at_once() -> None:
+    buffer = FrameBuffer(max_bytes=100)
+    old = buffer.attach()
+    got: list[bytes | None] = []
+    thread = threading.Thread(target=lambda: got.append(buffer.get(30.0, old)))
+    thread.start()
+    buffer.attach()
+    thread.join(5.0)  # without the wake-up it would wait the whole 30 s
+    assert not thread.is_alive() and got == [None]
+
+
+def test_frame_buffer_a_dead_stream_takes_nothing_and_unget_keeps_the_order() -> None:
+    buffer = FrameBuffer(max_bytes=100)
+    token = buffer.attach()
+    buffer.put(b"f0")
+    buffer.put(b"f1")
+    assert buffer.get(0.01, token, alive=lambda: False) is None
+    assert buffer.fill()[0] == 4
+    frame = buffer.get(0.01, token, alive=lambda: True)
+    assert frame == b"f0"
+    buffer.unget(frame)  # the RPC ended at the yield: the next consumer gets it first
+    assert [buffer.get(0.01), buffer.get(0.01)] == [b"f0", b"f1"]
+    assert buffer.fill()[0] == 0
+
+
 @pytest.mark.parametrize("batch_size", [1000, 1500, 7000])
 def test_worker_produces_every_row_once_in_numbered_batches(
     small_table: str, batch_size: int

@@ -30,6 +30,9 @@ class FakeMasterLink:
         self.ack_response = master_pb2.AckBatchesResponse()
         self.ack_failures = 0  # the next N acks fail as if the master were away
         self.create_error: DppClientError | None = None
+        self.validate_error: DppClientError | None = None
+        self.validated: list[SessionSpec] = []
+        self.plan = master_pb2.SessionPlan()
         self.list_error: DppClientError | None = None
         self.known_sessions: set[str] = set()
         self.closed = threading.Event()
@@ -50,10 +53,15 @@ class FakeMasterLink:
         )
         if self.create_error is not None:
             raise self.create_error
-        return master_pb2.CreateSessionResponse(session_id="s1")
+        return master_pb2.CreateSessionResponse(session_id="s1", plan=self.plan)
 
-    def session_exists(self, session_id: str) -> bool:
-        return session_id in self.known_sessions
+    def validate_spec(self, spec: SessionSpec, session_name: str) -> None:
+        self.validated.append(spec)
+        if self.validate_error is not None:
+            raise self.validate_error
+
+    def session_exists(self, session_id: str) -> master_pb2.SessionPlan | None:
+        return self.plan if session_id in self.known_sessions else None
 
     def begin_epoch(
         self, request: master_pb2.BeginEpochRequest

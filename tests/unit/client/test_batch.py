@@ -51,6 +51,24 @@ def test_views_keep_the_frame_alive() -> None:
     assert torch.equal(batch.dense, expected)
 
 
+def test_what_docs_client_md_says_about_writes_is_true() -> None:
+    """docs/client.md: an in-place write is not refused and changes the frame's bytes;
+    clone() and pin-free copies are independent; to("cpu") is not a copy (issue 18)."""
+    frame = encode_frame(header("a", 0), make_rows(8, dense_dim=2))
+    _, rb = decode_frame(frame)
+    assert rb is not None
+    batch = batch_from_arrow(rb)
+    original = bytes(bytearray(frame))  # bytes(frame) would be frame itself
+    copy = batch.dense.clone()
+    assert batch.to("cpu").dense.data_ptr() == batch.dense.data_ptr()  # no copy
+    batch.dense.add_(1.0)  # nothing stops it...
+    assert frame != original  # ...and it wrote into the received message
+    assert torch.equal(batch.dense, copy + 1.0)
+    assert not _inside(copy, frame)  # the clone is its own memory, safe to write
+    copy.mul_(0.0)
+    assert not torch.equal(batch.dense, copy)
+
+
 def test_dense_shape_dtype_and_values() -> None:
     rb = make_rows(5, dense_dim=4)
     batch = batch_from_arrow(rb)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,29 @@ def test_nested_params_form_is_accepted() -> None:
         ({"features": []}, "table_uri", "missing"),
         ({"table_uri": "/t", "batchsize": 3}, "batchsize", "unknown spec field"),
         ({"table_uri": "/t", "batch_size": "big"}, "batch_size", "expected"),
-        ({"table_uri": "/t", "batch_size": 0}, "batch_size", "must be > 0"),
-        ({"table_uri": "/t", "epochs": -1}, "epochs", "must be >= 0"),
+        # One rule, one message for every out-of-range integer (issue 18).
+        (
+            {"table_uri": "/t", "batch_size": 0},
+            "batch_size",
+            "must be between 1 and 1048576, got 0",
+        ),
+        (
+            {"table_uri": "/t", "batch_size": -5},
+            "batch_size",
+            "must be between 1 and 1048576, got -5",
+        ),
+        (
+            {"table_uri": "/t", "batch_size": 1 << 21},
+            "batch_size",
+            "between 1 and 1048576, got 2097152",
+        ),
+        (
+            {"table_uri": "/t", "epochs": -1},
+            "epochs",
+            "between 0 and 4294967295 (0 means 1), got -1",
+        ),
+        ({"table_uri": "/t", "world_size": 1 << 32}, "world_size", "between 0 and 4294967295"),
+        ({"table_uri": "/t", "seed": -1}, "seed", "must be between 0 and 18446744073709551615"),
         ({"table_uri": "/t", "shuffle": 1}, "shuffle", "expected"),
         ({"table_uri": "/t", "seed": True}, "seed", "got bool"),
         (
@@ -135,7 +157,7 @@ def test_nested_params_form_is_accepted() -> None:
     ],
 )
 def test_local_checks_name_the_field(data: dict[str, object], field: str, text: str) -> None:
-    with pytest.raises(SpecRejectedError, match=text) as info:
+    with pytest.raises(SpecRejectedError, match=re.escape(text)) as info:
         SessionSpec.from_dict(data)
     assert info.value.field == field
     assert str(info.value).startswith(f"{field}: ")

@@ -6,6 +6,7 @@ Frames reach the loader through its real fan-in, from fake worker streams the te
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
@@ -163,9 +164,56 @@ class RejectingStub:
 
 def test_spec_rejection_surfaces_with_the_field() -> None:
     master = GrpcMasterLink("unused:1", 5.0, stub=RejectingStub())  # type: ignore[arg-type]
-    with make_loader(master) as loader, pytest.raises(SpecRejectedError) as info:
+    with make_loader(master, validate=False) as loader, pytest.raises(SpecRejectedError) as info:
         iter(loader)
     assert info.value.field == "features[1].kind"
+
+
+def test_a_bad_spec_fails_in_the_constructor() -> None:
+    """The line that built the loader fails, not the first iter()."""
+    master = GrpcMasterLink("unused:1", 5.0, stub=RejectingStub())  # type: ignore[arg-type]
+    with pytest.raises(SpecRejectedError) as info:
+        make_loader(master)
+    assert info.value.field == "features[1].kind"
+
+
+def test_validate_runs_once_at_construction_and_creates_nothing() -> None:
+    master = fake_master(["A"])
+    with make_loader(master) as loader:
+        assert master.validated == [loader.spec]
+        assert master.requests == []  # no CreateSession, no BeginEpoch
+    master = fake_master(["A"])
+    with make_loader(master, validate=False) as loader:
+        assert master.validated == []
+        loader.validate()
+        assert master.validated == [loader.spec]
+
+
+def test_len_is_the_batches_of_an_epoch_from_the_plan() -> None:
+    master = fake_master(["A"])
+    master.plan = master_pb2.SessionPlan(num_rows=10, num_splits=1)  # SPEC: batch_size 4
+    with make_loader(master) as loader:
+        assert loader.plan is None
+        assert len(loader) == 3  # 4 + 4 + 2
+        assert loader.plan is not None and loader.plan.num_rows == 10
+    with make_loader(master, drop_last=True) as loader:
+        assert len(loader) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("row_filter", "label = 1", "a row_filter drops rows only workers see"),
+        ("sample_rate", 0.5, "sampling drops rows"),
+        ("world_size", 2, "ranks share splits by rows"),
+    ],
+)
+def test_len_says_when_it_is_unknown(field: str, value: object, why: str) -> None:
+    fields = {"sample_key": "row_id"} if field == "sample_rate" else {}
+    spec = dataclasses.replace(SPEC, **{field: value}, **fields)
+    loader = DppLoader("unused:1", spec, master_link=fake_master(["A"]), dial_worker=FakeWorkers())
+    with loader, pytest.raises(TypeError, match=why):
+        len(loader)
 
 
 # test_unavailable_master_is_retried moved to tests/integration/test_master_link_retry.py: the retry
@@ -197,7 +245,7 @@ def test_rank_outside_world_size() -> None:
 
 
 def test_spec_as_mapping() -> None:
-    loader = DppLoader("x:1", SPEC.to_dict())
+    loader = DppLoader("x:1", SPEC.to_dict(), validate=False)
     assert loader.spec == SPEC
 
 
