@@ -21,6 +21,7 @@ from dpp_proto.reasons import FIELD_KEY, REASON_KEY, Reason
 from storage.errors import (
     CorruptFileError,
     FilterError,
+    RowGroupTooLargeError,
     SplitChangedError,
     StorageError,
     TableLayoutError,
@@ -130,6 +131,7 @@ _STORAGE: tuple[tuple[type[StorageError], grpc.StatusCode, Reason], ...] = (
     (TableLayoutError, grpc.StatusCode.FAILED_PRECONDITION, Reason.TABLE_LAYOUT),
     (CorruptFileError, grpc.StatusCode.FAILED_PRECONDITION, Reason.FILE_UNREADABLE),
     (SplitChangedError, grpc.StatusCode.FAILED_PRECONDITION, Reason.TABLE_CHANGED),
+    (RowGroupTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.LIMIT_EXCEEDED),
     (StorageError, grpc.StatusCode.FAILED_PRECONDITION, Reason.STORAGE_FAILED),
 )
 

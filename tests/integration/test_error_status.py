@@ -47,7 +47,7 @@ from dpp_server.errors import (
 )
 from dpp_server.master_service import MasterServicer
 from storage import errors as storage_errors
-from storage.errors import FilterError, SplitChangedError, StorageError
+from storage.errors import FilterError, RowGroupTooLargeError, SplitChangedError, StorageError
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +132,12 @@ CONTRACT: list[tuple[Exception, Code, Reason, type[DppClientError]]] = [
         Code.FAILED_PRECONDITION,
         Reason.TABLE_CHANGED,
         TableChangedError,
+    ),
+    (
+        RowGroupTooLargeError("row group 0 of '/t/a.parquet' holds 900.0 MB, over the budget"),
+        Code.RESOURCE_EXHAUSTED,
+        Reason.LIMIT_EXCEEDED,
+        LimitExceededError,
     ),
     (
         StorageError("reading /data/t failed: permission denied"),
