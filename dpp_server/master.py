@@ -95,12 +95,18 @@ class MasterConfig:
         acquire_retry_ms: how long a worker waits before asking again when there is no work.
         plan_concurrency: footers read at once while planning. Higher hides object-store
             latency; each in-flight read holds a file handle and a footer in memory.
+        rank_timeout_s: a rank that made no call (BeginEpoch, AckBatches; its loader acks at
+            least every few seconds while open) for this long is away: its splits are leased
+            no more until it calls again, so workers do not fill buffers nobody reads.
+            Shorter frees workers sooner after a trainer crashed; too short stalls a trainer
+            whose master link is slow (it resumes on its next call).
     """
 
     heartbeat_interval_s: float = 1.0
     lease_timeout_s: float = 10.0
     acquire_retry_ms: int = 50
     plan_concurrency: int = 32
+    rank_timeout_s: float = 30.0
 
 
 @dataclasses.dataclass
@@ -181,6 +187,9 @@ class Master:
         self._cursor = 0
         # Batches each rank received per (session, epoch): volatile, re-reported with acks.
         self._received: dict[tuple[str, int], dict[int, tuple[int, bool]]] = {}
+        # When each (session, rank) last called (volatile; a restart counts as a call).
+        self._started = self._clock()
+        self._seen: dict[tuple[str, int], float] = {}
         if self._ledger.sessions or self._workers:
             logger.info(
                 "recovered from the journal: %d session(s), %d worker(s)",
@@ -312,6 +321,7 @@ class Master:
         with self._lock:
             session = self._session(session_id)
             spec = self._specs[session_id]
+            self._seen[(session_id, rank)] = self._clock()
             if rank >= spec.world_size:
                 raise OutOfRangeError(
                     f"session {session_id} has world_size {spec.world_size}; rank {rank} is "
@@ -376,6 +386,7 @@ class Master:
                     f"session {session_id} has not begun epoch {epoch} for rank {rank}; call "
                     "BeginEpoch first"
                 )
+            self._seen[(session_id, rank)] = self._clock()
             parsed = self._acks_of(session, acks)
             fresh = tuple(
                 a
@@ -513,12 +524,14 @@ class Master:
                     f"worker {worker_id} is not registered (it may have missed heartbeats "
                     "for longer than the lease timeout); register again"
                 )
-            record.last_heartbeat = self._clock()
+            now = record.last_heartbeat = self._clock()
+            away = now - self.config.rank_timeout_s
             candidates = []
             for session in self._ledger.sessions.values():
                 spec = self._specs[session.session_id]
                 for (epoch, rank), stream in sorted(session.streams.items()):
-                    if (session.session_id, rank) in skipped:
+                    key = (session.session_id, rank)
+                    if key in skipped or self._seen.get(key, self._started) < away:
                         continue
                     pos = stream.next_pending()
                     if pos is None:
@@ -549,7 +562,8 @@ class Master:
         done: bool,
         error: str = "",
     ) -> bool:
-        """Records that a worker produced a leased split (``done``), or failed it (``error``).
+        """Records that a worker produced a leased split (``done``), failed it (``error``), or
+        hands it back unfinished (neither: its client stopped reading, the frames are gone).
 
         A produced split stays with its worker until the trainer acknowledges it, so that if
         the worker dies with frames unsent, the split is produced again. A failed split is
@@ -582,6 +596,9 @@ class Master:
                 self._record(state.BatchesAcked(session_id, epoch, rank, (ack,)))
             elif done:
                 self._record(state.SplitProduced(session_id, epoch, rank, split_index))
+            else:
+                # Handed back unfinished (the worker dropped its frames: nobody read them).
+                self._record(state.LeaseReleased(session_id, epoch, rank, split_index))
             return True
 
     # -- helpers --------------------------------------------------------------------------

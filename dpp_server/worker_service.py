@@ -38,6 +38,8 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
 ]
 MASTER_SERVICE = "dpp.v1.MasterService"
+#: Server threads beyond ``max_streams``, for health checks.
+_SPARE_RPCS = 8
 
 
 class GrpcMasterLink:
@@ -151,14 +153,22 @@ class WorkerServicer:
         self, request: worker_pb2.StreamBatchesRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         buffer = self.worker.buffer(request.session_id, request.rank)
+        buffer.attach(1)
         logger.info("client streaming session %s rank %d", request.session_id, request.rank)
         self.worker.streams.add(1)
         try:
             while context.is_active() and not self.worker.stopping:
+                if buffer.closed:
+                    # Abandoned while this client did not read (a paused trainer): read the
+                    # new buffer its splits are produced into again.
+                    buffer.attach(-1)
+                    buffer = self.worker.buffer(request.session_id, request.rank)
+                    buffer.attach(1)
                 frame = buffer.get(self.poll_s)
                 if frame is not None:
                     yield frame
         finally:
+            buffer.attach(-1)
             self.worker.streams.add(-1)
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
@@ -187,9 +197,14 @@ class WorkerServer:
         advertise_host: str | None = None,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
+        # Each open stream holds a thread; past ``max_streams`` (plus room for health checks)
+        # gRPC answers RESOURCE_EXHAUSTED at once instead of queueing the call unserved.
+        config = config or WorkerConfig()
+        rpcs = config.max_streams + _SPARE_RPCS
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="dpp-worker-rpc"),
+            futures.ThreadPoolExecutor(max_workers=rpcs, thread_name_prefix="dpp-worker-rpc"),
             options=GRPC_OPTIONS,
+            maximum_concurrent_rpcs=rpcs,
         )
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
