@@ -53,6 +53,25 @@ class ConflictError(DppError):
     status = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class InvalidArgumentError(DppError):
+    """A request field no request may have (over a limit of :mod:`dpp_proto.limits`)."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ResourceExhaustedError(DppError):
+    """A request over a capacity limit (:mod:`dpp_proto.limits`)."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(DppError):
+    """The service cannot take the request now (e.g. its journal cannot be written); retry
+    later."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
 class OutOfRangeError(DppError):
     """A request beyond the end of a sequence (e.g. an epoch past the session's last)."""
 

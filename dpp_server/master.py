@@ -71,7 +71,14 @@ from collections.abc import Callable, Iterable, Sequence
 
 from dpp_proto import spec_pb2
 from dpp_server import state
-from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError
+from dpp_proto import limits
+from dpp_server.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+)
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
 from storage import SplitInfo, Table, check_columns, parse_filter
@@ -212,6 +219,12 @@ class Master:
             NotFoundError / TableNotFoundError: the table does not exist.
             ConflictError: ``session_name`` is taken by a session with another spec.
         """
+        if len(session_name) > limits.MAX_NAME_CHARS:
+            raise InvalidArgumentError(
+                limits.over_limit(
+                    "session_name", len(session_name), limits.MAX_NAME_CHARS, "characters"
+                )
+            )
         spec = spec_from_proto(spec_proto)
         # The canonical form (defaults written out), so equivalent specs join the same session.
         spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
@@ -387,6 +400,12 @@ class Master:
                     "BeginEpoch first"
                 )
             self._seen[(session_id, rank)] = self._clock()
+            if len(acks) + len(reproduce) > limits.MAX_ACKS_PER_REQUEST:
+                raise ResourceExhaustedError(
+                    limits.over_limit(
+                        "acks", len(acks) + len(reproduce), limits.MAX_ACKS_PER_REQUEST, "entries"
+                    )
+                )
             parsed = self._acks_of(session, acks)
             fresh = tuple(
                 a
@@ -428,7 +447,20 @@ class Master:
     # -- workers --------------------------------------------------------------------------
 
     def register_worker(self, address: str, pipeline_threads: int) -> str:
-        """Adds a worker (journaled, so a restarted master still knows it) and returns its id."""
+        """Adds a worker (journaled, so a restarted master still knows it) and returns its id.
+
+        Raises:
+            InvalidArgumentError: the address or thread count is over its limit.
+        """
+        if len(address) > limits.MAX_ADDRESS_CHARS:
+            raise InvalidArgumentError(
+                limits.over_limit("address", len(address), limits.MAX_ADDRESS_CHARS, "characters")
+            )
+        if not 0 < pipeline_threads <= limits.MAX_PIPELINE_THREADS:
+            raise InvalidArgumentError(
+                f"pipeline_threads: {pipeline_threads} is outside 1..{limits.MAX_PIPELINE_THREADS}"
+                " (dpp_proto/limits.py)"
+            )
         with self._lock:
             worker_id = f"w-{uuid.uuid4().hex[:10]}"
             self._record(state.WorkerRegistered(worker_id, address, pipeline_threads))

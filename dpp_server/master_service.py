@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto import limits, master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
 from dpp_server import state
 from dpp_server.errors import grpc_status_of
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "dpp.v1.MasterService"
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
 ]
 
 _Req = TypeVar("_Req")

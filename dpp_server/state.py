@@ -362,15 +362,16 @@ def rank_share(
     Walking the epoch's order, each split goes to the rank with the fewest rows so far (the
     lowest rank on a tie): disjoint across ranks, together they cover every split, and rank
     totals stay within one split of each other, so the equal-batches rule drops little.
-    Without row counts, every ``world_size``-th split from position ``rank``.
+    Without row counts, every ``world_size``-th split from position ``rank``. A heap of
+    (rows, rank) makes it O(splits x log world_size): the master's lock is held while it runs.
     """
     if rows is None:
         return tuple(order[rank::world_size])
-    totals = [0] * world_size
+    totals = [(0, r) for r in range(world_size)]  # already a heap
     mine = []
     for index in order:
-        target = min(range(world_size), key=lambda r: (totals[r], r))
-        totals[target] += rows[index]
+        total, target = totals[0]
+        heapq.heapreplace(totals, (total + rows[index], target))
         if target == rank:
             mine.append(index)
     return tuple(mine)

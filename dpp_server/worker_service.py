@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
+from dpp_proto import limits, master_pb2, master_pb2_grpc, worker_pb2
 from dpp_proto.retry import channel_options
 from dpp_server.master import LeaseGrant
 from dpp_server.records import (
@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "dpp.v1.WorkerService"
 STREAM_METHOD = "StreamBatches"
 GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 512 << 20),
-    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 512 << 20),  # frames (the data plane)
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
 ]
 MASTER_SERVICE = "dpp.v1.MasterService"
 #: Server threads beyond ``max_streams``, for health checks.
@@ -53,7 +53,12 @@ class GrpcMasterLink:
     """
 
     def __init__(self, address: str, deadline_s: float = 30.0) -> None:
-        self._channel = grpc.insecure_channel(address, options=channel_options([MASTER_SERVICE]))
+        options = channel_options(
+            [MASTER_SERVICE],
+            max_receive_bytes=limits.MAX_MESSAGE_BYTES,
+            max_send_bytes=limits.MAX_MESSAGE_BYTES,
+        )
+        self._channel = grpc.insecure_channel(address, options=options)
         self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
         self._deadline_s = deadline_s
 

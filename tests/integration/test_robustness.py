@@ -8,6 +8,7 @@ gives up on an unreachable master after ``master_timeout_s`` instead of hanging.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +20,10 @@ import grpc
 import pytest
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
-from dpp_proto import worker_pb2
+from dpp_proto import master_pb2, master_pb2_grpc, spec_pb2, worker_pb2
 from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
+from tests.helpers.server import make_spec
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +175,82 @@ def test_idle_streams_cannot_take_every_worker_thread(small_table: str) -> None:
                 call.cancel()
         finally:
             channel.close()
+
+
+# -- every input bounded where it enters --------------------------------------------------
+
+
+def _refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as exc:
+        return exc.code(), exc.details()  # type: ignore[attr-defined]
+    raise AssertionError("the request was accepted")
+
+
+def test_oversized_inputs_are_refused_at_the_entry_naming_field_and_limit(
+    cluster: LocalCluster, small_table: str, tmp_path: Path
+) -> None:
+    big = 1 << 20
+    with grpc.insecure_channel(
+        cluster.master_address,
+        options=[("grpc.max_send_message_length", 64 << 20)],
+    ) as channel:
+        stub = master_pb2_grpc.MasterServiceStub(channel)
+
+        def create(spec: spec_pb2.SessionSpec, name: str = "") -> object:
+            request = master_pb2.CreateSessionRequest(spec=spec, session_name=name)
+            return lambda: stub.CreateSession(request, timeout=30)
+
+        # world_size 2,000,000 once held the master's lock for 12.6 s.
+        code, text = _refusal(create(make_spec(small_table, world_size=2_000_000)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "world_size: 2,000,000 ranks is over the limit of 16,384" in text
+        code, text = _refusal(create(make_spec(small_table), name="n" * 300))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "session_name: 300 characters is over the limit of 256" in text
+        # A 60 MB name (once journaled) is over the message limit: gRPC refuses it unread.
+        code, _ = _refusal(create(make_spec(small_table), name="n" * (60 << 20)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # A 5 MB spec once passed the master and failed every split on the workers.
+        code, text = _refusal(create(make_spec(small_table, row_filter="x" * 5 * big)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "over the limit of 1,048,576 (dpp_proto/limits.py)" in text
+        assert text.startswith("spec: 5,2")
+        many = make_spec(small_table)
+        for i in range(4_097):
+            many.features.add(name=f"f{i}", source="dense_0", kind=spec_pb2.FEATURE_KIND_DENSE)
+        code, text = _refusal(create(many))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "features: 4,098 features is over the limit of 4,096" in text
+        # Two 34 MB addresses once made ListWorkers too large for every trainer.
+        for address in ("a" * 1000, "a" * (34 << 20)):
+            request = master_pb2.RegisterWorkerRequest(address=address, pipeline_threads=1)
+            code, text = _refusal(lambda r=request: stub.RegisterWorker(r, timeout=30))
+            if len(address) == 1000:
+                assert code == grpc.StatusCode.INVALID_ARGUMENT
+                assert "address: 1,000 characters is over the limit of 256" in text
+            else:
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        workers = stub.ListWorkers(master_pb2.ListWorkersRequest(), timeout=30).workers
+        assert sorted(w.address for w in workers) == sorted(w.address for w in cluster.workers)
+
+        # A folder with a symlink loop lists its real files only, in bounded time.
+        table = tmp_path / "looped"
+        shutil.copytree(small_table, table)
+        (table / "ds=2026-01-01" / "loop").symlink_to(table)
+        (table / "again").symlink_to(table)
+        response = stub.CreateSession(
+            master_pb2.CreateSessionRequest(spec=make_spec(str(table))), timeout=60
+        )
+        assert response.plan.num_rows == 24_000
+        deep = tmp_path / "deep"
+        shutil.copytree(small_table, deep)
+        nested = deep.joinpath(*[f"d{i}" for i in range(40)])
+        nested.mkdir(parents=True)
+        code, text = _refusal(create(make_spec(str(deep))))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "depth: 33 folder levels is over the limit of 32" in text
+    # The master served everyone else all along.
+    with DppLoader(cluster.master_address, spec(small_table)) as loader:
+        assert sorted(row_ids_of_one_epoch(loader)) == list(range(24_000))
