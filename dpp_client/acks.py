@@ -104,6 +104,7 @@ class Acknowledger:
         self._last_sent = self._last_answer = time.monotonic()
         self._in_flight_since: float | None = None
         self._failing = False
+        self.last_failure = ""  # the last unreachable call's error, for the loader's message
         self._refused: DppClientError | None = None
 
     # -- trainer's side --------------------------------------------------------------------
@@ -229,6 +230,8 @@ class Acknowledger:
             with self._lock:
                 self._in_flight_since = None
                 self._failing = isinstance(exc, DppUnavailableError)
+                if self._failing:
+                    self.last_failure = str(exc)
                 if isinstance(exc, DppClientError) and not self._failing:
                     self._refused = exc
                 if self._epoch == request.epoch:

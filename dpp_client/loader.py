@@ -472,7 +472,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 f"(master_timeout_s={self.master_timeout_s:g}) and no frame arrives; rank "
                 f"{self.rank} of session {self.session_id} gives up. Restart the master (on "
                 "its --journal-dir to keep the session) and resume from the trainer's "
-                "checkpoint (load_state_dict), or raise master_timeout_s to wait longer"
+                "checkpoint (load_state_dict), or raise master_timeout_s to wait longer. "
+                f"Last failure: {session.acks.last_failure or 'calls hang'}"
             )
         reproduce, warn = watchdog.idle(now)
         quiet_s = now - watchdog.last_progress

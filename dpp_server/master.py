@@ -78,6 +78,7 @@ from dpp_server.errors import (
     NotFoundError,
     OutOfRangeError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec, check_against_schema, spec_from_proto, spec_to_proto
@@ -176,7 +177,10 @@ class Master:
         self._journal = journal or state.MemoryJournal()
         self._clock = clock
         self._lock = threading.Lock()
-        self._ledger = state.replay(self._journal.replay())
+        self._ledger = state.replay(self._journal)
+        # Why the journal cannot be written now ("" while it can): the service then reports
+        # NOT_SERVING and every change is refused with UNAVAILABLE until a write succeeds.
+        self.journal_error = ""
         self._specs: dict[str, Spec] = {
             sid: spec_from_proto(_parse_spec(s.spec_bytes))
             for sid, s in self._ledger.sessions.items()
@@ -476,8 +480,8 @@ class Master:
             if worker_id not in self._workers:
                 return
             released = len(self._ledger.held_by(worker_id))
+            self._record(state.WorkerRemoved(worker_id))  # first: it may be refused
             del self._workers[worker_id]
-            self._record(state.WorkerRemoved(worker_id))
         logger.info("worker %s left; %d unfinished split(s) released", worker_id, released)
 
     def heartbeat(
@@ -521,8 +525,8 @@ class Master:
         dead = [w for w, r in self._workers.items() if r.last_heartbeat < deadline]
         for worker_id in dead:
             released = len(self._ledger.held_by(worker_id))
+            self._record(state.WorkerRemoved(worker_id))  # first: it may be refused
             del self._workers[worker_id]
-            self._record(state.WorkerRemoved(worker_id))
             logger.warning(
                 "worker %s missed heartbeats for %.1fs: dropped, %d split(s) released",
                 worker_id,
@@ -636,8 +640,25 @@ class Master:
     # -- helpers --------------------------------------------------------------------------
 
     def _record(self, update: state.Update) -> None:
-        """Journals an update, then applies it: nothing takes effect unrecorded."""
-        self._journal.append(update)
+        """Journals an update, then applies it: nothing takes effect unrecorded.
+
+        Raises:
+            UnavailableError: the journal cannot be written (disk full, I/O error); nothing
+                changed. Each later change tries again, so the master recovers by itself.
+        """
+        try:
+            self._journal.append(update)
+        except OSError as exc:
+            if not self.journal_error:
+                logger.error("the journal cannot be written (%s): refusing changes", exc)
+            self.journal_error = str(exc)
+            raise UnavailableError(
+                f"the master cannot write its journal ({exc}); it refuses changes until it "
+                "can (free the disk under --journal-dir); retry later"
+            ) from exc
+        if self.journal_error:
+            logger.warning("the journal can be written again: serving")
+            self.journal_error = ""
         self._ledger.apply(update)
 
     def _session(self, session_id: str) -> state.SessionState:

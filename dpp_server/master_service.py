@@ -258,8 +258,17 @@ class MasterServer:
         self._server.wait_for_termination()
 
     def _reap(self) -> None:
+        serving = True
         while not self._stop.wait(self.master.config.heartbeat_interval_s):
             try:
                 self.master.expire_workers()
             except Exception:
                 logger.exception("expiring workers failed")
+            # NOT_SERVING while the journal cannot be written: a load balancer or an operator
+            # sees why every change is refused (UNAVAILABLE), rather than a healthy master.
+            healthy = not self.master.journal_error
+            if healthy != serving and not self._stop.is_set():
+                status = health_pb2.HealthCheckResponse
+                for name in ("", SERVICE_NAME):
+                    self._health.set(name, status.SERVING if healthy else status.NOT_SERVING)
+                serving = healthy

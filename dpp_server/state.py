@@ -160,18 +160,27 @@ class Journal(Protocol):
 
     def replay(self) -> Iterator[Update]: ...
 
+    def position(self) -> str:
+        """Where the update :meth:`replay` yielded last is recorded (for error messages)."""
+        ...
+
 
 class MemoryJournal:
     """A journal that keeps updates in memory only: state does not survive a restart."""
 
     def __init__(self) -> None:
         self._updates: list[Update] = []
+        self._replayed = 0
 
     def append(self, update: Update) -> None:
         self._updates.append(update)
 
     def replay(self) -> Iterator[Update]:
-        yield from list(self._updates)
+        for self._replayed, update in enumerate(list(self._updates), 1):
+            yield update
+
+    def position(self) -> str:
+        return f"update {self._replayed} of the in-memory journal"
 
 
 @dataclasses.dataclass
@@ -335,11 +344,23 @@ class Ledger:
         return found
 
 
-def replay(updates: Iterable[Update]) -> Ledger:
-    """Rebuilds a ledger from journaled updates."""
+def replay(journal: Journal) -> Ledger:
+    """Rebuilds a ledger from a journal's updates.
+
+    Raises:
+        ValueError: an update does not fit the state before it (a journal edited by hand, or
+            from another version); the message names where it is recorded.
+    """
     ledger = Ledger()
-    for update in updates:
-        ledger.apply(update)
+    for update in journal.replay():
+        try:
+            ledger.apply(update)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{journal.position()}: {type(update).__name__} does not fit the state "
+                f"replayed before it ({type(exc).__name__}: {exc}); the master cannot recover "
+                "from it: restore the journal from a backup, or move it away to start empty"
+            ) from exc
     return ledger
 
 

@@ -8,6 +8,7 @@ gives up on an unreachable master after ``master_timeout_s`` instead of hanging.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
+from dpp_client.errors import DppUnavailableError
 from dpp_proto import master_pb2, master_pb2_grpc, spec_pb2, worker_pb2
 from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
@@ -254,3 +257,89 @@ def test_oversized_inputs_are_refused_at_the_entry_naming_field_and_limit(
     # The master served everyone else all along.
     with DppLoader(cluster.master_address, spec(small_table)) as loader:
         assert sorted(row_ids_of_one_epoch(loader)) == list(range(24_000))
+
+
+# -- no silent hang ---------------------------------------------------------------------------
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status  # type: ignore[no-any-return]
+
+
+def _wait_for(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_an_unwritable_journal_turns_the_master_not_serving_and_the_trainer_raises(
+    wide_table: str, small_table: str
+) -> None:
+    with LocalCluster(
+        workers=1,
+        pipeline_threads=1,
+        master_args=["--lease-timeout-s", "2", "--heartbeat-interval-s", "0.25"],
+        worker_args=["--buffer-mb", "1"],
+        journal=True,
+    ) as cluster:
+        assert cluster.master is not None and cluster.journal_dir is not None
+        status = health_pb2.HealthCheckResponse
+        loader = DppLoader(
+            cluster.master_address, spec(wide_table), rpc_timeout_s=2, master_timeout_s=4
+        )
+        with loader:
+            batches = iter(loader)
+            next(batches)
+            # The journal's disk is full, as far as the master can tell: no write may grow it.
+            journal = cluster.journal_dir / "journal.jsonl"
+            limit = journal.stat().st_size
+            pid = cluster.master.process.pid
+            _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, hard))
+            started = time.monotonic()
+            with pytest.raises(DppUnavailableError, match="master_timeout_s=4"):
+                for _ in batches:
+                    pass
+            raised_s = time.monotonic() - started
+        assert raised_s < 4 + 20, f"raised after {raised_s:.1f}s"
+        _wait_for(lambda: _health(cluster.master_address) == status.NOT_SERVING, 10,
+                  "the master stayed SERVING with an unwritable journal")
+        with grpc.insecure_channel(cluster.master_address) as channel:
+            stub = master_pb2_grpc.MasterServiceStub(channel)
+            request = master_pb2.CreateSessionRequest(spec=make_spec(small_table))
+            code, text = _refusal(lambda: stub.CreateSession(request, timeout=30))
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert "cannot write its journal" in text
+        # Room again: the master serves by itself, and the journal is whole.
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        with DppLoader(cluster.master_address, spec(small_table)) as loader:
+            assert sorted(row_ids_of_one_epoch(loader)) == list(range(24_000))
+        _wait_for(lambda: _health(cluster.master_address) == status.SERVING, 10,
+                  "the master did not serve again")
+        cluster.restart_master()  # replays the journal, every line of it whole
+        with DppLoader(cluster.master_address, spec(small_table)) as loader:
+            assert sorted(row_ids_of_one_epoch(loader)) == list(range(24_000))
+
+
+def test_a_trainer_raises_when_the_master_stays_away(wide_table: str) -> None:
+    with LocalCluster(
+        workers=1,
+        pipeline_threads=1,
+        master_args=["--heartbeat-interval-s", "0.25"],
+        worker_args=["--buffer-mb", "1"],
+    ) as cluster:
+        with DppLoader(
+            cluster.master_address, spec(wide_table), rpc_timeout_s=2, master_timeout_s=3
+        ) as loader:
+            batches = iter(loader)
+            next(batches)
+            cluster.kill_master(signal.SIGTERM)  # and no restart
+            started = time.monotonic()
+            with pytest.raises(DppUnavailableError, match="unreachable for"):
+                for _ in batches:
+                    pass
+            raised_s = time.monotonic() - started
+        assert raised_s < 3 + 20, f"raised after {raised_s:.1f}s"
