@@ -17,6 +17,7 @@ calls; the lock keeps the file consistent for any other caller).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -109,10 +110,9 @@ class FileJournal:
 
     def _reopen(self, size: int) -> None:
         """Drops what a failed write left in the buffer and the file past ``size``."""
-        try:
+        # The buffered tail may fail to flush again: it is dropped with the handle.
+        with contextlib.suppress(OSError):
             self._file.close()
-        except OSError:
-            pass  # the buffered tail failed to flush again: dropped with the handle
         with open(self.path, "r+b") as f:
             f.truncate(size)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open

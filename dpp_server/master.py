@@ -69,9 +69,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
-from dpp_proto import spec_pb2
+from dpp_proto import limits, spec_pb2
 from dpp_server import state
-from dpp_proto import limits
 from dpp_server.errors import (
     ConflictError,
     InvalidArgumentError,

@@ -224,7 +224,8 @@ def _check_limits(msg: spec_pb2.SessionSpec) -> None:
     size = msg.ByteSize()
     if size > limits.MAX_SPEC_BYTES:
         raise SpecError(
-            "spec", limits.over_limit("", size, limits.MAX_SPEC_BYTES, "bytes"),
+            "spec",
+            limits.over_limit("", size, limits.MAX_SPEC_BYTES, "bytes"),
             "a spec names columns and ops; move large data (vocabularies) into the table",
         )
     if len(msg.features) > limits.MAX_FEATURES:

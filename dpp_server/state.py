@@ -176,7 +176,8 @@ class MemoryJournal:
         self._updates.append(update)
 
     def replay(self) -> Iterator[Update]:
-        for self._replayed, update in enumerate(list(self._updates), 1):
+        for number, update in enumerate(list(self._updates), 1):
+            self._replayed = number
             yield update
 
     def position(self) -> str:

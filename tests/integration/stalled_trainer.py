@@ -14,9 +14,8 @@ from dpp_client import DppLoader, Feature, Op, SessionSpec
 
 def main() -> None:
     master, table, batches, sparse = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    features = (Feature("d0", "dense", "dense_0", (Op("fill_null", {"value": 0.0}),)),) + tuple(
-        Feature(f"s{i}", "sparse", f"sparse_{i}") for i in range(sparse)
-    )
+    dense = Feature("d0", "dense", "dense_0", (Op("fill_null", {"value": 0.0}),))
+    features = (dense, *(Feature(f"s{i}", "sparse", f"sparse_{i}") for i in range(sparse)))
     spec = SessionSpec(
         table_uri=table, features=features, passthrough=("row_id",), batch_size=500, epochs=1
     )

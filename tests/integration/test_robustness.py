@@ -34,8 +34,14 @@ HERE = Path(__file__).parent
 
 
 WIDE = GenConfig(
-    rows=30_000, days=1, dense=1, sparse=16, max_list_len=48, row_group_rows=1_000,
-    rows_per_file=10_000, seed=3,
+    rows=30_000,
+    days=1,
+    dense=1,
+    sparse=16,
+    max_list_len=48,
+    row_group_rows=1_000,
+    rows_per_file=10_000,
+    seed=3,
 )
 
 
@@ -88,8 +94,14 @@ def test_a_crashed_trainer_lets_a_new_session_through_and_frees_the_buffer(
     ) as cluster:
         worker = cluster.workers[0]
         trainer = subprocess.Popen(
-            [sys.executable, str(HERE / "stalled_trainer.py"), cluster.master_address,
-             wide_table, "2", str(WIDE.sparse)],
+            [
+                sys.executable,
+                str(HERE / "stalled_trainer.py"),
+                cluster.master_address,
+                wide_table,
+                "2",
+                str(WIDE.sparse),
+            ],
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
         )
@@ -162,8 +174,7 @@ def test_idle_streams_cannot_take_every_worker_thread(small_table: str) -> None:
                 assert time.monotonic() < deadline + 30, "the idle streams were not all served"
                 time.sleep(0.1)
             extra = [
-                stream(worker_pb2.StreamBatchesRequest(session_id=f"more-{i}", rank=0),
-                       timeout=60)
+                stream(worker_pb2.StreamBatchesRequest(session_id=f"more-{i}", rank=0), timeout=60)
                 for i in range(16)
             ]
             refused = []
@@ -305,8 +316,11 @@ def test_an_unwritable_journal_turns_the_master_not_serving_and_the_trainer_rais
                     pass
             raised_s = time.monotonic() - started
         assert raised_s < 4 + 20, f"raised after {raised_s:.1f}s"
-        _wait_for(lambda: _health(cluster.master_address) == status.NOT_SERVING, 10,
-                  "the master stayed SERVING with an unwritable journal")
+        _wait_for(
+            lambda: _health(cluster.master_address) == status.NOT_SERVING,
+            10,
+            "the master stayed SERVING with an unwritable journal",
+        )
         with grpc.insecure_channel(cluster.master_address) as channel:
             stub = master_pb2_grpc.MasterServiceStub(channel)
             request = master_pb2.CreateSessionRequest(spec=make_spec(small_table))
@@ -317,8 +331,11 @@ def test_an_unwritable_journal_turns_the_master_not_serving_and_the_trainer_rais
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
         with DppLoader(cluster.master_address, spec(small_table)) as loader:
             assert sorted(row_ids_of_one_epoch(loader)) == list(range(24_000))
-        _wait_for(lambda: _health(cluster.master_address) == status.SERVING, 10,
-                  "the master did not serve again")
+        _wait_for(
+            lambda: _health(cluster.master_address) == status.SERVING,
+            10,
+            "the master did not serve again",
+        )
         cluster.restart_master()  # replays the journal, every line of it whole
         with DppLoader(cluster.master_address, spec(small_table)) as loader:
             assert sorted(row_ids_of_one_epoch(loader)) == list(range(24_000))
