@@ -29,8 +29,10 @@ from storage import GenConfig, generate_table
 def _epoch_rows_per_s(master: str, table: str) -> float:
     spec = SessionSpec(
         table_uri=table,
-        features=(Feature("d0", "dense", "dense_0", (Op("fill_null", {"value": 0.0}),)),)
-        + tuple(Feature(f"s{i}", "sparse", f"sparse_{i}") for i in range(4)),
+        features=(
+            Feature("d0", "dense", "dense_0", (Op("fill_null", {"value": 0.0}),)),
+            *(Feature(f"s{i}", "sparse", f"sparse_{i}") for i in range(4)),
+        ),
         batch_size=1024,
         epochs=1,
     )

@@ -54,9 +54,17 @@ class ConflictError(DppError):
 
 
 class InvalidArgumentError(DppError):
-    """A request field no request may have (over a limit of :mod:`dpp_proto.limits`)."""
+    """A request field no request may have (over a limit of :mod:`dpp_proto.limits`).
+
+    Attributes:
+        field: the request field, e.g. ``session_name``; the message starts with it.
+    """
 
     status = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
 
 
 class ResourceExhaustedError(DppError):

@@ -224,9 +224,8 @@ class Master:
         """
         if len(session_name) > limits.MAX_NAME_CHARS:
             raise InvalidArgumentError(
-                limits.over_limit(
-                    "session_name", len(session_name), limits.MAX_NAME_CHARS, "characters"
-                )
+                "session_name",
+                limits.over_limit("", len(session_name), limits.MAX_NAME_CHARS, "characters"),
             )
         spec = spec_from_proto(spec_proto)
         # The canonical form (defaults written out), so equivalent specs join the same session.
@@ -457,12 +456,14 @@ class Master:
         """
         if len(address) > limits.MAX_ADDRESS_CHARS:
             raise InvalidArgumentError(
-                limits.over_limit("address", len(address), limits.MAX_ADDRESS_CHARS, "characters")
+                "address",
+                limits.over_limit("", len(address), limits.MAX_ADDRESS_CHARS, "characters"),
             )
         if not 0 < pipeline_threads <= limits.MAX_PIPELINE_THREADS:
             raise InvalidArgumentError(
-                f"pipeline_threads: {pipeline_threads} is outside 1..{limits.MAX_PIPELINE_THREADS}"
-                " (dpp_proto/limits.py)"
+                "pipeline_threads",
+                f"{pipeline_threads} is outside 1..{limits.MAX_PIPELINE_THREADS} "
+                "(dpp_proto/limits.py)",
             )
         with self._lock:
             worker_id = f"w-{uuid.uuid4().hex[:10]}"

@@ -21,13 +21,23 @@ import pytest
 
 from dpp_client.errors import (
     DppClientError,
+    DppUnavailableError,
     SessionConflictError,
     SessionNotFoundError,
     SpecRejectedError,
     error_from_rpc,
 )
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.errors import ConflictError, DppError, NotFoundError, OutOfRangeError, SpecError
+from dpp_server.errors import (
+    ConflictError,
+    DppError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ResourceExhaustedError,
+    SpecError,
+    UnavailableError,
+)
 from dpp_server.master_service import MasterServicer
 from storage.errors import FilterError, SplitChangedError, StorageError, TableNotFoundError
 
@@ -53,6 +63,21 @@ CONTRACT: list[tuple[Exception, Code, type[DppClientError]]] = [
         SessionConflictError,
     ),
     (OutOfRangeError("epoch 2 is past the last (epochs=2)"), Code.OUT_OF_RANGE, DppClientError),
+    (
+        InvalidArgumentError("session_name", "300 characters is over the limit of 256"),
+        Code.INVALID_ARGUMENT,
+        SpecRejectedError,
+    ),
+    (
+        ResourceExhaustedError("acks: 100,001 entries is over the limit of 100,000"),
+        Code.RESOURCE_EXHAUSTED,
+        DppClientError,
+    ),
+    (
+        UnavailableError("the master cannot write its journal (disk full); retry later"),
+        Code.UNAVAILABLE,
+        DppUnavailableError,
+    ),
     (
         TableNotFoundError("no Parquet files under /data/t (is the URI right?)"),
         Code.NOT_FOUND,
