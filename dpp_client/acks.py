@@ -16,6 +16,9 @@ Protocol, worked example (rank 1 of 2, ``ack_interval_s`` 0.2):
    the master answers ``limit 7, final``; :meth:`verdict` then calls the 8th batch surplus
    and the loader drops it, so both ranks yield 7 (DDP never hangs on a missing step).
 5. A failed send puts its acknowledgements back; the next tick (or :meth:`flush`) sends them.
+6. Nothing consumed for ``KEEPALIVE_S`` (a rank of world_size 1 in a long training step): an
+   empty ack goes anyway, so the master knows the rank is alive (its ``rank_timeout_s``) and
+   the loader learns early when the master is unreachable (:meth:`unreachable_s`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from dpp_client.assembler import Consumption
-from dpp_client.errors import DppClientError
+from dpp_client.errors import DppClientError, DppUnavailableError
 from dpp_client.master_link import MasterLink
 from dpp_client.metrics import LoaderStats, client_stats_to_proto
 from dpp_proto import master_pb2
@@ -34,6 +38,12 @@ from dpp_proto import master_pb2
 __all__ = ["Acknowledger", "Verdict"]
 
 _log = logging.getLogger(__name__)
+
+#: Longest time between two acks while an epoch is open, consumption or not. Must stay well
+#: under the master's ``rank_timeout_s`` (30 s by default).
+KEEPALIVE_S = 5.0
+#: A call in flight this long counts as the master being unreachable (since the last answer).
+_SLOW_CALL_S = 2.0
 
 
 class Verdict(enum.Enum):
@@ -89,6 +99,13 @@ class Acknowledger:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Master reachability: when it last answered, since when a call is in flight, whether
+        # the last call failed as unreachable; and the last refusal that is not transient.
+        self._last_sent = self._last_answer = time.monotonic()
+        self._in_flight_since: float | None = None
+        self._failing = False
+        self.last_failure = ""  # the last unreachable call's error, for the loader's message
+        self._refused: DppClientError | None = None
 
     # -- trainer's side --------------------------------------------------------------------
 
@@ -132,6 +149,19 @@ class Acknowledger:
         self._wake.set()  # ask the master now rather than at the next tick
         return Verdict.WAIT
 
+    def unreachable_s(self, now: float) -> float:
+        """Seconds the master has been unreachable: since its last answer while calls fail or
+        hang; 0 while it answers."""
+        with self._lock:
+            slow = self._in_flight_since is not None and now - self._in_flight_since > _SLOW_CALL_S
+            return now - self._last_answer if self._failing or slow else 0.0
+
+    def refused(self) -> DppClientError | None:
+        """The master's last refusal that retrying cannot fix (e.g. the session expired), or
+        None; the loader raises it in the trainer's thread."""
+        with self._lock:
+            return self._refused
+
     # -- sending ---------------------------------------------------------------------------
 
     def start(self, name: str) -> None:
@@ -167,8 +197,10 @@ class Acknowledger:
         with self._lock:
             if self._epoch is None:
                 return None
-            if not self._pending and not self._reproduce and self._world_size == 1:
+            idle = not self._pending and not self._reproduce and self._world_size == 1
+            if idle and time.monotonic() - self._last_sent < KEEPALIVE_S:
                 return None
+            self._last_sent = time.monotonic()
             pending, self._pending = self._pending, {}
             reproduce, self._reproduce = self._reproduce, set()
             request = master_pb2.AckBatchesRequest(
@@ -190,15 +222,27 @@ class Acknowledger:
         if prepared is None:
             return
         request, pending = prepared
+        with self._lock:
+            self._in_flight_since = time.monotonic()
         try:
             response = self._link.ack_batches(request)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
+                self._in_flight_since = None
+                self._failing = isinstance(exc, DppUnavailableError)
+                if self._failing:
+                    self.last_failure = str(exc)
+                if isinstance(exc, DppClientError) and not self._failing:
+                    self._refused = exc
                 if self._epoch == request.epoch:
                     for split_id, c in pending.items():
                         self._pending.setdefault(split_id, c)
             raise
         with self._lock:
+            self._in_flight_since = None
+            self._failing = False
+            self._refused = None
+            self._last_answer = time.monotonic()
             if self._epoch == request.epoch:
                 self._limit = response.batch_limit
                 self._limit_final = response.limit_final

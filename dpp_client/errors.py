@@ -178,6 +178,7 @@ REASON_ERRORS: dict[Reason, tuple[type[DppClientError], str]] = {
     Reason.STORAGE_FAILED: (TableError, ""),
     Reason.OUT_OF_RANGE: (DppClientError, ""),
     Reason.LIMIT_EXCEEDED: (LimitExceededError, ""),
+    Reason.UNAVAILABLE: (DppUnavailableError, "retry once the service is back"),
     Reason.INTERNAL: (
         DppClientError,
         "a bug in dpp, not in your spec: please report it with the master's log",

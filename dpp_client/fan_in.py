@@ -13,7 +13,8 @@ Protocol, worked example (workers W1, W2; W2 is killed):
    stay open across epochs.
 2. W2 dies: its stream fails with UNAVAILABLE. The thread waits a :class:`Backoff` delay and
    re-dials, for as long as W2 stays listed (gRPC's own retry cannot re-open a stream that
-   already delivered frames).
+   already delivered frames). A worker serving its ``max_streams`` already answers
+   RESOURCE_EXHAUSTED: re-dialled the same way, with a warning.
 3. The refresher's next ``ListWorkers`` no longer lists W2: its stream is cancelled and its
    thread ends. A new W3 is listed: a stream to it is opened.
 4. A frame that cannot be decoded, or a non-retryable stream error, is queued as a failure;
@@ -305,7 +306,10 @@ class FanIn:
                 if ws.stop.is_set():
                     return
                 code = rpc_code(exc)
-                if code not in RETRYABLE_CODES and code != grpc.StatusCode.CANCELLED:
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # The worker serves its max_streams already: wait for one to end.
+                    _log.warning("%s refused: %s; re-dialling with backoff", what, exc)
+                elif code not in RETRYABLE_CODES and code != grpc.StatusCode.CANCELLED:
                     self.fail(error_from_rpc(exc, what))
                     return
                 _log.info(

@@ -46,7 +46,7 @@ import torch
 from dpp_client.acks import Acknowledger, Verdict
 from dpp_client.assembler import Consumption, EpochAssembler, ReadyBatch
 from dpp_client.batch import Batch, batch_from_arrow
-from dpp_client.errors import DppClientError
+from dpp_client.errors import DppClientError, DppUnavailableError
 from dpp_client.fan_in import FanIn, GrpcStream, WorkerDialer
 from dpp_client.master_link import GrpcMasterLink, MasterLink
 from dpp_client.metrics import LoaderCounters, LoaderStats
@@ -183,6 +183,10 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             the line that built the loader rather than at the first ``iter()``. Costs one RPC
             and a look at the table (listing and one footer, no planning). False skips it
             (e.g. to build loaders before the master is up); :meth:`validate` runs it later.
+        master_timeout_s: with no frame arriving, give up once the master has been
+            unreachable this long: ``next()`` raises :class:`DppUnavailableError` (resume from
+            a checkpoint once it is back). Before that, the loader waits and resumes by
+            itself when the master returns. Longer rides out a slower master restart.
         master_link: the link to the master; default a :class:`GrpcMasterLink` to
             ``master`` with ``rpc_timeout_s``. The loader closes it. A seam for tests.
         dial_worker: opens a worker's StreamBatches call; default gRPC. A seam for tests.
@@ -209,6 +213,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         ack_interval_s: float | None = 0.2,
         reproduce_after_s: float = 10.0,
         validate: bool = True,
+        master_timeout_s: float = 300.0,
         master_link: MasterLink | None = None,
         dial_worker: WorkerDialer | None = None,
     ) -> None:
@@ -230,6 +235,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self.rpc_timeout_s = rpc_timeout_s
         self.worker_refresh_s = worker_refresh_s
         self.reproduce_after_s = reproduce_after_s
+        self.master_timeout_s = master_timeout_s
         self._prefetch_batches = prefetch_batches
         self._ack_interval_s = ack_interval_s
         self._pin = pin_memory and torch.cuda.is_available()
@@ -533,6 +539,19 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
 
     def _on_idle(self, session: _Session, watchdog: StallWatchdog, now: float) -> None:
         """No frame within the poll: ask for missing splits again, or warn, when it is time."""
+        refused = session.acks.refused()
+        if refused is not None:
+            raise refused
+        unreachable_s = session.acks.unreachable_s(now)
+        if unreachable_s > self.master_timeout_s:
+            raise DppUnavailableError(
+                f"master {self.master} has been unreachable for {unreachable_s:.0f} s "
+                f"(master_timeout_s={self.master_timeout_s:g}) and no frame arrives; rank "
+                f"{self.rank} of session {self.session_id} gives up. Restart the master (on "
+                "its --journal-dir to keep the session) and resume from the trainer's "
+                "checkpoint (load_state_dict), or raise master_timeout_s to wait longer. "
+                f"Last failure: {session.acks.last_failure or 'calls hang'}"
+            )
         reproduce, warn = watchdog.idle(now)
         quiet_s = now - watchdog.last_progress
         if reproduce:

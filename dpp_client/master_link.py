@@ -21,7 +21,7 @@ import grpc
 
 from dpp_client.errors import DppClientError, error_from_rpc, rpc_code
 from dpp_client.spec import SessionSpec
-from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto import limits, master_pb2, master_pb2_grpc
 from dpp_proto.retry import channel_options
 
 __all__ = ["MASTER_SERVICE", "GrpcMasterLink", "MasterLink"]
@@ -30,7 +30,9 @@ _log = logging.getLogger(__name__)
 
 MASTER_SERVICE = "dpp.v1.MasterService"
 _CHANNEL_OPTIONS = channel_options(
-    [MASTER_SERVICE], max_receive_bytes=256 << 20, max_send_bytes=16 << 20
+    [MASTER_SERVICE],
+    max_receive_bytes=limits.MAX_MESSAGE_BYTES,
+    max_send_bytes=limits.MAX_MESSAGE_BYTES,
 )
 
 

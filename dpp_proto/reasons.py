@@ -60,5 +60,8 @@ class Reason(enum.StrEnum):
     OUT_OF_RANGE = "OUT_OF_RANGE"
     #: RESOURCE_EXHAUSTED: a limit (named in ``dpp-error-field``) was exceeded.
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
+    #: UNAVAILABLE: the service cannot take the request now (its journal cannot be written,
+    #: it is recovering or draining); retry later.
+    UNAVAILABLE = "UNAVAILABLE"
     #: INTERNAL: a bug in dpp.
     INTERNAL = "INTERNAL"

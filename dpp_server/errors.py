@@ -82,6 +82,29 @@ class ConflictError(DppError):
     reason = Reason.SESSION_CONFLICT
 
 
+class InvalidArgumentError(DppError):
+    """A request field no request may have (over a limit of :mod:`dpp_proto.limits`).
+
+    Attributes:
+        field: the request field, e.g. ``session_name``; the message starts with it.
+    """
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.SPEC_INVALID
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
+class UnavailableError(DppError):
+    """The service cannot take the request now (e.g. its journal cannot be written); retry
+    later."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.UNAVAILABLE
+
+
 class OutOfRangeError(DppError):
     """A request beyond the end of a sequence (e.g. an epoch past the session's last)."""
 

@@ -17,6 +17,7 @@ calls; the lock keeps the file consistent for any other caller).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ class FileJournal:
         self._drop_torn_tail()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
         self.appended = 0
+        self._line = 0  # the line :meth:`replay` read last
 
     def _drop_torn_tail(self) -> None:
         """Cuts a last line that a crash left without its newline, so appends stay valid."""
@@ -88,18 +90,42 @@ class FileJournal:
                 f.truncate(keep)
 
     def append(self, update: state.Update) -> None:
+        """Writes and fsyncs one line.
+
+        Raises:
+            OSError: the line could not be written; the file is cut back to its last whole
+                line, so a later append (once the disk has room) is valid again.
+        """
         line = encode(update) + "\n"
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            size = self._file.tell()
+            try:
+                self._file.write(line)
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError:
+                self._reopen(size)
+                raise
             self.appended += 1
+
+    def _reopen(self, size: int) -> None:
+        """Drops what a failed write left in the buffer and the file past ``size``."""
+        # The buffered tail may fail to flush again: it is dropped with the handle.
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with open(self.path, "r+b") as f:
+            f.truncate(size)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open
+
+    def position(self) -> str:
+        return f"journal {self.path} line {self._line}"
 
     def replay(self) -> Iterator[state.Update]:
         with self._lock:
             self._file.flush()
         with open(self.path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
+                self._line = number
                 if not line.strip():
                     continue
                 try:

@@ -78,10 +78,18 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from dpp_proto import spec_pb2
+from dpp_proto import limits, spec_pb2
 from dpp_proto.reasons import Reason
 from dpp_server import state
-from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
+from dpp_server.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    LimitError,
+    NotFoundError,
+    OutOfRangeError,
+    SpecError,
+    UnavailableError,
+)
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import (
     Spec,
@@ -112,12 +120,18 @@ class MasterConfig:
         acquire_retry_ms: how long a worker waits before asking again when there is no work.
         plan_concurrency: footers read at once while planning. Higher hides object-store
             latency; each in-flight read holds a file handle and a footer in memory.
+        rank_timeout_s: a rank that made no call (BeginEpoch, AckBatches; its loader acks at
+            least every few seconds while open) for this long is away: its splits are leased
+            no more until it calls again, so workers do not fill buffers nobody reads.
+            Shorter frees workers sooner after a trainer crashed; too short stalls a trainer
+            whose master link is slow (it resumes on its next call).
     """
 
     heartbeat_interval_s: float = 1.0
     lease_timeout_s: float = 10.0
     acquire_retry_ms: int = 50
     plan_concurrency: int = 32
+    rank_timeout_s: float = 30.0
 
 
 @dataclasses.dataclass
@@ -204,7 +218,10 @@ class Master:
         self._journal = journal or state.MemoryJournal()
         self._clock = clock
         self._lock = threading.Lock()
-        self._ledger = state.replay(self._journal.replay())
+        self._ledger = state.replay(self._journal)
+        # Why the journal cannot be written now ("" while it can): the service then reports
+        # NOT_SERVING and every change is refused with UNAVAILABLE until a write succeeds.
+        self.journal_error = ""
         self._specs: dict[str, Spec] = {
             sid: spec_from_proto(_parse_spec(s.spec_bytes))
             for sid, s in self._ledger.sessions.items()
@@ -226,6 +243,9 @@ class Master:
         self._received: dict[tuple[str, int], dict[int, tuple[int, bool]]] = {}
         # Splits failed per session and the last error, for `dpp top`: volatile (monitoring).
         self._failures: dict[str, tuple[int, str]] = {}
+        # When each (session, rank) last called (volatile; a restart counts as a call).
+        self._started = self._clock()
+        self._seen: dict[tuple[str, int], float] = {}
         if self._ledger.sessions or self._workers:
             logger.info(
                 "recovered from the journal: %d session(s), %d worker(s)",
@@ -248,6 +268,11 @@ class Master:
             NotFoundError / TableNotFoundError: the table does not exist.
             ConflictError: ``session_name`` is taken by a session with another spec.
         """
+        if len(session_name) > limits.MAX_NAME_CHARS:
+            raise InvalidArgumentError(
+                "session_name",
+                limits.over_limit("", len(session_name), limits.MAX_NAME_CHARS, "characters"),
+            )
         spec = spec_from_proto(spec_proto)
         _check_local_path_is_absolute(spec.table_uri)
         # The canonical form (defaults written out), so equivalent specs join the same session.
@@ -376,6 +401,7 @@ class Master:
         with self._lock:
             session = self._session(session_id)
             spec = self._specs[session_id]
+            self._seen[(session_id, rank)] = self._clock()
             if rank >= spec.world_size:
                 raise OutOfRangeError(
                     f"session {session_id} has world_size {spec.world_size}; rank {rank} is "
@@ -441,6 +467,14 @@ class Master:
                     "BeginEpoch first",
                     Reason.EPOCH_NOT_BEGUN,
                 )
+            self._seen[(session_id, rank)] = self._clock()
+            if len(acks) + len(reproduce) > limits.MAX_ACKS_PER_REQUEST:
+                raise LimitError(
+                    "max_acks_per_request",
+                    limits.over_limit(
+                        "", len(acks) + len(reproduce), limits.MAX_ACKS_PER_REQUEST, "acks"
+                    ),
+                )
             parsed = self._acks_of(session, acks)
             fresh = tuple(
                 a
@@ -482,7 +516,22 @@ class Master:
     # -- workers --------------------------------------------------------------------------
 
     def register_worker(self, address: str, pipeline_threads: int) -> str:
-        """Adds a worker (journaled, so a restarted master still knows it) and returns its id."""
+        """Adds a worker (journaled, so a restarted master still knows it) and returns its id.
+
+        Raises:
+            InvalidArgumentError: the address or thread count is over its limit.
+        """
+        if len(address) > limits.MAX_ADDRESS_CHARS:
+            raise InvalidArgumentError(
+                "address",
+                limits.over_limit("", len(address), limits.MAX_ADDRESS_CHARS, "characters"),
+            )
+        if not 0 < pipeline_threads <= limits.MAX_PIPELINE_THREADS:
+            raise InvalidArgumentError(
+                "pipeline_threads",
+                f"{pipeline_threads} is outside 1..{limits.MAX_PIPELINE_THREADS} "
+                "(dpp_proto/limits.py)",
+            )
         with self._lock:
             worker_id = f"w-{uuid.uuid4().hex[:10]}"
             self._record(state.WorkerRegistered(worker_id, address, pipeline_threads))
@@ -498,8 +547,8 @@ class Master:
             if worker_id not in self._workers:
                 return
             released = len(self._ledger.held_by(worker_id))
+            self._record(state.WorkerRemoved(worker_id))  # first: it may be refused
             del self._workers[worker_id]
-            self._record(state.WorkerRemoved(worker_id))
         logger.info("worker %s left; %d unfinished split(s) released", worker_id, released)
 
     def heartbeat(
@@ -549,8 +598,8 @@ class Master:
         dead = [w for w, r in self._workers.items() if r.last_heartbeat < deadline]
         for worker_id in dead:
             released = len(self._ledger.held_by(worker_id))
+            self._record(state.WorkerRemoved(worker_id))  # first: it may be refused
             del self._workers[worker_id]
-            self._record(state.WorkerRemoved(worker_id))
             logger.warning(
                 "worker %s missed heartbeats for %.1fs: dropped, %d split(s) released",
                 worker_id,
@@ -585,12 +634,14 @@ class Master:
                     "for longer than the lease timeout); register again",
                     Reason.WORKER_NOT_FOUND,
                 )
-            record.last_heartbeat = self._clock()
+            now = record.last_heartbeat = self._clock()
+            away = now - self.config.rank_timeout_s
             candidates = []
             for session in self._ledger.sessions.values():
                 spec = self._specs[session.session_id]
                 for (epoch, rank), stream in sorted(session.streams.items()):
-                    if (session.session_id, rank) in skipped:
+                    key = (session.session_id, rank)
+                    if key in skipped or self._seen.get(key, self._started) < away:
                         continue
                     pos = stream.next_pending()
                     if pos is None:
@@ -621,7 +672,8 @@ class Master:
         done: bool,
         error: str = "",
     ) -> bool:
-        """Records that a worker produced a leased split (``done``), or failed it (``error``).
+        """Records that a worker produced a leased split (``done``), failed it (``error``), or
+        hands it back unfinished (neither: its client stopped reading, the frames are gone).
 
         A produced split stays with its worker until the trainer acknowledges it, so that if
         the worker dies with frames unsent, the split is produced again. A failed split is
@@ -662,6 +714,9 @@ class Master:
                 self._record(state.BatchesAcked(session_id, epoch, rank, (ack,)))
             elif done:
                 self._record(state.SplitProduced(session_id, epoch, rank, split_index))
+            else:
+                # Handed back unfinished (the worker dropped its frames: nobody read them).
+                self._record(state.LeaseReleased(session_id, epoch, rank, split_index))
             return True
 
     # -- stats sessions (dpp stats) -------------------------------------------------------
@@ -747,8 +802,25 @@ class Master:
     # -- helpers --------------------------------------------------------------------------
 
     def _record(self, update: state.Update) -> None:
-        """Journals an update, then applies it: nothing takes effect unrecorded."""
-        self._journal.append(update)
+        """Journals an update, then applies it: nothing takes effect unrecorded.
+
+        Raises:
+            UnavailableError: the journal cannot be written (disk full, I/O error); nothing
+                changed. Each later change tries again, so the master recovers by itself.
+        """
+        try:
+            self._journal.append(update)
+        except OSError as exc:
+            if not self.journal_error:
+                logger.error("the journal cannot be written (%s): refusing changes", exc)
+            self.journal_error = str(exc)
+            raise UnavailableError(
+                f"the master cannot write its journal ({exc}); it refuses changes until it "
+                "can (free the disk under --journal-dir); retry later"
+            ) from exc
+        if self.journal_error:
+            logger.warning("the journal can be written again: serving")
+            self.journal_error = ""
         self._ledger.apply(update)
 
     def _session(self, session_id: str) -> state.SessionState:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto import limits, master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
 from dpp_server import state
 from dpp_server.errors import grpc_error_of
@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "dpp.v1.MasterService"
 GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
 ]
 
 _Req = TypeVar("_Req")
@@ -297,8 +297,17 @@ class MasterServer:
         self._server.wait_for_termination()
 
     def _reap(self) -> None:
+        serving = True
         while not self._stop.wait(self.master.config.heartbeat_interval_s):
             try:
                 self.master.expire_workers()
             except Exception:
                 logger.exception("expiring workers failed")
+            # NOT_SERVING while the journal cannot be written: a load balancer or an operator
+            # sees why every change is refused (UNAVAILABLE), rather than a healthy master.
+            healthy = not self.master.journal_error
+            if healthy != serving and not self._stop.is_set():
+                status = health_pb2.HealthCheckResponse
+                for name in ("", SERVICE_NAME):
+                    self._health.set(name, status.SERVING if healthy else status.NOT_SERVING)
+                serving = healthy

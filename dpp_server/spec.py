@@ -60,7 +60,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from google.protobuf import struct_pb2
 
-from dpp_proto import spec_pb2, wire
+from dpp_proto import limits, spec_pb2, wire
 from dpp_proto.defaults import (
     MAX_BATCH_SIZE,
     MAX_SPLITS_IN_FLIGHT,
@@ -252,6 +252,34 @@ def feature_refs(feature: Feature) -> tuple[tuple[int, str, str, VType], ...]:
     return tuple(refs)
 
 
+def _check_limits(msg: spec_pb2.SessionSpec) -> None:
+    """The sizes :mod:`dpp_proto.limits` bounds, checked before anything else is looked at."""
+    size = msg.ByteSize()
+    if size > limits.MAX_SPEC_BYTES:
+        raise SpecError(
+            "spec",
+            limits.over_limit("", size, limits.MAX_SPEC_BYTES, "bytes"),
+            "a spec names columns and ops; move large data (vocabularies) into the table",
+        )
+    if len(msg.features) > limits.MAX_FEATURES:
+        raise SpecError(
+            "features",
+            limits.over_limit("", len(msg.features), limits.MAX_FEATURES, "features"),
+        )
+    for i, feature in enumerate(msg.features):
+        if len(feature.name) > limits.MAX_NAME_CHARS:
+            raise SpecError(
+                f"features[{i}].name",
+                limits.over_limit("", len(feature.name), limits.MAX_NAME_CHARS, "characters"),
+            )
+    if msg.world_size > limits.MAX_WORLD_SIZE:
+        raise SpecError(
+            "world_size",
+            limits.over_limit("", msg.world_size, limits.MAX_WORLD_SIZE, "ranks"),
+            "one session serves at most that many trainer processes",
+        )
+
+
 def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
     """Validates a SessionSpec on its own (no table needed) and fills its defaults.
 
@@ -264,6 +292,7 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
     Raises:
         SpecError: the first problem found, with the exact field path.
     """
+    _check_limits(msg)
     if not msg.table_uri:
         raise SpecError(
             "table_uri", "is required", "set it to the path or s3:// URI of a Parquet table"

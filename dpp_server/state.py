@@ -178,18 +178,28 @@ class Journal(Protocol):
 
     def replay(self) -> Iterator[Update]: ...
 
+    def position(self) -> str:
+        """Where the update :meth:`replay` yielded last is recorded (for error messages)."""
+        ...
+
 
 class MemoryJournal:
     """A journal that keeps updates in memory only: state does not survive a restart."""
 
     def __init__(self) -> None:
         self._updates: list[Update] = []
+        self._replayed = 0
 
     def append(self, update: Update) -> None:
         self._updates.append(update)
 
     def replay(self) -> Iterator[Update]:
-        yield from list(self._updates)
+        for number, update in enumerate(list(self._updates), 1):
+            self._replayed = number
+            yield update
+
+    def position(self) -> str:
+        return f"update {self._replayed} of the in-memory journal"
 
 
 @dataclasses.dataclass
@@ -366,11 +376,23 @@ class Ledger:
         return found
 
 
-def replay(updates: Iterable[Update]) -> Ledger:
-    """Rebuilds a ledger from journaled updates."""
+def replay(journal: Journal) -> Ledger:
+    """Rebuilds a ledger from a journal's updates.
+
+    Raises:
+        ValueError: an update does not fit the state before it (a journal edited by hand, or
+            from another version); the message names where it is recorded.
+    """
     ledger = Ledger()
-    for update in updates:
-        ledger.apply(update)
+    for update in journal.replay():
+        try:
+            ledger.apply(update)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{journal.position()}: {type(update).__name__} does not fit the state "
+                f"replayed before it ({type(exc).__name__}: {exc}); the master cannot recover "
+                "from it: restore the journal from a backup, or move it away to start empty"
+            ) from exc
     return ledger
 
 
@@ -393,15 +415,16 @@ def rank_share(
     Walking the epoch's order, each split goes to the rank with the fewest rows so far (the
     lowest rank on a tie): disjoint across ranks, together they cover every split, and rank
     totals stay within one split of each other, so the equal-batches rule drops little.
-    Without row counts, every ``world_size``-th split from position ``rank``.
+    Without row counts, every ``world_size``-th split from position ``rank``. A heap of
+    (rows, rank) makes it O(splits x log world_size): the master's lock is held while it runs.
     """
     if rows is None:
         return tuple(order[rank::world_size])
-    totals = [0] * world_size
+    totals = [(0, r) for r in range(world_size)]  # already a heap
     mine = []
     for index in order:
-        target = min(range(world_size), key=lambda r: (totals[r], r))
-        totals[target] += rows[index]
+        total, target = totals[0]
+        heapq.heapreplace(totals, (total + rows[index], target))
         if target == rank:
             mine.append(index)
     return tuple(mine)

@@ -41,8 +41,10 @@ class WorkerConfig:
     Attributes:
         pipeline_threads: splits processed at once. More overlaps reads with transforms and
             uses more cores; each thread holds up to one read chunk and its transformed copy.
-        max_buffer_bytes: frames buffered per (session, rank) before pipeline threads wait for
-            the client. More absorbs consumer jitter; less bounds memory.
+        max_buffer_bytes: frame bytes the worker buffers for all clients together. Each
+            (session, rank) gets an equal share (at least one frame), so one session can never
+            take the whole buffer; pipeline threads wait while their share is full. More
+            absorbs consumer jitter; less bounds memory.
         read_batch_rows: rows per record batch read from storage and transformed at once.
             Larger amortises per-call overhead; smaller bounds memory per thread. With
             ``shuffle`` a read chunk is the unit of the seeded row order, so all workers of a
@@ -61,6 +63,15 @@ class WorkerConfig:
             serves more epochs and jobs from disk; it costs disk and the write on a miss.
         cache_dir: the cache's folder (empty: a new temporary folder per process). Name one
             to keep the cache across worker restarts; never share one between workers.
+        consumer_timeout_s: a (session, rank) whose client took no frame (and had no stream
+            open while its buffer was empty) for this long is abandoned: its frames are
+            dropped, its pipeline threads released and its splits handed back to the master
+            (a live client that comes back gets them produced again). Shorter frees a crashed
+            trainer's memory and threads sooner; too short re-produces the splits of a
+            trainer that merely paused.
+        max_streams: client streams served at once; one more is refused at once with
+            RESOURCE_EXHAUSTED (its client re-dials with backoff). Each open stream holds a
+            server thread (mostly asleep).
     """
 
     pipeline_threads: int = 2
@@ -71,12 +82,18 @@ class WorkerConfig:
     memory_mb: int = 0
     cache_mb: int = 0
     cache_dir: str = ""
+    consumer_timeout_s: float = 30.0
+    max_streams: int = 512
 
     def __post_init__(self) -> None:
         if self.wire_compression not in ("", "lz4", "zstd"):
             raise ValueError(
                 f"wire_compression {self.wire_compression!r} is not lz4, zstd or empty (none)"
             )
+
+
+#: How often a producer waiting on a full buffer reports its waiting time (``wait_consumer_s``).
+_WAIT_REPORT_S = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,11 +127,16 @@ class MasterLink(Protocol):
 
 
 class FrameBuffer:
-    """Frames ready for one (session, rank), bounded by bytes.
+    """Frames ready for one (session, rank), bounded by bytes, with its consumer's liveness.
 
-    Thread-safe: ``_cond`` guards ``_frames``, ``_bytes`` and ``_consumer``. Producers
-    (pipeline threads) block in :meth:`put` while the buffer is full; one consumer (a client
-    stream) takes frames in order with :meth:`get`.
+    Thread-safe: ``_cond`` guards every field. Producers (pipeline threads) wait in :meth:`put`
+    while the buffer is full; one consumer (a client stream) takes frames in order with
+    :meth:`take`. :meth:`full` and :meth:`put` use one rule (:meth:`_full`), so a pipeline
+    thread that skipped no full stream when it asked for a split does not then wait on it.
+
+    The worker shrinks ``max_bytes`` to this buffer's share of its budget as buffers come and
+    go (:meth:`set_max_bytes`), and closes a buffer whose consumer went away
+    (:meth:`idle_s`): blocked producers are released and the frames dropped.
 
     One consumer at a time: a (session, rank) is one trainer, which streams from each worker
     once. A stream that :meth:`attach` es supersedes the ones before it, which then get no
@@ -125,7 +147,7 @@ class FrameBuffer:
     example:
 
     1. Trainer T1 streams from W with token 1, consumes, checkpoints, and dies; its stream's
-       server thread is still waiting in :meth:`get`.
+       server thread is still waiting in :meth:`take`.
     2. T2 restores the checkpoint: the master revokes the leases, W leases a split again and
        puts its first frame F here.
     3. T2's stream attaches (token 2). T1's thread wakes with F waiting, but token 1 is no
@@ -135,39 +157,83 @@ class FrameBuffer:
        at the front with :meth:`unget`, for the next consumer, in order.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_bytes = max_bytes
+        self._clock = clock
         self._cond = threading.Condition()
-        self._frames: collections.deque[bytes] = collections.deque()
+        # Each frame with the lease it belongs to (None in tests), for handing leases back.
+        self._frames: collections.deque[tuple[bytes, LeaseGrant | None]] = collections.deque()
         self._bytes = 0
+        self._largest = 0  # the largest frame put so far: :meth:`full`'s guess of the next
         self._closed = False
-        self._consumer = 0
+        self._consumer = 0  # the token of the newest stream: the only one that takes frames
+        self._attached = 0  # streams attached and not yet detached
+        self._last_active = clock()
 
-    def put(self, frame: bytes) -> None:
-        """Appends a frame, waiting while the buffer is full. A frame larger than the whole
-        budget is still accepted once the buffer is empty, so progress is always possible."""
+    def _full(self, frame_bytes: int) -> bool:
+        """The one rule: a frame waits while others are buffered and it would overflow. A
+        frame larger than the whole budget still goes in once the buffer is empty, so
+        progress is always possible."""
+        return self._bytes > 0 and self._bytes + frame_bytes > self.max_bytes
+
+    def put(
+        self,
+        frame: bytes,
+        lease: LeaseGrant | None = None,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> bool:
+        """Appends a frame, waiting while the buffer is full.
+
+        Args:
+            lease: the lease the frame belongs to, handed back if the buffer is abandoned.
+            on_wait: called with seconds waited, every ``_WAIT_REPORT_S`` while waiting, so
+                the time spent waiting on the consumer is visible while it lasts.
+
+        Returns:
+            False when the buffer was closed (abandoned or shutting down): the frame is
+            dropped and the producer should stop.
+        """
         with self._cond:
-            while self._bytes and self._bytes + len(frame) > self.max_bytes and not self._closed:
-                self._cond.wait()
-            self._frames.append(frame)
+            while not self._closed and self._full(len(frame)):
+                started = time.perf_counter()
+                self._cond.wait(_WAIT_REPORT_S)
+                if on_wait is not None:
+                    on_wait(time.perf_counter() - started)
+            if self._closed:
+                return False
+            if not self._frames:
+                self._last_active = self._clock()  # the consumer's clock starts now
+            self._frames.append((frame, lease))
             self._bytes += len(frame)
+            self._largest = max(self._largest, len(frame))
             self._cond.notify_all()
+            return True
 
     def attach(self) -> int:
-        """Makes a new stream the consumer; returns its token for :meth:`get`."""
+        """Makes a new stream the consumer; returns its token for :meth:`take`. Pair it with
+        one :meth:`detach` when the stream ends."""
         with self._cond:
             self._consumer += 1
-            self._cond.notify_all()  # a superseded stream waiting in get() ends now
+            self._attached += 1
+            self._last_active = self._clock()
+            self._cond.notify_all()  # a superseded stream waiting in take() ends now
             return self._consumer
+
+    def detach(self) -> None:
+        """A stream that attached stopped reading (its consumer's away-clock starts)."""
+        with self._cond:
+            self._attached = max(0, self._attached - 1)
+            self._last_active = self._clock()
 
     def is_consumer(self, token: int) -> bool:
         with self._cond:
             return token == self._consumer
 
-    def get(
+    def take(
         self, timeout_s: float, token: int | None = None, alive: Callable[[], bool] | None = None
-    ) -> bytes | None:
-        """Takes the oldest frame, or returns None after ``timeout_s`` without one.
+    ) -> tuple[bytes, LeaseGrant | None] | None:
+        """Takes the oldest frame and its lease, or returns None after ``timeout_s`` without
+        one (at once when the buffer is closed or the caller superseded).
 
         Args:
             token: the caller's :meth:`attach` token; None for a caller that never attached
@@ -176,32 +242,49 @@ class FrameBuffer:
                 under the lock right before a frame is taken, so a dead stream takes none.
         """
         with self._cond:
-            if not self._frames and (token is None or token == self._consumer):
+            current = token is None or token == self._consumer
+            if not self._frames and not self._closed and current:
                 self._cond.wait(timeout_s)
             if not self._frames or (token is not None and token != self._consumer):
                 return None
             if alive is not None and not alive():
                 return None
-            frame = self._frames.popleft()
+            frame, lease = self._frames.popleft()
             self._bytes -= len(frame)
+            self._last_active = self._clock()
             self._cond.notify_all()
-            return frame
+            return frame, lease
 
-    def unget(self, frame: bytes) -> None:
-        """Puts back, at the front, a frame taken by :meth:`get` that could not be sent."""
+    def get(
+        self, timeout_s: float, token: int | None = None, alive: Callable[[], bool] | None = None
+    ) -> bytes | None:
+        """:meth:`take` without the lease."""
+        item = self.take(timeout_s, token, alive)
+        return None if item is None else item[0]
+
+    def unget(self, frame: bytes, lease: LeaseGrant | None = None) -> None:
+        """Puts back, at the front, a frame taken by :meth:`take` that could not be sent."""
         with self._cond:
-            self._frames.appendleft(frame)
+            if self._closed:
+                return  # abandoned meanwhile: its lease was handed back with the rest
+            self._frames.appendleft((frame, lease))
             self._bytes += len(frame)
             self._cond.notify_all()
 
     def wake(self) -> None:
-        """Wakes a consumer waiting in :meth:`get` (its RPC ended: it should stop waiting)."""
+        """Wakes a consumer waiting in :meth:`take` (its RPC ended: it should stop waiting)."""
         with self._cond:
             self._cond.notify_all()
 
     def full(self) -> bool:
+        """Whether a frame as large as the largest so far would wait in :meth:`put`."""
         with self._cond:
-            return self._bytes >= self.max_bytes
+            return self._full(self._largest)
+
+    def set_max_bytes(self, max_bytes: int) -> None:
+        with self._cond:
+            self.max_bytes = max_bytes
+            self._cond.notify_all()
 
     def fill(self) -> tuple[int, float]:
         """Bytes buffered and their share of ``max_bytes`` (for metrics)."""
@@ -212,11 +295,33 @@ class FrameBuffer:
         with self._cond:
             return not self._frames
 
-    def close(self) -> None:
-        """Releases blocked producers (on shutdown)."""
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
+    def idle_s(self) -> float:
+        """Seconds the consumer has been away: 0 while a stream is attached and has taken
+        everything; otherwise the time since a stream last took a frame, attached or
+        detached, or since a frame arrived in an empty buffer."""
+        with self._cond:
+            if self._attached and not self._frames:
+                return 0.0
+            return self._clock() - self._last_active
+
+    def close(self) -> list[LeaseGrant]:
+        """Releases blocked producers and drops the frames (abandoned, or shutting down).
+
+        Returns:
+            The leases whose frames were dropped, once each, to hand back to the master.
+        """
         with self._cond:
             self._closed = True
+            leases = {id(lease): lease for _, lease in self._frames if lease is not None}
+            self._frames.clear()
+            self._bytes = 0
             self._cond.notify_all()
+            return list(leases.values())
 
 
 class _ActiveSplits:
@@ -315,7 +420,8 @@ class Worker:
         self._registration = self._link.register(self.address, self.config.pipeline_threads)
         logger.info("worker %s serving at %s", self.worker_id, self.address)
         self._threads = [
-            threading.Thread(target=self._heartbeat_loop, name="dpp-heartbeat", daemon=True)
+            threading.Thread(target=self._heartbeat_loop, name="dpp-heartbeat", daemon=True),
+            threading.Thread(target=self._sweep_loop, name="dpp-buffer-sweeper", daemon=True),
         ] + [
             threading.Thread(target=self._pipeline_loop, name=f"dpp-pipeline-{i}", daemon=True)
             for i in range(self.config.pipeline_threads)
@@ -378,7 +484,48 @@ class Worker:
             buffer = self._buffers.get(key)
             if buffer is None:
                 buffer = self._buffers[key] = FrameBuffer(self.memory.buffer_bytes)
+                self._share_budget()
             return buffer
+
+    def _share_budget(self) -> None:
+        """Gives every buffer an equal share of the buffer budget (``max_buffer_bytes``, or
+        less under ``memory_mb``: :mod:`dpp_server.budget`). Holds ``_lock``."""
+        share = self.memory.buffer_bytes // max(1, len(self._buffers))
+        for buffer in self._buffers.values():
+            buffer.set_max_bytes(share)
+
+    def sweep(self) -> int:
+        """Abandons the buffers whose consumer stayed away for ``consumer_timeout_s``: drops
+        their frames, releases their producers and hands their splits back to the master.
+        Idle empty buffers (and compiled pipelines of sessions with none left) are forgotten,
+        so a worker's state stays flat however many sessions it served. Called every second
+        by the sweeper thread. Returns the number of buffers removed."""
+        timeout_s = self.config.consumer_timeout_s
+        with self._lock:
+            stale = {k: b for k, b in self._buffers.items() if b.idle_s() > timeout_s}
+            for key in stale:
+                del self._buffers[key]
+            live_sessions = {session_id for session_id, _ in self._buffers}
+            for session_id in [s for s in self._sessions if s not in live_sessions]:
+                del self._sessions[session_id]
+            if stale:
+                self._share_budget()
+        for (session_id, rank), buffer in stale.items():
+            buffered, _ = buffer.fill()
+            leases = buffer.close()
+            if buffered or leases:
+                logger.warning(
+                    "session %s rank %d: no client took a frame for %.0fs (consumer_timeout_s):"
+                    " dropped %d buffered bytes, handing %d split(s) back to the master",
+                    session_id,
+                    rank,
+                    timeout_s,
+                    buffered,
+                    len(leases),
+                )
+            for lease in leases:
+                self._release(lease)
+        return len(stale)
 
     def stats(self) -> tuple[StageSeconds, WorkerCounters]:
         return self._stats.snapshot()
@@ -403,6 +550,13 @@ class Worker:
                     )
             except Exception:
                 logger.exception("heartbeat to the master failed; will retry")
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(min(1.0, self.config.consumer_timeout_s / 4)):
+            try:
+                self.sweep()
+            except Exception:
+                logger.exception("sweeping abandoned frame buffers failed; will retry")
 
     def _pipeline_loop(self) -> None:
         while not self._stop.is_set():
@@ -435,9 +589,10 @@ class Worker:
         try:
             session = self._session(lease.session_id)
             for frame in produce_split(session, lease, self._stats):
-                waited = time.perf_counter()
-                buffer.put(frame)
-                self._stats.add_seconds("wait_consumer_s", time.perf_counter() - waited)
+                if not buffer.put(frame, lease, self._waited_on_consumer):
+                    if not self._stop.is_set():
+                        self._release(lease)  # abandoned: nobody reads this (session, rank)
+                    return
                 produced += 1
                 if self._stop.is_set():
                     return  # the lease expires or is released by unregister; nothing is lost
@@ -449,7 +604,7 @@ class Worker:
             )
             logger.exception("%s", message)
             header = frame_header(lease, produced, last=True, error=message)
-            buffer.put(FrameEncoder.encode_empty(header))
+            buffer.put(FrameEncoder.encode_empty(header), lease)
             self._report(lease, message)
             return
         finally:
@@ -523,6 +678,19 @@ class Worker:
             f"worker {self.worker_id} could not hand in split {lease.split.split_id}'s "
             f"sketches after {attempts} attempts; see its log",
         )
+
+    def _waited_on_consumer(self, seconds: float) -> None:
+        self._stats.add_seconds("wait_consumer_s", seconds)
+
+    def _release(self, lease: LeaseGrant) -> None:
+        """Hands a lease back unfinished (its frames will not reach the client): the master
+        makes the split pending again, from its acknowledged batches. Only logged when the
+        master cannot be reached: the worker's heartbeats keep the lease, and the trainer's
+        re-production request or the session's expiry frees it then."""
+        try:
+            self._link.report_split_progress(self.worker_id, lease, False, "")
+        except Exception:
+            logger.exception("handing split %s back to the master failed", lease.split.split_id)
 
     def _report(self, lease: LeaseGrant, error: str) -> None:
         """Tells the master a split is produced (or failed). A report that cannot reach the

@@ -16,7 +16,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
+from dpp_proto import limits, master_pb2, master_pb2_grpc, worker_pb2
 from dpp_proto.retry import channel_options
 from dpp_server.master import LeaseGrant
 from dpp_server.records import (
@@ -34,10 +34,12 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = "dpp.v1.WorkerService"
 STREAM_METHOD = "StreamBatches"
 GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", 512 << 20),
-    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 512 << 20),  # frames (the data plane)
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
 ]
 MASTER_SERVICE = "dpp.v1.MasterService"
+#: Server threads beyond ``max_streams``, for health checks.
+_SPARE_RPCS = 8
 
 
 class GrpcMasterLink:
@@ -51,7 +53,12 @@ class GrpcMasterLink:
     """
 
     def __init__(self, address: str, deadline_s: float = 30.0) -> None:
-        self._channel = grpc.insecure_channel(address, options=channel_options([MASTER_SERVICE]))
+        options = channel_options(
+            [MASTER_SERVICE],
+            max_receive_bytes=limits.MAX_MESSAGE_BYTES,
+            max_send_bytes=limits.MAX_MESSAGE_BYTES,
+        )
+        self._channel = grpc.insecure_channel(address, options=options)
         self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
         self._deadline_s = deadline_s
 
@@ -172,18 +179,29 @@ class WorkerServicer:
         logger.info("client streaming session %s rank %d", request.session_id, request.rank)
         self.worker.streams.add(1)
         try:
-            while context.is_active() and buffer.is_consumer(token) and not self.worker.stopping:
-                frame = buffer.get(self.poll_s, token, context.is_active)
-                if frame is None:
+            while context.is_active() and not self.worker.stopping:
+                if buffer.closed:
+                    # Abandoned while this client did not read (a paused trainer): read the
+                    # new buffer its splits are produced into again.
+                    buffer.detach()
+                    buffer = self.worker.buffer(request.session_id, request.rank)
+                    token = buffer.attach()
+                    context.add_callback(buffer.wake)
+                if not buffer.is_consumer(token):
+                    return  # superseded by a newer stream of the same (session, rank)
+                item = buffer.take(self.poll_s, token, context.is_active)
+                if item is None:
                     continue
+                frame, lease = item
                 sent = False
                 try:
                     yield frame
                     sent = True
                 finally:
                     if not sent:  # the RPC ended at the yield: the frame stays for the next
-                        buffer.unget(frame)
+                        buffer.unget(frame, lease)
         finally:
+            buffer.detach()
             self.worker.streams.add(-1)
 
     def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
@@ -212,9 +230,14 @@ class WorkerServer:
         advertise_host: str | None = None,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
+        # Each open stream holds a thread; past ``max_streams`` (plus room for health checks)
+        # gRPC answers RESOURCE_EXHAUSTED at once instead of queueing the call unserved.
+        config = config or WorkerConfig()
+        rpcs = config.max_streams + _SPARE_RPCS
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="dpp-worker-rpc"),
+            futures.ThreadPoolExecutor(max_workers=rpcs, thread_name_prefix="dpp-worker-rpc"),
             options=GRPC_OPTIONS,
+            maximum_concurrent_rpcs=rpcs,
         )
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from dpp_proto import limits
 from storage import orc
 from storage.errors import CorruptFileError, StorageError, TableLayoutError, TableNotFoundError
 from storage.filesystem import fsspec_filesystem_of, resolve
@@ -577,8 +579,38 @@ def _splits_of_file(
     ]
 
 
+def _walk_local(root: str, uri: str) -> list[tuple[str, int, str]]:
+    """Every file under a local ``root``, without following symlinked folders (a link loop
+    would make the listing endless) and at most ``MAX_LISTING_DEPTH`` levels deep."""
+    entries: list[tuple[str, int, str]] = []
+    for folder, subfolders, names in os.walk(root, followlinks=False):
+        depth = folder[len(root) :].count(os.sep)
+        if depth >= limits.MAX_LISTING_DEPTH and subfolders:
+            raise StorageError(
+                f"table {uri!r}: {folder!r} is "
+                + limits.over_limit("depth", depth + 1, limits.MAX_LISTING_DEPTH, "folder levels")
+                + "; a table is partition folders (ds=...) holding Parquet files"
+            )
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):  # a link to a file is read; a dangling one is not
+                entries.append((path, os.path.getsize(path), ""))
+        _check_file_count(len(entries), uri)
+    return entries
+
+
+def _check_file_count(count: int, uri: str) -> None:
+    if count > limits.MAX_TABLE_FILES:
+        raise StorageError(
+            f"table {uri!r}: "
+            + limits.over_limit("files", count, limits.MAX_TABLE_FILES, "files")
+            + "; compact the table (dpp cluster) or point at a partition folder"
+        )
+
+
 def _list_files(filesystem: pafs.FileSystem, root: str, uri: str) -> list[FileInfo]:
-    """Lists every file under ``root`` (or ``root`` itself if it is a file) in one call."""
+    """Lists every file under ``root`` (or ``root`` itself if it is a file) in one call,
+    within :mod:`dpp_proto.limits`' depth and file count."""
     inner = fsspec_filesystem_of(filesystem)
     try:
         if inner is not None:
@@ -596,6 +628,8 @@ def _list_files(filesystem: pafs.FileSystem, root: str, uri: str) -> list[FileIn
             info = filesystem.get_file_info(root)
             if info.type == pafs.FileType.File:
                 entries = [(info.path, int(info.size), "")]
+            elif isinstance(filesystem, pafs.LocalFileSystem):
+                entries = _walk_local(root, uri)
             else:
                 selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
                 entries = [
@@ -608,6 +642,7 @@ def _list_files(filesystem: pafs.FileSystem, root: str, uri: str) -> list[FileIn
             f"table {uri!r}: listing {root!r} failed ({exc}); check the URI, credentials and "
             "storage options"
         ) from exc
+    _check_file_count(len(entries), uri)
     return [
         FileInfo(path=path, size=size, etag=etag, partition=_partition_of(path, root))
         for path, size, etag in entries

@@ -23,6 +23,7 @@ from dpp_client.errors import (
     REASON_ERRORS,
     CorruptFileError,
     DppClientError,
+    DppUnavailableError,
     LimitExceededError,
     SessionConflictError,
     SessionNotFoundError,
@@ -39,11 +40,13 @@ from dpp_server.errors import (
     CapacityError,
     ConflictError,
     DppError,
+    InvalidArgumentError,
     LimitError,
     NotFoundError,
     OutOfRangeError,
     SpecError,
     StatsError,
+    UnavailableError,
 )
 from dpp_server.master_service import MasterServicer
 from storage import errors as storage_errors
@@ -102,6 +105,18 @@ CONTRACT: list[tuple[Exception, Code, Reason, type[DppClientError]]] = [
         Code.RESOURCE_EXHAUSTED,
         Reason.LIMIT_EXCEEDED,
         LimitExceededError,
+    ),
+    (
+        InvalidArgumentError("session_name", "300 characters is over the limit of 256"),
+        Code.INVALID_ARGUMENT,
+        Reason.SPEC_INVALID,
+        SpecRejectedError,
+    ),
+    (
+        UnavailableError("the master cannot write its journal (disk full); retry later"),
+        Code.UNAVAILABLE,
+        Reason.UNAVAILABLE,
+        DppUnavailableError,
     ),
     (
         storage_errors.TableNotFoundError("no Parquet files under /data/t (is the URI right?)"),

@@ -91,3 +91,13 @@ def test_a_bad_line_is_a_clear_error(tmp_path: Path, line: str, cause: str) -> N
     with pytest.raises(ValueError, match="line 2 is corrupt") as excinfo:
         list(journal.FileJournal(tmp_path).replay())
     assert cause in str(excinfo.value)
+
+
+def test_replay_names_the_line_of_an_update_that_does_not_fit(tmp_path: Path) -> None:
+    log = journal.FileJournal(tmp_path)
+    log.append(state.WorkerRegistered("w-1", "127.0.0.1:1", 1))
+    # Well-formed, but for a session the journal never created (edited by hand, say).
+    log.append(state.EpochBegun("s-missing", 0, 0, (0, 1)))
+    log.close()
+    with pytest.raises(ValueError, match=r"journal .*journal.jsonl line 2: EpochBegun does not"):
+        state.replay(journal.FileJournal(tmp_path))

@@ -15,8 +15,12 @@ from tests.helpers.server import InProcessLink, make_spec
 
 def test_frame_buffer_blocks_producers_when_full() -> None:
     buffer = FrameBuffer(max_bytes=10)
+    assert buffer.put(b"x" * 2)
+    assert buffer.full() is False  # a frame like the largest so far (2 bytes) fits
+    assert buffer.get(0.01) == b"x" * 2
     buffer.put(b"x" * 8)
-    assert buffer.full() is False
+    # full() and put() agree: another 8-byte frame would wait, so the worker skips this stream.
+    assert buffer.full() is True
     done = threading.Event()
     waiting = threading.Event()
     condition_wait = buffer._cond.wait
@@ -78,6 +82,43 @@ def test_frame_buffer_a_dead_stream_takes_nothing_and_unget_keeps_the_order() ->
     buffer.unget(frame)  # the RPC ended at the yield: the next consumer gets it first
     assert [buffer.get(0.01), buffer.get(0.01)] == [b"f0", b"f1"]
     assert buffer.fill()[0] == 0
+
+
+def test_a_producer_waiting_on_an_abandoned_buffer_is_released_and_its_wait_measured() -> None:
+    now = [100.0]
+    buffer = FrameBuffer(max_bytes=10, clock=lambda: now[0])
+    lease = object()
+    assert buffer.put(b"x" * 8, lease)  # type: ignore[arg-type]
+    waited: list[float] = []
+    outcome: list[bool] = []
+    producer = threading.Thread(
+        target=lambda: outcome.append(buffer.put(b"y" * 8, lease, waited.append))  # type: ignore[arg-type]
+    )
+    producer.start()
+    while not waited:  # reported while still waiting, not only once put returns
+        producer.join(0.01)
+    assert producer.is_alive() and all(w > 0 for w in waited)
+    assert buffer.idle_s() == 0.0  # nobody attached yet, but the frame just arrived
+    now[0] += 31.0
+    assert buffer.idle_s() == 31.0
+    assert buffer.close() == [lease]  # the lease whose frames were dropped, once
+    producer.join(5.0)
+    assert outcome == [False] and buffer.fill() == (0, 0.0) and buffer.get(0.0) is None
+
+
+def test_an_attached_consumer_with_nothing_to_take_is_not_idle() -> None:
+    now = [0.0]
+    buffer = FrameBuffer(max_bytes=10, clock=lambda: now[0])
+    buffer.attach()
+    now[0] += 1000.0
+    assert buffer.idle_s() == 0.0
+    buffer.put(b"x")
+    now[0] += 5.0
+    assert buffer.idle_s() == 5.0  # a frame waits and the attached stream does not take it
+    assert buffer.get(0.0) == b"x"
+    buffer.detach()
+    now[0] += 7.0
+    assert buffer.idle_s() == 7.0
 
 
 @pytest.mark.parametrize("batch_size", [1000, 1500, 7000])
