@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dpp_proto import limits, master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
 from dpp_server import state
-from dpp_server.errors import grpc_error_of
+from dpp_server.errors import UnavailableError, grpc_error_of
 from dpp_server.records import (
     StageSeconds,
     WorkerCounters,
@@ -301,8 +301,11 @@ class MasterServer:
         while not self._stop.wait(self.master.config.heartbeat_interval_s):
             try:
                 self.master.expire_workers()
+                self.master.expire_sessions()
+            except UnavailableError:
+                pass  # the journal cannot be written: health below says so
             except Exception:
-                logger.exception("expiring workers failed")
+                logger.exception("expiring workers or sessions failed")
             # NOT_SERVING while the journal cannot be written: a load balancer or an operator
             # sees why every change is refused (UNAVAILABLE), rather than a healthy master.
             healthy = not self.master.journal_error

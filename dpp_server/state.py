@@ -156,6 +156,15 @@ class SplitStatsReported:
     error: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class SessionExpired:
+    """No rank called the session for the master's ``session_ttl_s`` (it finished, or its
+    trainers are gone): it is forgotten with its progress, leases and name. Journaled, so a
+    restarted master agrees that it is gone."""
+
+    session_id: str
+
+
 Update = (
     SessionCreated
     | WorkerRegistered
@@ -167,12 +176,14 @@ Update = (
     | StreamRestored
     | LeaseReleased
     | SplitStatsReported
+    | SessionExpired
 )
 
 
 class Journal(Protocol):
     """Where updates are recorded before they take effect. A durable journal has written and
-    fsynced an update when :meth:`append` returns; :meth:`replay` yields what was recorded."""
+    fsynced an update when :meth:`append` returns; :meth:`replay` yields what was recorded:
+    the last snapshot's updates, then those appended since (its *tail*)."""
 
     def append(self, update: Update) -> None: ...
 
@@ -182,11 +193,32 @@ class Journal(Protocol):
         """Where the update :meth:`replay` yielded last is recorded (for error messages)."""
         ...
 
+    def compact(self, snapshot: Sequence[Update]) -> None:
+        """Replaces everything recorded by ``snapshot`` (:meth:`Ledger.snapshot` of the state
+        after the last append), so replay reads the snapshot and an empty tail. Atomic: a crash
+        at any moment leaves either the old records or the new ones.
+
+        Raises:
+            OSError: the snapshot could not be written; the old records stay in force.
+        """
+        ...
+
+    @property
+    def tail_updates(self) -> int:
+        """Updates recorded since the last snapshot (all of them when there is none)."""
+        ...
+
+    @property
+    def snapshot_updates(self) -> int:
+        """Updates in the last snapshot (0 when there is none)."""
+        ...
+
 
 class MemoryJournal:
     """A journal that keeps updates in memory only: state does not survive a restart."""
 
     def __init__(self) -> None:
+        self._snapshot: list[Update] = []
         self._updates: list[Update] = []
         self._replayed = 0
 
@@ -194,12 +226,24 @@ class MemoryJournal:
         self._updates.append(update)
 
     def replay(self) -> Iterator[Update]:
-        for number, update in enumerate(list(self._updates), 1):
+        for number, update in enumerate([*self._snapshot, *self._updates], 1):
             self._replayed = number
             yield update
 
     def position(self) -> str:
         return f"update {self._replayed} of the in-memory journal"
+
+    def compact(self, snapshot: Sequence[Update]) -> None:
+        self._snapshot = list(snapshot)
+        self._updates = []
+
+    @property
+    def tail_updates(self) -> int:
+        return len(self._updates)
+
+    @property
+    def snapshot_updates(self) -> int:
+        return len(self._snapshot)
 
 
 @dataclasses.dataclass
@@ -352,6 +396,10 @@ class Ledger:
                 else:
                     session.stats_payloads[update.split_index] = update.payload
                 stream.mark_done(update.split_index)
+            case SessionExpired():
+                expired = self.sessions.pop(update.session_id)
+                if self.sessions_by_name.get(expired.session_name) == update.session_id:
+                    del self.sessions_by_name[expired.session_name]
 
     @staticmethod
     def _apply_acks(stream: StreamProgress, acks: Iterable[SplitAck]) -> None:
@@ -364,6 +412,57 @@ class Ledger:
 
     def stream(self, session_id: str, epoch: int, rank: int) -> StreamProgress:
         return self.sessions[session_id].streams[(epoch, rank)]
+
+    def snapshot(self) -> list[Update]:
+        """Updates that rebuild this state on an empty ledger: the journal's compacted form.
+
+        One ``SessionCreated`` per live session (expired ones are gone), one ``EpochBegun``
+        per begun (epoch, rank), its acknowledgements as one ``BatchesAcked`` (done splits with
+        ``done``; a stats session's done splits as their ``SplitStatsReported``), then every
+        lease (``SplitLeased``, ``SplitProduced``). Pending splits need no update: a begun
+        epoch starts with every split pending, and leased or done ones are skipped. So
+        ``replay(snapshot) `` gives a ledger whose own snapshot is equal, which is what the
+        tests check. O(state); the master runs it under its lock, rarely (see
+        ``MasterConfig.journal_compact_updates``).
+        """
+        updates: list[Update] = [
+            WorkerRegistered(w.worker_id, w.address, w.pipeline_threads)
+            for w in self.workers.values()
+        ]
+        for session in self.sessions.values():
+            sid = session.session_id
+            updates.append(
+                SessionCreated(sid, session.session_name, session.spec_bytes, session.splits,
+                               session.plan)
+            )
+            for (epoch, rank), stream in session.streams.items():
+                updates.append(EpochBegun(sid, epoch, rank, stream.split_indices))
+                acks = []
+                for index in stream.split_indices:
+                    if index in session.stats_payloads or index in session.stats_errors:
+                        updates.append(
+                            SplitStatsReported(
+                                sid,
+                                epoch,
+                                rank,
+                                index,
+                                session.stats_payloads.get(index, b""),
+                                session.stats_errors.get(index, ""),
+                            )
+                        )
+                        continue
+                    done = index in stream.done
+                    if done or stream.acked.get(index, 0) > 0:
+                        acks.append(SplitAck(index, stream.acked.get(index, 0), done))
+                if acks:
+                    updates.append(BatchesAcked(sid, epoch, rank, tuple(acks)))
+                for index, lease in stream.leased.items():
+                    updates.append(
+                        SplitLeased(sid, epoch, rank, index, lease.worker_id, lease.start_batch)
+                    )
+                    if lease.produced:
+                        updates.append(SplitProduced(sid, epoch, rank, index))
+        return updates
 
     def held_by(self, worker_id: str) -> list[tuple[StreamProgress, int]]:
         """Every (stream, split index) a worker leases or produced and is not yet done."""
