@@ -452,7 +452,7 @@ class SessionFailures(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., splits_failed: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done", "session_failures")
+    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done", "session_failures", "session_ttl_s", "sessions_expired")
     class StageSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -475,6 +475,8 @@ class GetClusterStatusResponse(_message.Message):
     SPLITS_LEASED_FIELD_NUMBER: _ClassVar[int]
     SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     window_s: float
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
@@ -490,7 +492,9 @@ class GetClusterStatusResponse(_message.Message):
     splits_leased: int
     splits_done: int
     session_failures: _containers.RepeatedCompositeFieldContainer[SessionFailures]
-    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ..., session_failures: _Optional[_Iterable[_Union[SessionFailures, _Mapping]]] = ...) -> None: ...
+    session_ttl_s: float
+    sessions_expired: int
+    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ..., session_failures: _Optional[_Iterable[_Union[SessionFailures, _Mapping]]] = ..., session_ttl_s: _Optional[float] = ..., sessions_expired: _Optional[int] = ...) -> None: ...
 
 class SetWorkerTargetRequest(_message.Message):
     __slots__ = ("workers",)

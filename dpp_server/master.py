@@ -233,6 +233,7 @@ class Master:
         self._journal = journal or state.MemoryJournal()
         self._clock = clock
         self._lock = threading.Lock()
+        replay_started = time.perf_counter()
         self._ledger = state.replay(self._journal)
         # Why the journal cannot be written now ("" while it can): the service then reports
         # NOT_SERVING and every change is refused with UNAVAILABLE until a write succeeds.
@@ -269,9 +270,10 @@ class Master:
         self._retry_compact = 0
         if self._ledger.sessions or self._workers:
             logger.info(
-                "recovered from the journal: %d session(s), %d worker(s)",
+                "recovered from the journal: %d session(s), %d worker(s) in %.2fs",
                 len(self._ledger.sessions),
                 len(self._workers),
+                time.perf_counter() - replay_started,
             )
 
     # -- sessions -------------------------------------------------------------------------
@@ -611,6 +613,11 @@ class Master:
         monitoring; sessions with none are absent)."""
         with self._lock:
             return dict(self._failures)
+
+    def session_expiry(self) -> tuple[float, int]:
+        """``session_ttl_s`` and the sessions expired since this master started (monitoring)."""
+        with self._lock:
+            return self.config.session_ttl_s, self.sessions_expired
 
     def expire_sessions(self) -> list[str]:
         """Forgets sessions no rank called for ``session_ttl_s`` (journaled: a restarted
