@@ -19,6 +19,7 @@ Python start, imports and replay) and the RSS after it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -93,15 +94,14 @@ class Driver:
                 ),
                 timeout=30,
             )
-        try:  # refused: the session does not exist; its stats must not become a label
+        # Refused: the session does not exist; its stats must not become a label.
+        with contextlib.suppress(grpc.RpcError):
             self.stub.AckBatches(
                 master_pb2.AckBatchesRequest(
                     session_id=f"s-gone-{n}", rank=n, epoch=0, client_stats=stats
                 ),
                 timeout=30,
             )
-        except grpc.RpcError:
-            pass
 
 
 def measure(cluster: LocalCluster, label: str) -> dict[str, Any]:

@@ -300,7 +300,7 @@ class SplitLease(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ...) -> None: ...
 
 class Split(_message.Message):
-    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition")
+    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit")
     class PartitionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -314,13 +314,17 @@ class Split(_message.Message):
     ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
     NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROW_LIMIT_FIELD_NUMBER: _ClassVar[int]
     split_id: str
     path: str
     file_size: int
     row_groups: _containers.RepeatedScalarFieldContainer[int]
     num_rows: int
     partition: _containers.ScalarMap[str, str]
-    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    row_offset: int
+    row_limit: int
+    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ..., row_offset: _Optional[int] = ..., row_limit: _Optional[int] = ...) -> None: ...
 
 class AcquireSplitResponse(_message.Message):
     __slots__ = ("lease", "retry_after_ms")

@@ -441,10 +441,7 @@ class Master:
                 )
             stream = session.streams.get((epoch, rank))
             if stream is None:
-                order = state.split_order(len(session.splits), epoch, spec.seed, spec.shuffle)
-                rows = [split.num_rows for split in session.splits]
-                indices = state.rank_share(order, rank, spec.world_size, rows)
-                self._record(state.EpochBegun(session_id, epoch, rank, indices))
+                self._record(self._epoch_of(session, spec, epoch, rank))
                 stream = session.streams[(epoch, rank)]
             if restore is not None:
                 acks = self._acks_of(session, restore)
@@ -459,6 +456,32 @@ class Master:
                     sum(not a.done and a.batches > 0 for a in acks),
                 )
             return [session.splits[i].split_id for i in stream.split_indices], spec.epochs
+
+    @staticmethod
+    def _epoch_of(
+        session: state.SessionState, spec: Spec, epoch: int, rank: int
+    ) -> state.EpochBegun:
+        """A rank's units of an epoch: with world_size 1 every planned split in the epoch's
+        order; otherwise whole splits and pieces of the tail's splits, rows balanced across
+        ranks (:func:`state.rank_units`), the pieces new to the session carried along."""
+        planned = session.plan.num_splits  # ``splits`` also holds earlier epochs' pieces
+        order = state.split_order(planned, epoch, spec.seed, spec.shuffle)
+        if spec.world_size == 1:
+            return state.EpochBegun(session.session_id, epoch, rank, tuple(order))
+        rows = [split.num_rows for split in session.splits[:planned]]
+        indices: list[int] = []
+        pieces: list[SplitInfo] = []
+        for index, offset, take in state.rank_units(order, rank, spec.world_size, rows):
+            if not take:
+                indices.append(index)
+                continue
+            piece = state.piece_of(session.splits[index], offset, take)
+            known = session.index_of.get(piece.split_id)
+            if known is None:
+                known = len(session.splits) + len(pieces)
+                pieces.append(piece)
+            indices.append(known)
+        return state.EpochBegun(session.session_id, epoch, rank, tuple(indices), tuple(pieces))
 
     def ack_batches(
         self,

@@ -188,9 +188,7 @@ class MasterObservability:
         self.store = ClientStatsStore()
         self.refusals = Refusals()
         self.monitor = ClusterMonitor(master, self.store, Scaler(scaler_config, initial_workers))
-        self.metrics = MasterMetrics(
-            self.registry, master, self.store, self.monitor, self.refusals
-        )
+        self.metrics = MasterMetrics(self.registry, master, self.store, self.monitor, self.refusals)
         self.monitor_interval_s = monitor_interval_s
         histogram = self.metrics.assignment_seconds
         self.interceptors: tuple[grpc.ServerInterceptor[Any, Any], ...] = (

@@ -204,7 +204,13 @@ def split_from_proto(p: master_pb2.Split) -> SplitInfo:
 def to_json(value: Any) -> Any:
     """A record as JSON-able values: dataclasses as objects, tuples as lists, bytes as base64."""
     if _is_record(value):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # A field at its plain default is left out (from_json fills it in): a record gains
+        # fields without changing the lines of records that do not use them.
+        return {
+            f.name: to_json(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.default is dataclasses.MISSING or getattr(value, f.name) != f.default
+        }
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, (tuple, list)):
@@ -231,10 +237,19 @@ def from_json(hint: Any, data: Any, where: str = "") -> Any:
         unknown = set(data) - set(names)
         if unknown:
             raise TypeError(f"{where}: unknown field(s) {sorted(unknown)}")
-        missing = [n for n in names if n not in data]
+        # A field with a default may be absent: lines written before it existed still read.
+        missing = [
+            f.name
+            for f in dataclasses.fields(hint)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise KeyError(f"{where}: missing field(s) {missing}")
-        record: Any = hint(**{n: from_json(hints[n], data[n], f"{where}.{n}") for n in names})
+        record: Any = hint(
+            **{n: from_json(hints[n], data[n], f"{where}.{n}") for n in names if n in data}
+        )
         return record
     if origin is tuple:
         _expect(list, data, where)

@@ -96,7 +96,7 @@ class RefusalInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def deserialize(data: bytes) -> Any:
             try:
                 return parse(data) if parse is not None else data
-            except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            except Exception as exc:
                 return _Undecodable(f"{type(exc).__name__}: {exc}")
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
@@ -114,11 +114,13 @@ class RefusalInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 return inner(request, context)
             except Exception:
-                code = context.code()
-                if code is not None and code != grpc.StatusCode.OK:
+                # The status the handler aborted with (grpcio's server context has code() and
+                # details(); the typing stubs lack them).
+                code = getattr(context, "code", lambda: None)()
+                if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
                     reasons = [v for k, v in context.trailing_metadata() or () if k == REASON_KEY]
                     kind = str(reasons[0]) if reasons else code.name
-                    details = context.details()
+                    details = getattr(context, "details", lambda: b"")()
                     text = details.decode("utf-8", "replace") if details else ""
                     refusals.note(rpc, kind, text)
                 raise

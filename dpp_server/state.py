@@ -72,12 +72,18 @@ class WorkerRemoved:
 
 @dataclasses.dataclass(frozen=True)
 class EpochBegun:
-    """A rank opened an epoch; ``split_indices`` is its split order for that epoch."""
+    """A rank opened an epoch; ``split_indices`` is its split order for that epoch.
+
+    ``pieces``: pieces of splits (row ranges, see :func:`rank_units`) this rank reads in the
+    epoch that the session does not have yet; they are appended to the session's splits, in
+    order, before ``split_indices`` is read, so an index may name one of them.
+    """
 
     session_id: str
     epoch: int
     rank: int
     split_indices: tuple[int, ...]
+    pieces: tuple[SplitInfo, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +336,17 @@ class SessionState:
     def __post_init__(self) -> None:
         self.index_of = {split.split_id: i for i, split in enumerate(self.splits)}
 
+    def add_pieces(self, pieces: Iterable[SplitInfo]) -> None:
+        """Appends the pieces the session does not have yet (a piece's id names its split
+        and row range, so a piece two ranks or epochs cut alike is one entry)."""
+        new: list[SplitInfo] = []
+        for piece in pieces:
+            if piece.split_id not in self.index_of:
+                self.index_of[piece.split_id] = len(self.splits) + len(new)
+                new.append(piece)
+        if new:
+            self.splits = (*self.splits, *new)
+
 
 class Ledger:
     """The state machine. See the module docstring; not thread-safe (the Master locks)."""
@@ -361,6 +378,9 @@ class Ledger:
                     stream.make_pending(index)
             case EpochBegun():
                 session = self.sessions[update.session_id]
+                session.add_pieces(update.pieces)
+                if max(update.split_indices, default=-1) >= len(session.splits):
+                    raise IndexError(f"split index {max(update.split_indices)} out of range")
                 session.streams[(update.epoch, update.rank)] = StreamProgress(
                     split_indices=update.split_indices
                 )
@@ -432,8 +452,9 @@ class Ledger:
         for session in self.sessions.values():
             sid = session.session_id
             updates.append(
-                SessionCreated(sid, session.session_name, session.spec_bytes, session.splits,
-                               session.plan)
+                SessionCreated(
+                    sid, session.session_name, session.spec_bytes, session.splits, session.plan
+                )
             )
             for (epoch, rank), stream in session.streams.items():
                 updates.append(EpochBegun(sid, epoch, rank, stream.split_indices))
@@ -506,24 +527,60 @@ def split_order(num_splits: int, epoch: int, seed: int, shuffle: bool) -> list[i
     return [int(i) for i in rng.permutation(num_splits)]
 
 
-def rank_share(
-    order: Sequence[int], rank: int, world_size: int, rows: Sequence[int] | None = None
-) -> tuple[int, ...]:
-    """The splits of one rank, in the epoch's order.
+def piece_of(split: SplitInfo, offset: int, rows: int) -> SplitInfo:
+    """Rows ``[offset, offset + rows)`` of ``split`` as a unit of its own. Its id names the
+    split and the range, so the same cut always has the same id (acks, checkpoints and the
+    client's deduplication key on it)."""
+    return dataclasses.replace(
+        split,
+        split_id=f"{split.split_id}@{offset}+{rows}",
+        num_rows=rows,
+        row_offset=offset,
+        row_limit=rows,
+    )
 
-    Walking the epoch's order, each split goes to the rank with the fewest rows so far (the
-    lowest rank on a tie): disjoint across ranks, together they cover every split, and rank
-    totals stay within one split of each other, so the equal-batches rule drops little.
-    Without row counts, every ``world_size``-th split from position ``rank``. A heap of
-    (rows, rank) makes it O(splits x log world_size): the master's lock is held while it runs.
+
+def rank_units(
+    order: Sequence[int], rank: int, world_size: int, rows: Sequence[int]
+) -> list[tuple[int, int, int]]:
+    """The units one rank reads in an epoch, as (split index, row offset, rows); rows 0 is
+    the whole split. Every rank gets ``total // world_size`` rows or one more, so the
+    equal-batches rule drops at most one batch per rank (issue 12, goal 5).
+
+    How: each rank's quota is ``total // world_size`` (+1 for the first ``total %
+    world_size`` ranks). Walking the epoch's order, a split goes whole to the rank with the
+    fewest rows so far (the lowest rank on a tie) if it fits that rank's quota; otherwise it
+    joins the tail. The tail's splits, in order, are then cut by row ranges into the quotas
+    still open, ranks in order. Ranks' units are disjoint and cover every row exactly once;
+    the result depends only on the arguments (deterministic across ranks, restarts and
+    recreated sessions). The tail is about one split per rank, cut into at most
+    ``len(tail) + world_size - 1`` pieces. O(splits x log world_size).
     """
-    if rows is None:
-        return tuple(order[rank::world_size])
-    totals = [(0, r) for r in range(world_size)]  # already a heap
-    mine = []
+    total = sum(rows[i] for i in order)
+    quota = [total // world_size + (1 if r < total % world_size else 0) for r in range(world_size)]
+    loads = [(0, r) for r in range(world_size)]  # already a heap
+    assigned = [0] * world_size
+    mine: list[tuple[int, int, int]] = []
+    tail: list[int] = []
     for index in order:
-        total, target = totals[0]
-        heapq.heapreplace(totals, (total + rows[index], target))
+        load, target = loads[0]
+        if load + rows[index] > quota[target]:
+            tail.append(index)
+            continue
+        heapq.heapreplace(loads, (load + rows[index], target))
+        assigned[target] += rows[index]
         if target == rank:
-            mine.append(index)
-    return tuple(mine)
+            mine.append((index, 0, 0))
+    target = 0
+    for index in tail:
+        offset = 0
+        while offset < rows[index]:
+            while assigned[target] >= quota[target]:
+                target += 1
+            take = min(rows[index] - offset, quota[target] - assigned[target])
+            assigned[target] += take
+            if target == rank:
+                whole = offset == 0 and take == rows[index]
+                mine.append((index, 0, 0) if whole else (index, offset, take))
+            offset += take
+    return mine

@@ -156,7 +156,7 @@ def test_sessions_expire_journal_compacts_restart_agrees(tmp_path: Path) -> None
             assert time.monotonic() < deadline, "sessions did not expire"
             time.sleep(0.25)
         final = _scrape(cluster.master.metrics_address)
-        assert "dpp_rank_rows_total{" not in final and 'dpp_master_splits{' not in final
+        assert "dpp_rank_rows_total{" not in final and "dpp_master_splits{" not in final
         assert (
             _value(final, 'dpp_master_requests_refused_total{kind="undecodable",rpc="AckBatches"}')
             == 20

@@ -185,7 +185,7 @@ def test_client_stats_round_trip_and_loader_collector() -> None:
 def test_rank_series_are_bounded_and_follow_live_sessions() -> None:
     """Issue 12: at most max_series (session, rank) pairs, the most recently reported, and
     none of a session the master no longer holds (expired)."""
-    master, _, monitor, clock, registry = _setup()
+    master, _, monitor, clock, _ = _setup()
     store = ClientStatsStore(clock=clock, max_series=3)
     metrics_registry = CollectorRegistry()
     MasterMetrics(metrics_registry, master, store, monitor, Refusals())
@@ -209,9 +209,13 @@ def test_refusals_are_counted_by_rpc_and_kind() -> None:
     for _ in range(3):
         refusals.note("AckBatches", "undecodable", "not a message")
     refusals.note("BeginEpoch", "OUT_OF_RANGE", "rank 9")
-    assert value(registry, "dpp_master_requests_refused_total", rpc="AckBatches",
-                 kind="undecodable") == 3
-    assert value(registry, "dpp_master_requests_refused_total", rpc="BeginEpoch",
-                 kind="OUT_OF_RANGE") == 1
+    assert (
+        value(registry, "dpp_master_requests_refused_total", rpc="AckBatches", kind="undecodable")
+        == 3
+    )
+    assert (
+        value(registry, "dpp_master_requests_refused_total", rpc="BeginEpoch", kind="OUT_OF_RANGE")
+        == 1
+    )
     assert value(registry, "dpp_master_session_ttl_seconds") == 3600
     assert value(registry, "dpp_master_sessions_expired_total") == 2
