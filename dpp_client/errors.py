@@ -164,8 +164,9 @@ REASON_ERRORS: dict[Reason, tuple[type[DppClientError], str]] = {
     ),
     Reason.SESSION_NOT_FOUND: (
         SessionNotFoundError,
-        "a master started without --journal-dir forgets its sessions when it restarts; "
-        "create the session again",
+        "a master started without --journal-dir forgets its sessions when it restarts, and a "
+        "session no rank called for the master's session_ttl_s expires; create the session "
+        "again (a checkpoint's position still applies)",
     ),
     Reason.SPLIT_NOT_FOUND: (SessionNotFoundError, ""),
     Reason.EPOCH_NOT_BEGUN: (SessionNotFoundError, ""),

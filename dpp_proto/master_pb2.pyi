@@ -300,7 +300,7 @@ class SplitLease(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ...) -> None: ...
 
 class Split(_message.Message):
-    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition")
+    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit")
     class PartitionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -314,13 +314,17 @@ class Split(_message.Message):
     ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
     NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ROW_LIMIT_FIELD_NUMBER: _ClassVar[int]
     split_id: str
     path: str
     file_size: int
     row_groups: _containers.RepeatedScalarFieldContainer[int]
     num_rows: int
     partition: _containers.ScalarMap[str, str]
-    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    row_offset: int
+    row_limit: int
+    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ..., row_offset: _Optional[int] = ..., row_limit: _Optional[int] = ...) -> None: ...
 
 class AcquireSplitResponse(_message.Message):
     __slots__ = ("lease", "retry_after_ms")
@@ -452,7 +456,7 @@ class SessionFailures(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., splits_failed: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done", "session_failures")
+    __slots__ = ("window_s", "workers", "ranks", "rows_per_s", "bytes_per_s", "stage_shares", "verdict_kind", "verdict", "desired_workers", "operator_target", "sessions", "splits_pending", "splits_leased", "splits_done", "session_failures", "session_ttl_s", "sessions_expired")
     class StageSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -475,6 +479,8 @@ class GetClusterStatusResponse(_message.Message):
     SPLITS_LEASED_FIELD_NUMBER: _ClassVar[int]
     SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     window_s: float
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     ranks: _containers.RepeatedCompositeFieldContainer[RankStatus]
@@ -490,7 +496,9 @@ class GetClusterStatusResponse(_message.Message):
     splits_leased: int
     splits_done: int
     session_failures: _containers.RepeatedCompositeFieldContainer[SessionFailures]
-    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ..., session_failures: _Optional[_Iterable[_Union[SessionFailures, _Mapping]]] = ...) -> None: ...
+    session_ttl_s: float
+    sessions_expired: int
+    def __init__(self, window_s: _Optional[float] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., ranks: _Optional[_Iterable[_Union[RankStatus, _Mapping]]] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., verdict_kind: _Optional[str] = ..., verdict: _Optional[str] = ..., desired_workers: _Optional[int] = ..., operator_target: _Optional[int] = ..., sessions: _Optional[int] = ..., splits_pending: _Optional[int] = ..., splits_leased: _Optional[int] = ..., splits_done: _Optional[int] = ..., session_failures: _Optional[_Iterable[_Union[SessionFailures, _Mapping]]] = ..., session_ttl_s: _Optional[float] = ..., sessions_expired: _Optional[int] = ...) -> None: ...
 
 class SetWorkerTargetRequest(_message.Message):
     __slots__ = ("workers",)

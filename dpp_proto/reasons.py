@@ -35,8 +35,9 @@ class Reason(enum.StrEnum):
 
     #: INVALID_ARGUMENT: a spec field (named in ``dpp-error-field``) is wrong.
     SPEC_INVALID = "SPEC_INVALID"
-    #: NOT_FOUND: the session id is unknown (never created, or forgotten by a master that
-    #: restarted without a journal).
+    #: NOT_FOUND: the session id is unknown (never created, expired after the master's
+    #: session_ttl_s without a call, or forgotten by a master that restarted without a
+    #: journal).
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
     #: NOT_FOUND: nothing at the table URI, or no Parquet file under it.
     TABLE_NOT_FOUND = "TABLE_NOT_FOUND"

@@ -125,6 +125,19 @@ class MasterConfig:
             no more until it calls again, so workers do not fill buffers nobody reads.
             Shorter frees workers sooner after a trainer crashed; too short stalls a trainer
             whose master link is slow (it resumes on its next call).
+        session_ttl_s: a session that no rank called (CreateSession, BeginEpoch, AckBatches,
+            GetStatsReport) for this long expires: finished, or its trainers are gone. It is
+            forgotten (journaled), with its progress, leases and name. A live loader acks at
+            least every few seconds even while the trainer does not iterate, so only a
+            stopped or dead trainer loses its session; one restored from a checkpoint
+            creates it again (split ids are stable). Longer keeps a trainer stopped (SIGSTOP,
+            a debugger) resumable for longer; shorter keeps the master's memory, journal
+            snapshots and metrics smaller when many jobs come and go. 0: never.
+        journal_compact_updates: compact the journal (snapshot + empty journal) once it holds
+            this many updates beyond its snapshot, and at least as many as the snapshot
+            itself, so writing snapshots costs O(1) per update however large the live state.
+            Smaller restarts faster; each compaction holds the master's lock while it writes
+            the snapshot (milliseconds per hundred live sessions). 0: never.
     """
 
     heartbeat_interval_s: float = 1.0
@@ -132,6 +145,8 @@ class MasterConfig:
     acquire_retry_ms: int = 50
     plan_concurrency: int = 32
     rank_timeout_s: float = 30.0
+    session_ttl_s: float = 3600.0
+    journal_compact_updates: int = 10_000
 
 
 @dataclasses.dataclass
@@ -218,6 +233,7 @@ class Master:
         self._journal = journal or state.MemoryJournal()
         self._clock = clock
         self._lock = threading.Lock()
+        replay_started = time.perf_counter()
         self._ledger = state.replay(self._journal)
         # Why the journal cannot be written now ("" while it can): the service then reports
         # NOT_SERVING and every change is refused with UNAVAILABLE until a write succeeds.
@@ -246,11 +262,18 @@ class Master:
         # When each (session, rank) last called (volatile; a restart counts as a call).
         self._started = self._clock()
         self._seen: dict[tuple[str, int], float] = {}
+        # When any rank last called each session (volatile; a restart counts as a call), for
+        # its expiry after session_ttl_s; and how many sessions expired since the start.
+        self._last_call: dict[str, float] = {}
+        self.sessions_expired = 0
+        # After a failed compaction, the tail length at which to try again.
+        self._retry_compact = 0
         if self._ledger.sessions or self._workers:
             logger.info(
-                "recovered from the journal: %d session(s), %d worker(s)",
+                "recovered from the journal: %d session(s), %d worker(s) in %.2fs",
                 len(self._ledger.sessions),
                 len(self._workers),
+                time.perf_counter() - replay_started,
             )
 
     # -- sessions -------------------------------------------------------------------------
@@ -280,6 +303,8 @@ class Master:
         if session_name:
             with self._lock:
                 joined = self._join(session_name, spec_bytes)
+                if joined is not None:
+                    self._last_call[joined.session_id] = self._clock()
             if joined is not None:
                 return joined, True
         table, partition_filter, row_filter = _check_against_table(spec)
@@ -309,6 +334,7 @@ class Master:
                 # Another rank may have planned the same session while we did.
                 joined = self._join(session_name, spec_bytes)
                 if joined is not None:
+                    self._last_call[joined.session_id] = self._clock()
                     return joined, True
             self._record(
                 state.SessionCreated(
@@ -320,6 +346,7 @@ class Master:
                 )
             )
             self._specs[session_id] = spec
+            self._last_call[session_id] = self._clock()
             if spec.stats is not None:
                 # A stats session has one consumer, the master: its one stream opens now.
                 indices = tuple(range(len(plan.splits)))
@@ -401,7 +428,7 @@ class Master:
         with self._lock:
             session = self._session(session_id)
             spec = self._specs[session_id]
-            self._seen[(session_id, rank)] = self._clock()
+            self._seen[(session_id, rank)] = self._last_call[session_id] = self._clock()
             if rank >= spec.world_size:
                 raise OutOfRangeError(
                     f"session {session_id} has world_size {spec.world_size}; rank {rank} is "
@@ -414,10 +441,7 @@ class Master:
                 )
             stream = session.streams.get((epoch, rank))
             if stream is None:
-                order = state.split_order(len(session.splits), epoch, spec.seed, spec.shuffle)
-                rows = [split.num_rows for split in session.splits]
-                indices = state.rank_share(order, rank, spec.world_size, rows)
-                self._record(state.EpochBegun(session_id, epoch, rank, indices))
+                self._record(self._epoch_of(session, spec, epoch, rank))
                 stream = session.streams[(epoch, rank)]
             if restore is not None:
                 acks = self._acks_of(session, restore)
@@ -432,6 +456,32 @@ class Master:
                     sum(not a.done and a.batches > 0 for a in acks),
                 )
             return [session.splits[i].split_id for i in stream.split_indices], spec.epochs
+
+    @staticmethod
+    def _epoch_of(
+        session: state.SessionState, spec: Spec, epoch: int, rank: int
+    ) -> state.EpochBegun:
+        """A rank's units of an epoch: with world_size 1 every planned split in the epoch's
+        order; otherwise whole splits and pieces of the tail's splits, rows balanced across
+        ranks (:func:`state.rank_units`), the pieces new to the session carried along."""
+        planned = session.plan.num_splits  # ``splits`` also holds earlier epochs' pieces
+        order = state.split_order(planned, epoch, spec.seed, spec.shuffle)
+        if spec.world_size == 1:
+            return state.EpochBegun(session.session_id, epoch, rank, tuple(order))
+        rows = [split.num_rows for split in session.splits[:planned]]
+        indices: list[int] = []
+        pieces: list[SplitInfo] = []
+        for index, offset, take in state.rank_units(order, rank, spec.world_size, rows):
+            if not take:
+                indices.append(index)
+                continue
+            piece = state.piece_of(session.splits[index], offset, take)
+            known = session.index_of.get(piece.split_id)
+            if known is None:
+                known = len(session.splits) + len(pieces)
+                pieces.append(piece)
+            indices.append(known)
+        return state.EpochBegun(session.session_id, epoch, rank, tuple(indices), tuple(pieces))
 
     def ack_batches(
         self,
@@ -467,7 +517,7 @@ class Master:
                     "BeginEpoch first",
                     Reason.EPOCH_NOT_BEGUN,
                 )
-            self._seen[(session_id, rank)] = self._clock()
+            self._seen[(session_id, rank)] = self._last_call[session_id] = self._clock()
             if len(acks) + len(reproduce) > limits.MAX_ACKS_PER_REQUEST:
                 raise LimitError(
                     "max_acks_per_request",
@@ -587,6 +637,57 @@ class Master:
         with self._lock:
             return dict(self._failures)
 
+    def session_expiry(self) -> tuple[float, int]:
+        """``session_ttl_s`` and the sessions expired since this master started (monitoring)."""
+        with self._lock:
+            return self.config.session_ttl_s, self.sessions_expired
+
+    def expire_sessions(self) -> list[str]:
+        """Forgets sessions no rank called for ``session_ttl_s`` (journaled: a restarted
+        master agrees). Returns their ids. Called periodically by the server's reaper.
+
+        Raises:
+            UnavailableError: the journal cannot be written (nothing expired then).
+        """
+        ttl = self.config.session_ttl_s
+        if ttl <= 0:
+            return []
+        with self._lock:
+            deadline = self._clock() - ttl
+            expired = [
+                sid
+                for sid in self._ledger.sessions
+                if self._last_call.get(sid, self._started) < deadline
+            ]
+            for session_id in expired:
+                session = self._ledger.sessions[session_id]
+                done = sum(len(s.done) for s in session.streams.values())
+                total = sum(len(s.split_indices) for s in session.streams.values())
+                self._record(state.SessionExpired(session_id))
+                self._forget(session_id)
+                self.sessions_expired += 1
+                logger.info(
+                    "session %s%s expired: no rank called it for %.0fs (session_ttl_s); "
+                    "%d of %d split(s) of its begun epochs were done",
+                    session_id,
+                    f" ({session.session_name})" if session.session_name else "",
+                    ttl,
+                    done,
+                    total,
+                )
+            return expired
+
+    def _forget(self, session_id: str) -> None:
+        """Drops the volatile records of a session that expired."""
+        self._specs.pop(session_id, None)
+        self._last_call.pop(session_id, None)
+        self._merged.pop(session_id, None)
+        self._failures.pop(session_id, None)
+        for key in [k for k in self._received if k[0] == session_id]:
+            del self._received[key]
+        for key in [k for k in self._seen if k[0] == session_id]:
+            del self._seen[key]
+
     def expire_workers(self) -> list[str]:
         """Drops workers silent for longer than the lease timeout and releases their leases.
         Returns the dropped worker ids. Called periodically and on every heartbeat."""
@@ -681,9 +782,11 @@ class Master:
 
         Returns:
             False when the worker no longer holds the lease (it was released after a timeout or
-            a restore): another worker produces the split now.
+            a restore: another worker produces the split now; or the session expired).
         """
         with self._lock:
+            if session_id not in self._ledger.sessions:
+                return False  # expired (session_ttl_s): nobody will read the split
             session = self._session(session_id)
             stream = session.streams.get((epoch, rank))
             if stream is None:
@@ -776,6 +879,7 @@ class Master:
         """
         with self._lock:
             session = self._session(session_id)
+            self._last_call[session_id] = self._clock()
             if self._specs[session_id].stats is None:
                 raise ConflictError(
                     f"session {session_id} is a training session, not a stats session; "
@@ -822,6 +926,38 @@ class Master:
             logger.warning("the journal can be written again: serving")
             self.journal_error = ""
         self._ledger.apply(update)
+        self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        """Compacts the journal once its tail outgrows both ``journal_compact_updates`` and
+        the last snapshot (so the snapshot's O(state) cost is spread over as many updates).
+        A failed compaction is only logged: the journal as it was stays in force."""
+        every = self.config.journal_compact_updates
+        tail = self._journal.tail_updates
+        if every <= 0 or tail < max(every, self._journal.snapshot_updates, self._retry_compact):
+            return
+        started = time.perf_counter()
+        snapshot = self._ledger.snapshot()
+        try:
+            self._journal.compact(snapshot)
+        except OSError as exc:
+            self._retry_compact = tail + every
+            logger.warning(
+                "compacting the journal failed (%s); it goes on uncompacted, next try after "
+                "%d more update(s)",
+                exc,
+                every,
+            )
+            return
+        self._retry_compact = 0
+        logger.info(
+            "journal compacted: %d update(s) since the last snapshot -> a snapshot of %d "
+            "(%d session(s)) in %.3fs",
+            tail,
+            len(snapshot),
+            len(self._ledger.sessions),
+            time.perf_counter() - started,
+        )
 
     def _session(self, session_id: str) -> state.SessionState:
         session = self._ledger.sessions.get(session_id)

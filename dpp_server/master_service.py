@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dpp_proto import limits, master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
 from dpp_server import state
-from dpp_server.errors import grpc_error_of
+from dpp_server.errors import UnavailableError, grpc_error_of
 from dpp_server.records import (
     StageSeconds,
     WorkerCounters,
@@ -41,6 +41,10 @@ GRPC_OPTIONS = [
     ("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES),
 ]
 
+# (method, exception type) of the INTERNAL errors already logged with a traceback.
+_TRACED: set[tuple[str, str]] = set()
+_TRACED_LOCK = threading.Lock()
+
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -58,7 +62,17 @@ def _rpc(
         except Exception as exc:
             error = grpc_error_of(exc)
             if error.code == grpc.StatusCode.INTERNAL:
-                logger.exception("%s failed", method.__name__)
+                # A traceback once per method and exception type: a client that keeps sending
+                # what trips a bug must not flood the log (refusals are counted by kind, see
+                # dpp_server/refusals.py).
+                key = (method.__name__, type(exc).__name__)
+                with _TRACED_LOCK:
+                    first = key not in _TRACED
+                    _TRACED.add(key)
+                if first:
+                    logger.exception("%s failed (logged once per exception type)", method.__name__)
+                else:
+                    logger.debug("%s failed again: %s: %s", method.__name__, key[1], exc)
             context.set_trailing_metadata(error.trailing_metadata())
             context.abort(error.code, error.message)
 
@@ -301,8 +315,11 @@ class MasterServer:
         while not self._stop.wait(self.master.config.heartbeat_interval_s):
             try:
                 self.master.expire_workers()
+                self.master.expire_sessions()
+            except UnavailableError:
+                pass  # the journal cannot be written: health below says so
             except Exception:
-                logger.exception("expiring workers failed")
+                logger.exception("expiring workers or sessions failed")
             # NOT_SERVING while the journal cannot be written: a load balancer or an operator
             # sees why every change is refused (UNAVAILABLE), rather than a healthy master.
             healthy = not self.master.journal_error

@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +35,9 @@ from dpp_server.monitor import (
     split_counts,
 )
 from dpp_server.records import ClientFigures
+
+if TYPE_CHECKING:  # refusals.py imports grpc; this module must not
+    from dpp_server.refusals import Refusals
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +185,12 @@ class MasterMetrics(Collector):
         master: MasterView,
         store: ClientStatsStore,
         monitor: ClusterMonitor,
+        refusals: Refusals | None = None,
     ) -> None:
         self._master = master
         self._store = store
         self._monitor = monitor
+        self._refusals = refusals
         self.assignment_seconds = Histogram(
             "dpp_master_assignment_seconds",
             "Seconds the master took to answer AcquireSplit, by outcome (lease or empty).",
@@ -206,6 +211,26 @@ class MasterMetrics(Collector):
         yield GaugeMetricFamily(
             "dpp_master_sessions", "Sessions the master holds.", splits.sessions
         )
+        yield GaugeMetricFamily(
+            "dpp_master_session_ttl_seconds",
+            "A session no rank called for this long expires (session_ttl_s; 0: never).",
+            splits.session_ttl_s,
+        )
+        yield CounterMetricFamily(
+            "dpp_master_sessions_expired_total",
+            "Sessions expired (session_ttl_s) since the master started.",
+            value=splits.sessions_expired,
+        )
+        refused = CounterMetricFamily(
+            "dpp_master_requests_refused_total",
+            "MasterService calls answered with an error, by RPC and kind (the error's reason, "
+            "or undecodable); the first of each is logged, the rest only counted.",
+            labels=["rpc", "kind"],
+        )
+        if self._refusals is not None:
+            for (rpc, kind), count in sorted(self._refusals.counts().items()):
+                refused.add_metric([rpc, kind], count)
+        yield refused
         by_state = GaugeMetricFamily(
             "dpp_master_splits",
             "Splits of every begun epoch and rank, by session and state.",
@@ -244,6 +269,7 @@ class MasterMetrics(Collector):
         if status.verdict is not None:
             info.add_metric([str(status.verdict.kind)], 1)
         yield info
+        self._store.retain(splits.by_session)  # ranks of expired sessions are no labels
         yield from self._rank_metrics()
 
     def _rank_metrics(self) -> Iterator[Metric]:

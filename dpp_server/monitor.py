@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from dpp_server import bottleneck
@@ -35,24 +35,47 @@ logger = logging.getLogger(__name__)
 # -- the ranks' figures -----------------------------------------------------------------------
 
 
+#: At most this many (session, rank) pairs are kept, so the master exports at most this many
+#: series of each ``dpp_rank_*`` metric (7 metrics: about 7,000 series, ~1 MB of /metrics).
+MAX_RANK_SERIES = 1024
+
+
 class ClientStatsStore:
     """The latest figures per (session, rank). Thread-safe: ``_lock`` guards ``_latest``.
 
-    Ranks silent for ``stale_after_s`` are forgotten, which bounds the labels the master
-    exports to the ranks of live sessions.
+    What bounds the labels the master exports: only ranks of sessions the master answered are
+    recorded (``MetricsInterceptor`` records after the handler); ranks silent for
+    ``stale_after_s`` are forgotten (the ranks of expired sessions among them); and beyond
+    ``max_series`` pairs the least recently reported is dropped (a cluster with more ranks
+    than that shows the most recent ones; ``dpp top`` and the verdict read the same store).
     """
 
     def __init__(
-        self, stale_after_s: float = 300.0, clock: Callable[[], float] = time.monotonic
+        self,
+        stale_after_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_series: int = MAX_RANK_SERIES,
     ) -> None:
         self.stale_after_s = stale_after_s
+        self.max_series = max_series
         self._clock = clock
         self._lock = threading.Lock()
+        # Insertion order is report order (a report moves its key to the end).
         self._latest: dict[tuple[str, int], tuple[ClientFigures, float]] = {}
 
     def record(self, session_id: str, rank: int, figures: ClientFigures) -> None:
         with self._lock:
+            self._latest.pop((session_id, rank), None)
             self._latest[(session_id, rank)] = (figures, self._clock())
+            while len(self._latest) > self.max_series:
+                del self._latest[next(iter(self._latest))]
+
+    def retain(self, session_ids: Iterable[str]) -> None:
+        """Forgets the ranks of every session not in ``session_ids`` (expired sessions)."""
+        live = set(session_ids)
+        with self._lock:
+            for key in [k for k in self._latest if k[0] not in live]:
+                del self._latest[key]
 
     def snapshot(self) -> dict[tuple[str, int], tuple[ClientFigures, float]]:
         """(figures, seconds since the report) per (session, rank), stale ones dropped."""
@@ -76,6 +99,8 @@ class MasterView(Protocol):
     def get_session(self, session_id: str) -> tuple[object, list[StreamView]]: ...
 
     def session_failures(self) -> dict[str, tuple[int, str]]: ...
+
+    def session_expiry(self) -> tuple[float, int]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +132,9 @@ class SplitCounts:
     by_session: Mapping[str, tuple[int, int, int]] = dataclasses.field(default_factory=dict)
     # session id -> (splits failed, last error); every session of by_session has an entry.
     failures: Mapping[str, tuple[int, str]] = dataclasses.field(default_factory=dict)
+    # The master's session_ttl_s (0: never) and the sessions expired since it started.
+    session_ttl_s: float = 0.0
+    sessions_expired: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +166,10 @@ def split_counts(master: MasterView) -> SplitCounts:
             sum(s.splits_done for s in streams),
         )
     failed = master.session_failures()
+    ttl_s, expired = master.session_expiry()
     return SplitCounts(
+        session_ttl_s=ttl_s,
+        sessions_expired=expired,
         failures={s: failed.get(s, (0, "")) for s in by_session},
         sessions=len(by_session),
         pending=sum(v[0] for v in by_session.values()),
@@ -191,8 +222,9 @@ class ClusterMonitor:
         """Takes one window (from the previous sample to now) and returns its status. The
         first call only records a baseline."""
         workers = self._master.list_workers()
-        ranks = self.store.snapshot()
         splits = split_counts(self._master)
+        self.store.retain(splits.by_session)
+        ranks = self.store.snapshot()
         now = self._clock()
         with self._lock:
             status = self._window(now, workers, ranks, splits)

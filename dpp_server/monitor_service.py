@@ -7,7 +7,8 @@ Owns translation only:
 * :class:`MetricsInterceptor` watches MasterService calls without touching their handlers:
   it times ``AcquireSplit`` (``dpp_master_assignment_seconds``), counts ``ReportSplitProgress``
   calls that carry an error, and stores the ``client_stats`` of every ``AckBatches`` request
-  (before the handler runs, whatever it answers).
+  the master answered (so only live sessions' ranks become labels);
+* the :class:`~dpp_server.refusals.RefusalInterceptor` (outermost) counts refused calls.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dpp_server.monitor import (
     MasterView,
 )
 from dpp_server.records import figures_from_proto
+from dpp_server.refusals import RefusalInterceptor, Refusals
 from dpp_server.scaling import Scaler, ScalerConfig
 
 _METHOD_PREFIX = "/dpp.v1.MasterService/"
@@ -42,6 +44,8 @@ def status_to_proto(status: ClusterStatus) -> master_pb2.GetClusterStatusRespons
         splits_pending=status.splits.pending,
         splits_leased=status.splits.leased,
         splits_done=status.splits.done,
+        session_ttl_s=status.splits.session_ttl_s,
+        sessions_expired=status.splits.sessions_expired,
     )
     for session_id, (failed, last_error) in status.splits.failures.items():
         response.session_failures.add(
@@ -147,11 +151,14 @@ class MetricsInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         elif name == "AckBatches":
 
             def recorded(request: Any, context: grpc.ServicerContext) -> Any:
+                # After the handler, and only if it answered: a session or rank the master
+                # refused (unknown, expired, an epoch not begun) never becomes a label.
+                response = inner(request, context)
                 if request.HasField("client_stats"):
                     self._store.record(
                         request.session_id, request.rank, figures_from_proto(request.client_stats)
                     )
-                return inner(request, context)
+                return response
 
             wrapped = recorded
         else:
@@ -179,11 +186,13 @@ class MasterObservability:
     ) -> None:
         self.registry = CollectorRegistry()
         self.store = ClientStatsStore()
+        self.refusals = Refusals()
         self.monitor = ClusterMonitor(master, self.store, Scaler(scaler_config, initial_workers))
-        self.metrics = MasterMetrics(self.registry, master, self.store, self.monitor)
+        self.metrics = MasterMetrics(self.registry, master, self.store, self.monitor, self.refusals)
         self.monitor_interval_s = monitor_interval_s
         histogram = self.metrics.assignment_seconds
-        self.interceptors = (
+        self.interceptors: tuple[grpc.ServerInterceptor[Any, Any], ...] = (
+            RefusalInterceptor(self.refusals),
             MetricsInterceptor(
                 self.store,
                 lambda outcome, s: histogram.labels(outcome).observe(s),

@@ -72,12 +72,18 @@ class WorkerRemoved:
 
 @dataclasses.dataclass(frozen=True)
 class EpochBegun:
-    """A rank opened an epoch; ``split_indices`` is its split order for that epoch."""
+    """A rank opened an epoch; ``split_indices`` is its split order for that epoch.
+
+    ``pieces``: pieces of splits (row ranges, see :func:`rank_units`) this rank reads in the
+    epoch that the session does not have yet; they are appended to the session's splits, in
+    order, before ``split_indices`` is read, so an index may name one of them.
+    """
 
     session_id: str
     epoch: int
     rank: int
     split_indices: tuple[int, ...]
+    pieces: tuple[SplitInfo, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +162,15 @@ class SplitStatsReported:
     error: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class SessionExpired:
+    """No rank called the session for the master's ``session_ttl_s`` (it finished, or its
+    trainers are gone): it is forgotten with its progress, leases and name. Journaled, so a
+    restarted master agrees that it is gone."""
+
+    session_id: str
+
+
 Update = (
     SessionCreated
     | WorkerRegistered
@@ -167,12 +182,14 @@ Update = (
     | StreamRestored
     | LeaseReleased
     | SplitStatsReported
+    | SessionExpired
 )
 
 
 class Journal(Protocol):
     """Where updates are recorded before they take effect. A durable journal has written and
-    fsynced an update when :meth:`append` returns; :meth:`replay` yields what was recorded."""
+    fsynced an update when :meth:`append` returns; :meth:`replay` yields what was recorded:
+    the last snapshot's updates, then those appended since (its *tail*)."""
 
     def append(self, update: Update) -> None: ...
 
@@ -182,11 +199,32 @@ class Journal(Protocol):
         """Where the update :meth:`replay` yielded last is recorded (for error messages)."""
         ...
 
+    def compact(self, snapshot: Sequence[Update]) -> None:
+        """Replaces everything recorded by ``snapshot`` (:meth:`Ledger.snapshot` of the state
+        after the last append), so replay reads the snapshot and an empty tail. Atomic: a crash
+        at any moment leaves either the old records or the new ones.
+
+        Raises:
+            OSError: the snapshot could not be written; the old records stay in force.
+        """
+        ...
+
+    @property
+    def tail_updates(self) -> int:
+        """Updates recorded since the last snapshot (all of them when there is none)."""
+        ...
+
+    @property
+    def snapshot_updates(self) -> int:
+        """Updates in the last snapshot (0 when there is none)."""
+        ...
+
 
 class MemoryJournal:
     """A journal that keeps updates in memory only: state does not survive a restart."""
 
     def __init__(self) -> None:
+        self._snapshot: list[Update] = []
         self._updates: list[Update] = []
         self._replayed = 0
 
@@ -194,12 +232,24 @@ class MemoryJournal:
         self._updates.append(update)
 
     def replay(self) -> Iterator[Update]:
-        for number, update in enumerate(list(self._updates), 1):
+        for number, update in enumerate([*self._snapshot, *self._updates], 1):
             self._replayed = number
             yield update
 
     def position(self) -> str:
         return f"update {self._replayed} of the in-memory journal"
+
+    def compact(self, snapshot: Sequence[Update]) -> None:
+        self._snapshot = list(snapshot)
+        self._updates = []
+
+    @property
+    def tail_updates(self) -> int:
+        return len(self._updates)
+
+    @property
+    def snapshot_updates(self) -> int:
+        return len(self._snapshot)
 
 
 @dataclasses.dataclass
@@ -286,6 +336,17 @@ class SessionState:
     def __post_init__(self) -> None:
         self.index_of = {split.split_id: i for i, split in enumerate(self.splits)}
 
+    def add_pieces(self, pieces: Iterable[SplitInfo]) -> None:
+        """Appends the pieces the session does not have yet (a piece's id names its split
+        and row range, so a piece two ranks or epochs cut alike is one entry)."""
+        new: list[SplitInfo] = []
+        for piece in pieces:
+            if piece.split_id not in self.index_of:
+                self.index_of[piece.split_id] = len(self.splits) + len(new)
+                new.append(piece)
+        if new:
+            self.splits = (*self.splits, *new)
+
 
 class Ledger:
     """The state machine. See the module docstring; not thread-safe (the Master locks)."""
@@ -317,6 +378,9 @@ class Ledger:
                     stream.make_pending(index)
             case EpochBegun():
                 session = self.sessions[update.session_id]
+                session.add_pieces(update.pieces)
+                if max(update.split_indices, default=-1) >= len(session.splits):
+                    raise IndexError(f"split index {max(update.split_indices)} out of range")
                 session.streams[(update.epoch, update.rank)] = StreamProgress(
                     split_indices=update.split_indices
                 )
@@ -352,6 +416,10 @@ class Ledger:
                 else:
                     session.stats_payloads[update.split_index] = update.payload
                 stream.mark_done(update.split_index)
+            case SessionExpired():
+                expired = self.sessions.pop(update.session_id)
+                if self.sessions_by_name.get(expired.session_name) == update.session_id:
+                    del self.sessions_by_name[expired.session_name]
 
     @staticmethod
     def _apply_acks(stream: StreamProgress, acks: Iterable[SplitAck]) -> None:
@@ -364,6 +432,58 @@ class Ledger:
 
     def stream(self, session_id: str, epoch: int, rank: int) -> StreamProgress:
         return self.sessions[session_id].streams[(epoch, rank)]
+
+    def snapshot(self) -> list[Update]:
+        """Updates that rebuild this state on an empty ledger: the journal's compacted form.
+
+        One ``SessionCreated`` per live session (expired ones are gone), one ``EpochBegun``
+        per begun (epoch, rank), its acknowledgements as one ``BatchesAcked`` (done splits with
+        ``done``; a stats session's done splits as their ``SplitStatsReported``), then every
+        lease (``SplitLeased``, ``SplitProduced``). Pending splits need no update: a begun
+        epoch starts with every split pending, and leased or done ones are skipped. So
+        ``replay(snapshot) `` gives a ledger whose own snapshot is equal, which is what the
+        tests check. O(state); the master runs it under its lock, rarely (see
+        ``MasterConfig.journal_compact_updates``).
+        """
+        updates: list[Update] = [
+            WorkerRegistered(w.worker_id, w.address, w.pipeline_threads)
+            for w in self.workers.values()
+        ]
+        for session in self.sessions.values():
+            sid = session.session_id
+            updates.append(
+                SessionCreated(
+                    sid, session.session_name, session.spec_bytes, session.splits, session.plan
+                )
+            )
+            for (epoch, rank), stream in session.streams.items():
+                updates.append(EpochBegun(sid, epoch, rank, stream.split_indices))
+                acks = []
+                for index in stream.split_indices:
+                    if index in session.stats_payloads or index in session.stats_errors:
+                        updates.append(
+                            SplitStatsReported(
+                                sid,
+                                epoch,
+                                rank,
+                                index,
+                                session.stats_payloads.get(index, b""),
+                                session.stats_errors.get(index, ""),
+                            )
+                        )
+                        continue
+                    done = index in stream.done
+                    if done or stream.acked.get(index, 0) > 0:
+                        acks.append(SplitAck(index, stream.acked.get(index, 0), done))
+                if acks:
+                    updates.append(BatchesAcked(sid, epoch, rank, tuple(acks)))
+                for index, lease in stream.leased.items():
+                    updates.append(
+                        SplitLeased(sid, epoch, rank, index, lease.worker_id, lease.start_batch)
+                    )
+                    if lease.produced:
+                        updates.append(SplitProduced(sid, epoch, rank, index))
+        return updates
 
     def held_by(self, worker_id: str) -> list[tuple[StreamProgress, int]]:
         """Every (stream, split index) a worker leases or produced and is not yet done."""
@@ -407,24 +527,60 @@ def split_order(num_splits: int, epoch: int, seed: int, shuffle: bool) -> list[i
     return [int(i) for i in rng.permutation(num_splits)]
 
 
-def rank_share(
-    order: Sequence[int], rank: int, world_size: int, rows: Sequence[int] | None = None
-) -> tuple[int, ...]:
-    """The splits of one rank, in the epoch's order.
+def piece_of(split: SplitInfo, offset: int, rows: int) -> SplitInfo:
+    """Rows ``[offset, offset + rows)`` of ``split`` as a unit of its own. Its id names the
+    split and the range, so the same cut always has the same id (acks, checkpoints and the
+    client's deduplication key on it)."""
+    return dataclasses.replace(
+        split,
+        split_id=f"{split.split_id}@{offset}+{rows}",
+        num_rows=rows,
+        row_offset=offset,
+        row_limit=rows,
+    )
 
-    Walking the epoch's order, each split goes to the rank with the fewest rows so far (the
-    lowest rank on a tie): disjoint across ranks, together they cover every split, and rank
-    totals stay within one split of each other, so the equal-batches rule drops little.
-    Without row counts, every ``world_size``-th split from position ``rank``. A heap of
-    (rows, rank) makes it O(splits x log world_size): the master's lock is held while it runs.
+
+def rank_units(
+    order: Sequence[int], rank: int, world_size: int, rows: Sequence[int]
+) -> list[tuple[int, int, int]]:
+    """The units one rank reads in an epoch, as (split index, row offset, rows); rows 0 is
+    the whole split. Every rank gets ``total // world_size`` rows or one more, so the
+    equal-batches rule drops at most one batch per rank (issue 12, goal 5).
+
+    How: each rank's quota is ``total // world_size`` (+1 for the first ``total %
+    world_size`` ranks). Walking the epoch's order, a split goes whole to the rank with the
+    fewest rows so far (the lowest rank on a tie) if it fits that rank's quota; otherwise it
+    joins the tail. The tail's splits, in order, are then cut by row ranges into the quotas
+    still open, ranks in order. Ranks' units are disjoint and cover every row exactly once;
+    the result depends only on the arguments (deterministic across ranks, restarts and
+    recreated sessions). The tail is about one split per rank, cut into at most
+    ``len(tail) + world_size - 1`` pieces. O(splits x log world_size).
     """
-    if rows is None:
-        return tuple(order[rank::world_size])
-    totals = [(0, r) for r in range(world_size)]  # already a heap
-    mine = []
+    total = sum(rows[i] for i in order)
+    quota = [total // world_size + (1 if r < total % world_size else 0) for r in range(world_size)]
+    loads = [(0, r) for r in range(world_size)]  # already a heap
+    assigned = [0] * world_size
+    mine: list[tuple[int, int, int]] = []
+    tail: list[int] = []
     for index in order:
-        total, target = totals[0]
-        heapq.heapreplace(totals, (total + rows[index], target))
+        load, target = loads[0]
+        if load + rows[index] > quota[target]:
+            tail.append(index)
+            continue
+        heapq.heapreplace(loads, (load + rows[index], target))
+        assigned[target] += rows[index]
         if target == rank:
-            mine.append(index)
-    return tuple(mine)
+            mine.append((index, 0, 0))
+    target = 0
+    for index in tail:
+        offset = 0
+        while offset < rows[index]:
+            while assigned[target] >= quota[target]:
+                target += 1
+            take = min(rows[index] - offset, quota[target] - assigned[target])
+            assigned[target] += take
+            if target == rank:
+                whole = offset == 0 and take == rows[index]
+                mine.append((index, 0, 0) if whole else (index, offset, take))
+            offset += take
+    return mine

@@ -113,6 +113,10 @@ def cmd_top(args: argparse.Namespace) -> int:
             return 0
 
 
+def _ttl(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds > 0 else "never"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:4.0f}%"
 
@@ -124,7 +128,8 @@ def render(status: master_pb2.GetClusterStatusResponse, master: str = "") -> Any
     from rich.table import Table
 
     head = (
-        f"master {master}  window {status.window_s:.1f}s  sessions {status.sessions}  "
+        f"master {master}  window {status.window_s:.1f}s  sessions {status.sessions} "
+        f"(ttl {_ttl(status.session_ttl_s)}, {status.sessions_expired} expired)  "
         f"splits pending {status.splits_pending} leased {status.splits_leased} "
         f"done {status.splits_done}\n"
         f"workers alive {len(status.workers)}  desired {status.desired_workers}"

@@ -168,11 +168,23 @@ def scan_split(
 
     if parquet is None:  # ORC: row_groups are stripes
         stripes = orc.scan_stripes(filesystem, split.path, split.row_groups, from_file, batch_rows)
+        if split.row_limit:
+            stripes = _row_range(stripes, split.row_offset, split.row_limit)
         yield from with_partition(_bounded(stripes, batch_rows, split))
         return
     groups = []
+    # A piece (row_limit > 0) decodes only the row groups it overlaps; ``skip`` rows of the
+    # first of them come before the piece.
+    first_row, skip = 0, split.row_offset
     for rg in split.row_groups:
         compressed, uncompressed, rows = _row_group_bytes(metadata, rg, set(from_file))
+        first_row += rows
+        if split.row_limit and (
+            first_row <= split.row_offset or first_row - rows >= split.row_offset + split.row_limit
+        ):
+            if first_row <= split.row_offset:
+                skip -= rows
+            continue
         if max_row_group_bytes and compressed > max_row_group_bytes:
             raise RowGroupTooLargeError(
                 f"split {split.split_id}: row group {rg} of {split.path!r} holds "
@@ -203,12 +215,31 @@ def scan_split(
                 measured = max(measured, batch.nbytes / batch.num_rows)
                 yield batch
 
+    decoded = decode()
+    if split.row_limit:
+        decoded = _row_range(decoded, skip, split.row_limit)
     try:
         yield from with_partition(
-            _read_ahead(_bounded(decode(), batch_rows, split), _BATCH_READAHEAD)
+            _read_ahead(_bounded(decoded, batch_rows, split), _BATCH_READAHEAD)
         )
     finally:
         parquet.close()
+
+
+def _row_range(batches: Iterator[pa.RecordBatch], skip: int, take: int) -> Iterator[pa.RecordBatch]:
+    """Rows ``[skip, skip + take)`` of ``batches``: a piece of a split. Stops decoding once
+    the piece is complete."""
+    for batch in batches:
+        if take <= 0:
+            return
+        if skip >= batch.num_rows:
+            skip -= batch.num_rows
+            continue
+        piece = batch.slice(skip, take)
+        skip = 0
+        take -= piece.num_rows
+        if piece.num_rows:
+            yield piece
 
 
 def filter_rows(

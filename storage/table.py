@@ -99,8 +99,13 @@ class SplitInfo:
         path: path inside the file system returned by :func:`resolve`.
         file_size: the file's size when planned; a reader refuses a file that changed.
         row_groups: contiguous row-group indices, ascending.
-        num_rows: rows in those row groups, before any row filter.
+        num_rows: rows in those row groups, before any row filter (of a piece: its rows).
         partition: Hive partition values of the file, e.g. ``{"ds": "2026-01-01"}``.
+        row_offset: a *piece* of a split (``row_limit`` > 0) holds rows
+            ``[row_offset, row_offset + row_limit)`` of the split's row groups, counted before
+            the row filter. The master cuts the splits at the tail of an epoch into pieces so
+            that ranks get equal rows (``dpp_server.state.rank_units``); planning never does.
+        row_limit: rows of a piece; 0: the whole split (``row_offset`` is then 0).
     """
 
     split_id: str
@@ -109,6 +114,8 @@ class SplitInfo:
     row_groups: tuple[int, ...]
     num_rows: int
     partition: Mapping[str, str]
+    row_offset: int = 0
+    row_limit: int = 0
 
 
 @dataclass(frozen=True)

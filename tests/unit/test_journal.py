@@ -31,6 +31,7 @@ UPDATES: list[state.Update] = [
     state.LeaseReleased("sess", 1, 0, 0),
     state.SplitStatsReported("sess", 0, 0, 1, b"DPPSTAT1\x00\xff"),
     state.SplitStatsReported("sess", 0, 0, 0, b"", "worker w-1 failed on split s0: boom"),
+    state.SessionExpired("sess"),
 ]
 
 

@@ -16,6 +16,7 @@ from dpp_server.metrics import MasterMetrics, WorkerMetrics
 from dpp_server.monitor import ClientStatsStore, ClusterMonitor
 from dpp_server.monitor_service import status_to_proto
 from dpp_server.records import ClientFigures, StageSeconds, WorkerCounters, figures_from_proto
+from dpp_server.refusals import Refusals
 from dpp_server.scaling import Scaler, ScalerConfig
 
 
@@ -43,6 +44,9 @@ class FakeMaster:
 
     def session_failures(self) -> dict[str, tuple[int, str]]:
         return {}
+
+    def session_expiry(self) -> tuple[float, int]:
+        return 3600.0, 2
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -93,8 +97,12 @@ def _setup() -> tuple[FakeMaster, ClientStatsStore, ClusterMonitor, Clock, Colle
         master, store, Scaler(ScalerConfig(up_after=1, max_workers=10), 1), clock=clock
     )
     registry = CollectorRegistry()
-    MasterMetrics(registry, master, store, monitor)
+    MasterMetrics(registry, master, store, monitor, REFUSALS)
     return master, store, monitor, clock, registry
+
+
+REFUSALS = Refusals()
+REFUSALS.note("AckBatches", "SESSION_NOT_FOUND", "session 's-x' does not exist")
 
 
 def test_monitor_windows_verdict_and_desired_workers() -> None:
@@ -172,3 +180,42 @@ def test_client_stats_round_trip_and_loader_collector() -> None:
     LoaderCollector(lambda: stats, registry, rank=2)
     assert value(registry, "dpp_client_rows_total", rank="2") == 300
     assert value(registry, "dpp_client_stall_seconds_total", rank="2") == 0.5
+
+
+def test_rank_series_are_bounded_and_follow_live_sessions() -> None:
+    """Issue 12: at most max_series (session, rank) pairs, the most recently reported, and
+    none of a session the master no longer holds (expired)."""
+    master, _, monitor, clock, _ = _setup()
+    store = ClientStatsStore(clock=clock, max_series=3)
+    metrics_registry = CollectorRegistry()
+    MasterMetrics(metrics_registry, master, store, monitor, Refusals())
+    master.streams = {"s-1": [], "s-2": []}
+    for rank in range(4):
+        store.record("s-1", rank, ClientFigures(rows=rank))
+    store.record("s-1", 1, ClientFigures(rows=10))  # a report moves a rank to the newest
+    store.record("s-2", 0, ClientFigures(rows=20))
+    assert sorted(store.snapshot()) == [("s-1", 1), ("s-1", 3), ("s-2", 0)]
+    del master.streams["s-2"]  # expired
+    assert value(metrics_registry, "dpp_rank_rows_total", session="s-2", rank="0") is None
+    assert value(metrics_registry, "dpp_rank_rows_total", session="s-1", rank="1") == 10
+    assert sorted(store.snapshot()) == [("s-1", 1), ("s-1", 3)]
+
+
+def test_refusals_are_counted_by_rpc_and_kind() -> None:
+    refusals = Refusals()
+    _, store, monitor, _, _ = _setup()
+    registry = CollectorRegistry()
+    MasterMetrics(registry, FakeMaster(), store, monitor, refusals)
+    for _ in range(3):
+        refusals.note("AckBatches", "undecodable", "not a message")
+    refusals.note("BeginEpoch", "OUT_OF_RANGE", "rank 9")
+    assert (
+        value(registry, "dpp_master_requests_refused_total", rpc="AckBatches", kind="undecodable")
+        == 3
+    )
+    assert (
+        value(registry, "dpp_master_requests_refused_total", rpc="BeginEpoch", kind="OUT_OF_RANGE")
+        == 1
+    )
+    assert value(registry, "dpp_master_session_ttl_seconds") == 3600
+    assert value(registry, "dpp_master_sessions_expired_total") == 2
