@@ -46,6 +46,7 @@ from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
 from storage.reader import filter_rows, scan_split
+from storage.remote import ReadOptions
 
 __all__ = [
     "SessionPipeline",
@@ -98,6 +99,8 @@ class SessionPipeline:
         read_batch_rows: rows per read chunk (``WorkerConfig.read_batch_rows``). With
             ``shuffle`` the chunk is the unit of the seeded order, so every worker producing a
             session's splits must use the same value.
+        read_options: how files are fetched from a remote file system (coalesced ranges,
+            read-ahead; :class:`storage.remote.ReadOptions`).
     """
 
     spec: Spec
@@ -106,10 +109,15 @@ class SessionPipeline:
     row_filter: Filter | None
     filesystem: pafs.FileSystem
     read_batch_rows: int
+    read_options: ReadOptions = dataclasses.field(default_factory=ReadOptions)
 
     @classmethod
     def compile(
-        cls, spec: Spec, read_batch_rows: int, wire: WireOptions | None = None
+        cls,
+        spec: Spec,
+        read_batch_rows: int,
+        wire: WireOptions | None = None,
+        read_options: ReadOptions | None = None,
     ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
 
@@ -119,6 +127,7 @@ class SessionPipeline:
             wire: how frames are encoded; by default the packed layout, with int32 ids for
                 every feature :func:`~dpp_server.spec.int32_features` allows and the
                 compression of ``wire`` (none by default).
+            read_options: see the attribute; the defaults when None.
         """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         options = WireOptions(
@@ -133,6 +142,7 @@ class SessionPipeline:
             row_filter=parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None,
             filesystem=filesystem,
             read_batch_rows=read_batch_rows,
+            read_options=read_options or ReadOptions(),
         )
 
 
@@ -237,6 +247,7 @@ def _transformed(
         columns=columns,
         row_filter=session.row_filter,
         batch_rows=session.read_batch_rows,
+        read_options=session.read_options,
     )
     for chunk in itertools.count():
         started = time.perf_counter()

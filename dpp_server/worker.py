@@ -27,6 +27,7 @@ from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.produce_stats import StatsPipeline, sketch_split
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
+from storage.remote import ReadOptions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,16 @@ class WorkerConfig:
         wire_compression: ``lz4`` or ``zstd`` compresses every frame (Arrow IPC buffer
             compression; empty: none). Pays only when the trainers' link is slower than
             about 1 Gbit/s; costs worker and trainer CPU (docs/benchmarks.md).
+        remote_read: how Parquet files on an object store are read: ``prefetch`` (a split's
+            coalesced column-chunk ranges requested concurrently ahead of decoding, about
+            two round trips per split), ``pre_buffer`` (pyarrow's coalescing, ranges one
+            round trip after another) or ``readahead`` (fsspec's block cache); measured in
+            docs/tables.md. Local files ignore it.
+        remote_hole_size_limit_bytes: column chunks closer than this are fetched in one
+            request, the gap included. More means fewer requests, more unread bytes fetched.
+        remote_readahead_bytes: bytes a split's reader requests ahead of decoding
+            (``prefetch``). More hides more latency; it bounds the memory each pipeline
+            thread holds in fetched ranges.
     """
 
     pipeline_threads: int = 2
@@ -55,12 +66,24 @@ class WorkerConfig:
     read_batch_rows: int = 65_536
     idle_sleep_s: float = 0.05
     wire_compression: str = ""
+    remote_read: str = ReadOptions.mode
+    remote_hole_size_limit_bytes: int = ReadOptions.hole_size_limit_bytes
+    remote_readahead_bytes: int = ReadOptions.readahead_bytes
 
     def __post_init__(self) -> None:
         if self.wire_compression not in ("", "lz4", "zstd"):
             raise ValueError(
                 f"wire_compression {self.wire_compression!r} is not lz4, zstd or empty (none)"
             )
+        self.read_options()  # validates the remote_* fields
+
+    def read_options(self) -> ReadOptions:
+        """The storage layer's read settings these fields make."""
+        return ReadOptions(
+            mode=self.remote_read,
+            hole_size_limit_bytes=self.remote_hole_size_limit_bytes,
+            readahead_bytes=self.remote_readahead_bytes,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +423,9 @@ class Worker:
                     pipeline = self._stats_pipelines.get(lease.session_id)
                 if pipeline is None:
                     spec = self._session(lease.session_id).spec
-                    pipeline = StatsPipeline.compile(spec, self.config.read_batch_rows)
+                    pipeline = StatsPipeline.compile(
+                        spec, self.config.read_batch_rows, self.config.read_options()
+                    )
                     with self._lock:
                         pipeline = self._stats_pipelines.setdefault(lease.session_id, pipeline)
                 payload = sketch_split(pipeline, lease, self._stats)
@@ -469,6 +494,7 @@ class Worker:
             spec,
             self.config.read_batch_rows,
             WireOptions(compression=self.config.wire_compression or None),
+            read_options=self.config.read_options(),
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

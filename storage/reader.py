@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 from storage import orc
 from storage.errors import SplitChangedError, StorageError
 from storage.filters import Filter, validate_types
+from storage.remote import ReadOptions, Source, column_chunk_ranges, open_source
 from storage.table import SplitInfo, partition_expression
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ __all__ = ["filter_rows", "read_split", "scan_split"]
 _BATCH_READAHEAD = 2
 
 _PARQUET_FORMAT = pads.ParquetFileFormat()
+_DEFAULT_READ = ReadOptions()
 
 
 def read_split(
@@ -49,6 +51,7 @@ def read_split(
     columns: Sequence[str],
     row_filter: Filter | None,
     batch_rows: int,
+    read_options: ReadOptions | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows that pass ``row_filter``, ``columns`` only, in file order.
 
@@ -59,6 +62,8 @@ def read_split(
         row_filter: applied exactly; may use columns that are not yielded.
         batch_rows: the most rows a yielded batch holds (at least 1). Empty batches are
             never yielded.
+        read_options: how the file is fetched (coalesced ranges, fsspec cache); the
+            defaults of :class:`storage.remote.ReadOptions` when None.
 
     Raises:
         SplitChangedError: the file is gone or its size differs from planning time.
@@ -67,7 +72,12 @@ def read_split(
         ValueError: ``batch_rows`` is below 1.
     """
     scan = scan_split(
-        split, filesystem=filesystem, columns=columns, row_filter=row_filter, batch_rows=batch_rows
+        split,
+        filesystem=filesystem,
+        columns=columns,
+        row_filter=row_filter,
+        batch_rows=batch_rows,
+        read_options=read_options,
     )
     for batch in scan:
         kept = filter_rows(batch, row_filter, columns)
@@ -82,6 +92,7 @@ def scan_split(
     columns: Sequence[str],
     row_filter: Filter | None,
     batch_rows: int,
+    read_options: ReadOptions | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows before the row filter: ``columns``, then the columns only
     ``row_filter`` reads, in file order; pass each batch to :func:`filter_rows`.
@@ -91,19 +102,45 @@ def scan_split(
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    _check_unchanged(split, filesystem)
-    is_orc = split.path.lower().endswith(orc.ORC_SUFFIXES)
+    options = read_options or _DEFAULT_READ
+    source = Source(split.path)
+    if not split.path.lower().endswith(orc.ORC_SUFFIXES):
+        try:
+            # Before the size check: a remote footer fetch starts now, and overlaps it.
+            source = open_source(filesystem, split.path, split.file_size, options)
+        except OSError as exc:
+            raise StorageError(
+                f"split {split.split_id}: opening {split.path!r} failed ({exc}); check the "
+                "storage options and that the file still exists, or replan the table"
+            ) from exc
+    try:
+        _check_unchanged(split, filesystem)
+        yield from _scan(split, filesystem, source, columns, row_filter, batch_rows, options)
+    finally:
+        source.close()
+
+
+def _scan(
+    split: SplitInfo,
+    filesystem: pafs.FileSystem,
+    source: Source,
+    columns: Sequence[str],
+    row_filter: Filter | None,
+    batch_rows: int,
+    options: ReadOptions,
+) -> Iterator[pa.RecordBatch]:
+    """:func:`scan_split` once the file is open."""
     fragment = None
-    if is_orc:
+    if split.path.lower().endswith(orc.ORC_SUFFIXES):
         schema = orc.read_schema(filesystem, split.path)
     else:
-        whole_file = _PARQUET_FORMAT.make_fragment(
-            split.path,
-            filesystem,
-            partition_expression=partition_expression(split.partition),
-            file_size=split.file_size,
-        )
         try:
+            whole_file = _PARQUET_FORMAT.make_fragment(
+                source.file,
+                None if source.remote else filesystem,
+                partition_expression=partition_expression(split.partition),
+                file_size=None if source.remote else split.file_size,
+            )
             schema = whole_file.physical_schema
             # Not make_fragment(row_groups=...): pyarrow passes those through set(), which
             # loses their order (row groups [7, 8] come back as [8, 7]); subset() keeps it.
@@ -138,6 +175,10 @@ def scan_split(
     if fragment is None:  # ORC: row_groups are stripes
         batches = orc.scan_stripes(filesystem, split.path, split.row_groups, from_file, batch_rows)
     else:
+        if source.ranges is not None:
+            source.ranges.prefetch(
+                column_chunk_ranges(fragment.metadata, split.row_groups, from_file)
+            )
         batches = fragment.to_batches(
             schema=file_schema,
             columns=from_file,
@@ -145,7 +186,7 @@ def scan_split(
             batch_readahead=_BATCH_READAHEAD,
             fragment_readahead=1,
             use_threads=True,
-            fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=True),
+            fragment_scan_options=options.scan_options(source.remote),
         )
     bounded = _bounded(batches, batch_rows, split)
     if len(from_file) == len(scanned):
