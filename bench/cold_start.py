@@ -110,7 +110,8 @@ def cluster_path(master: str, uri: str, options: dict[str, str]) -> dict[str, fl
         batch_size=64,
     )
     started = time.perf_counter()
-    with DppLoader(master, spec) as loader:
+    # Planning 10,000 files can outlast the default 30 s deadline of CreateSession here.
+    with DppLoader(master, spec, rpc_timeout_s=600.0) as loader:
         batch = next(iter(loader))
         first = time.perf_counter() - started
         plan = loader.plan
