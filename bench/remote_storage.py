@@ -4,8 +4,9 @@ on local disk, in one run.
     python -m bench.remote_storage [--quick] [--rounds 3] [--delay-ms 20] [--threads 2]
 
 The table is the ``dlrm`` benchmark table (:mod:`bench.workloads`), written to local disk and
-copied to moto's S3 server on loopback; a delaying proxy (:mod:`tests.helpers.delay_proxy`)
-in front of moto adds ``--delay-ms`` to every round trip and counts the requests and bytes.
+copied to an S3 server on loopback (Ceph's radosgw; ``--endpoint moto`` for moto's); a
+delaying proxy (:mod:`tests.helpers.delay_proxy`) in front of it adds ``--delay-ms`` to every
+round trip and counts the requests and bytes.
 Each pass is the worker's own code: ``--threads`` pipeline threads (as
 ``WorkerConfig.pipeline_threads``) take the plan's splits one at a time and run
 :func:`dpp_server.produce.produce_split` on each (read, filter, transform, cut, encode), as
