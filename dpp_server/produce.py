@@ -47,6 +47,7 @@ from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
 from storage.reader import filter_rows, scan_split
+from storage.remote import ReadOptions
 
 __all__ = [
     "SessionPipeline",
@@ -106,6 +107,8 @@ class SessionPipeline:
         cache: the worker's cache of transformed splits (None: none); used only by sessions
             without ``shuffle`` (see :mod:`dpp_server.cache`).
         cache_digest: :func:`~dpp_server.cache.output_digest` of ``spec``.
+        read_options: how files are fetched from a remote file system (coalesced ranges,
+            read-ahead; :class:`storage.remote.ReadOptions`).
     """
 
     spec: Spec
@@ -118,6 +121,7 @@ class SessionPipeline:
     max_row_group_bytes: int = 0
     cache: SplitCache | None = None
     cache_digest: str = ""
+    read_options: ReadOptions = dataclasses.field(default_factory=ReadOptions)
 
     @classmethod
     def compile(
@@ -129,6 +133,7 @@ class SessionPipeline:
         max_batch_bytes: int = 0,
         max_row_group_bytes: int = 0,
         cache: SplitCache | None = None,
+        read_options: ReadOptions | None = None,
     ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
 
@@ -141,6 +146,7 @@ class SessionPipeline:
             max_batch_bytes, max_row_group_bytes: the worker's read budget
                 (:mod:`dpp_server.budget`; 0: none).
             cache: where transformed splits are kept and found again (None: no cache).
+            read_options: see the attribute; the defaults when None.
         """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         options = WireOptions(
@@ -159,6 +165,7 @@ class SessionPipeline:
             max_row_group_bytes=max_row_group_bytes,
             cache=None if spec.shuffle else cache,
             cache_digest=output_digest(spec) if cache is not None else "",
+            read_options=read_options or ReadOptions(),
         )
 
 
@@ -301,6 +308,7 @@ def _produce_chunks(
         # With shuffle a chunk is the unit of the seeded order: its size must not vary.
         max_batch_bytes=0 if session.spec.shuffle else session.max_batch_bytes,
         max_row_group_bytes=session.max_row_group_bytes,
+        read_options=session.read_options,
     )
     for chunk in itertools.count():
         started = time.perf_counter()

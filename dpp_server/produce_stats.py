@@ -41,6 +41,7 @@ from dpp_server.stats.features import measured_features, raw_id_spec
 from dpp_server.stats.sketches import SketchConfig, SparseFeature, SplitStats, partition_key
 from dpp_server.transforms import FeaturePipeline
 from storage.reader import filter_rows, scan_split
+from storage.remote import ReadOptions
 
 __all__ = ["StatsPipeline", "sample_mask", "sketch_split"]
 
@@ -69,8 +70,11 @@ class StatsPipeline:
     config: SketchConfig
 
     @classmethod
-    def compile(cls, spec: Spec, read_batch_rows: int) -> StatsPipeline:
-        """Builds the pipelines of a stats session's spec (``spec.stats`` set)."""
+    def compile(
+        cls, spec: Spec, read_batch_rows: int, read_options: ReadOptions | None = None
+    ) -> StatsPipeline:
+        """Builds the pipelines of a stats session's spec (``spec.stats`` set); files are
+        read with ``read_options`` (the defaults when None)."""
         options = spec.stats
         if options is None:
             raise ValueError("StatsPipeline needs a stats session's spec (spec.stats is unset)")
@@ -81,7 +85,7 @@ class StatsPipeline:
         raw_spec = raw_id_spec(plain) if options.collisions else None
         sparse, dense = measured_features(plain)
         return cls(
-            session=SessionPipeline.compile(plain, read_batch_rows),
+            session=SessionPipeline.compile(plain, read_batch_rows, read_options=read_options),
             features=FeaturePipeline(plain),
             raw=None if raw_spec is None else FeaturePipeline(raw_spec),
             sparse=sparse,
@@ -128,6 +132,7 @@ def sketch_split(pipeline: StatsPipeline, lease: LeaseGrant, recorder: StageReco
         columns=columns,
         row_filter=session.row_filter,
         batch_rows=session.read_batch_rows,
+        read_options=session.read_options,
     )
     for chunk in itertools.count():
         started = time.perf_counter()

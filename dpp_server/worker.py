@@ -30,6 +30,7 @@ from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.produce_stats import StatsPipeline, sketch_split
 from dpp_server.records import StageSeconds, WorkerCounters
 from dpp_server.spec import Spec
+from storage.remote import ReadOptions
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,16 @@ class WorkerConfig:
         max_streams: client streams served at once; one more is refused at once with
             RESOURCE_EXHAUSTED (its client re-dials with backoff). Each open stream holds a
             server thread (mostly asleep).
+        remote_read: how Parquet files on an object store are read: ``prefetch`` (a split's
+            coalesced column-chunk ranges requested concurrently ahead of decoding, about
+            two round trips per split), ``pre_buffer`` (pyarrow's coalescing, ranges one
+            round trip after another) or ``readahead`` (fsspec's block cache); measured in
+            docs/tables.md. Local files ignore it.
+        remote_hole_size_limit_bytes: column chunks closer than this are fetched in one
+            request, the gap included. More means fewer requests, more unread bytes fetched.
+        remote_readahead_bytes: bytes a split's reader requests ahead of decoding
+            (``prefetch``). More hides more latency; it bounds the memory each pipeline
+            thread holds in fetched ranges.
     """
 
     pipeline_threads: int = 2
@@ -84,12 +95,24 @@ class WorkerConfig:
     cache_dir: str = ""
     consumer_timeout_s: float = 30.0
     max_streams: int = 512
+    remote_read: str = ReadOptions.mode
+    remote_hole_size_limit_bytes: int = ReadOptions.hole_size_limit_bytes
+    remote_readahead_bytes: int = ReadOptions.readahead_bytes
 
     def __post_init__(self) -> None:
         if self.wire_compression not in ("", "lz4", "zstd"):
             raise ValueError(
                 f"wire_compression {self.wire_compression!r} is not lz4, zstd or empty (none)"
             )
+        self.read_options()  # validates the remote_* fields
+
+    def read_options(self) -> ReadOptions:
+        """The storage layer's read settings these fields make."""
+        return ReadOptions(
+            mode=self.remote_read,
+            hole_size_limit_bytes=self.remote_hole_size_limit_bytes,
+            readahead_bytes=self.remote_readahead_bytes,
+        )
 
 
 #: How often a producer waiting on a full buffer reports its waiting time (``wait_consumer_s``).
@@ -631,7 +654,9 @@ class Worker:
                     pipeline = self._stats_pipelines.get(lease.session_id)
                 if pipeline is None:
                     spec = self._session(lease.session_id).spec
-                    pipeline = StatsPipeline.compile(spec, self.config.read_batch_rows)
+                    pipeline = StatsPipeline.compile(
+                        spec, self.config.read_batch_rows, self.config.read_options()
+                    )
                     with self._lock:
                         pipeline = self._stats_pipelines.setdefault(lease.session_id, pipeline)
                 payload = sketch_split(pipeline, lease, self._stats)
@@ -716,6 +741,7 @@ class Worker:
             max_batch_bytes=self.memory.max_batch_bytes,
             max_row_group_bytes=self.memory.max_row_group_bytes,
             cache=self.cache,
+            read_options=self.config.read_options(),
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from storage import orc
 from storage.errors import RowGroupTooLargeError, SplitChangedError, StorageError
 from storage.filters import Filter, validate_types
+from storage.remote import ReadOptions, Source, column_chunk_ranges, open_source
 from storage.table import SplitInfo
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ _BATCH_READAHEAD = 2
 # dominates.
 _MIN_DECODE_ROWS = 1024
 
+_DEFAULT_READ = ReadOptions()
+
 
 def read_split(
     split: SplitInfo,
@@ -59,6 +62,7 @@ def read_split(
     columns: Sequence[str],
     row_filter: Filter | None,
     batch_rows: int,
+    read_options: ReadOptions | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows that pass ``row_filter``, ``columns`` only, in file order.
 
@@ -69,6 +73,8 @@ def read_split(
         row_filter: applied exactly; may use columns that are not yielded.
         batch_rows: the most rows a yielded batch holds (at least 1). Empty batches are
             never yielded.
+        read_options: how the file is fetched (coalesced ranges, fsspec cache); the
+            defaults of :class:`storage.remote.ReadOptions` when None.
 
     Raises:
         SplitChangedError: the file is gone or its size differs from planning time.
@@ -77,7 +83,12 @@ def read_split(
         ValueError: ``batch_rows`` is below 1.
     """
     scan = scan_split(
-        split, filesystem=filesystem, columns=columns, row_filter=row_filter, batch_rows=batch_rows
+        split,
+        filesystem=filesystem,
+        columns=columns,
+        row_filter=row_filter,
+        batch_rows=batch_rows,
+        read_options=read_options,
     )
     for batch in scan:
         kept = filter_rows(batch, row_filter, columns)
@@ -94,6 +105,7 @@ def scan_split(
     batch_rows: int,
     max_batch_bytes: int = 0,
     max_row_group_bytes: int = 0,
+    read_options: ReadOptions | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows before the row filter: ``columns``, then the columns only
     ``row_filter`` reads, in file order; pass each batch to :func:`filter_rows`.
@@ -108,6 +120,8 @@ def scan_split(
             from the footer's sizes for the first row group, then from the decoded batches).
         max_row_group_bytes: when above 0, refuse a row group whose compressed column chunks
             of the columns read exceed it.
+        read_options: how a remote file is fetched (:mod:`storage.remote`; local files are
+            read natively whatever it says).
 
     Raises:
         RowGroupTooLargeError: a row group exceeds ``max_row_group_bytes``; the message names
@@ -115,13 +129,57 @@ def scan_split(
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    _check_unchanged(split, filesystem)
+    options = read_options or _DEFAULT_READ
+    source = Source(split.path)
+    if not split.path.lower().endswith(orc.ORC_SUFFIXES):
+        try:
+            # Before the size check: a remote footer fetch starts now, and overlaps it.
+            source = open_source(filesystem, split.path, split.file_size, options)
+        except OSError as exc:
+            raise StorageError(
+                f"split {split.split_id}: opening {split.path!r} failed ({exc}); check the "
+                "storage options and that the file still exists, or replan the table"
+            ) from exc
+    try:
+        _check_unchanged(split, filesystem)
+        yield from _scan(
+            split,
+            filesystem,
+            source,
+            columns,
+            row_filter,
+            batch_rows,
+            options,
+            max_batch_bytes,
+            max_row_group_bytes,
+        )
+    finally:
+        source.close()
+
+
+def _scan(
+    split: SplitInfo,
+    filesystem: pafs.FileSystem,
+    source: Source,
+    columns: Sequence[str],
+    row_filter: Filter | None,
+    batch_rows: int,
+    options: ReadOptions,
+    max_batch_bytes: int,
+    max_row_group_bytes: int,
+) -> Iterator[pa.RecordBatch]:
+    """:func:`scan_split` once the file is open."""
     parquet: pq.ParquetFile | None = None
     if split.path.lower().endswith(orc.ORC_SUFFIXES):
         schema = orc.read_schema(filesystem, split.path)
     else:
         try:
-            parquet = pq.ParquetFile(filesystem.open_input_file(split.path), pre_buffer=True)
+            # Local: pyarrow's native file, pre-buffered per row group. Remote: the source's
+            # file; in ``prefetch`` mode its ranges are already coming (pre-buffering would
+            # copy them again), in ``pre_buffer`` mode pyarrow coalesces them itself.
+            file = source.file if source.remote else filesystem.open_input_file(split.path)
+            pre_buffer = not source.remote or options.mode == "pre_buffer"
+            parquet = pq.ParquetFile(file, pre_buffer=pre_buffer)
             schema = parquet.schema_arrow
             metadata = parquet.metadata
             if split.row_groups and split.row_groups[-1] >= metadata.num_row_groups:
@@ -215,6 +273,8 @@ def scan_split(
                 measured = max(measured, batch.nbytes / batch.num_rows)
                 yield batch
 
+    if source.ranges is not None:
+        source.ranges.prefetch(column_chunk_ranges(metadata, [rg for rg, _ in groups], from_file))
     decoded = decode()
     if split.row_limit:
         decoded = _row_range(decoded, skip, split.row_limit)

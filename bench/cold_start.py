@@ -1,0 +1,211 @@
+"""Cold start on many files: the time from asking for a table of 10,000 Parquet files on S3,
+20 ms away, to the first batch.
+
+    python -m bench.cold_start [--files 10000] [--delay-ms 20] [--endpoint radosgw|moto]
+
+The table (``--files`` small files under ``ds=.../`` folders, 100 rows each) is uploaded
+straight to a local S3 server (Ceph's radosgw by default); every read then goes through the
+delaying proxy of :mod:`tests.helpers.delay_proxy`. Two measurements, each from a cold
+process state (fsspec's listing cache cleared):
+
+* ``storage``: the master's and the worker's own calls in this process, timed apart:
+  :meth:`storage.Table.open` (one listing by prefix, 1,000 keys a page), ``plan_splits``
+  (every footer, ``--plan-concurrency`` at once) and the first batch of the first split
+  (:func:`storage.read_split`).
+* ``cluster``: a real local cluster (1 master, 1 worker, processes on 127.0.0.1, started before
+  the clock): from ``DppLoader(...)`` (CreateSession, planning on the master) to the first
+  batch in the trainer's hands.
+
+Requests are counted by the proxy. Writes ``bench/results/cold_start.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dpp_client import DppLoader, Feature, SessionSpec
+from dpp_server.local_cluster import LocalCluster
+from storage import Table, read_split
+from storage.filesystem import fsspec_filesystem_of
+from tests.helpers.delay_proxy import DelayProxy, s3_endpoint
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "dpp-cold"
+ROWS_PER_FILE = 100
+FILES_PER_DAY = 1000
+
+
+def file_bytes(index: int) -> bytes:
+    """One small Parquet file: ``ROWS_PER_FILE`` rows with ids from ``index * ROWS_PER_FILE``."""
+    ids = np.arange(index * ROWS_PER_FILE, (index + 1) * ROWS_PER_FILE, dtype=np.int64)
+    table = pa.table(
+        {
+            "row_id": ids,
+            "dense_0": (ids % 97).astype(np.float32),
+            "sparse_0": pa.array([[int(i), int(i) + 1] for i in ids], pa.list_(pa.int64())),
+            "label": (ids % 2).astype(np.int32),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def upload(direct: Any, files: int) -> None:
+    """Writes the table straight to the server (not through the proxy), 500 files a call."""
+    names = {
+        f"{BUCKET}/t/ds=2026-01-{1 + i // FILES_PER_DAY:02d}/part-{i:05d}.parquet": file_bytes(i)
+        for i in range(files)
+    }
+    items = list(names.items())
+    for start in range(0, len(items), 500):
+        direct.pipe(dict(items[start : start + 500]))
+
+
+def storage_path(uri: str, options: dict[str, str], concurrency: int) -> dict[str, float]:
+    started = time.perf_counter()
+    table = Table.open(uri, options)
+    opened = time.perf_counter()
+    plan = table.plan_splits(1 << 20, max_concurrency=concurrency)
+    planned = time.perf_counter()
+    first = next(
+        read_split(
+            plan.splits[0],
+            filesystem=table.filesystem,
+            columns=["row_id", "dense_0", "sparse_0"],
+            row_filter=None,
+            batch_rows=4096,
+        )
+    )
+    done = time.perf_counter()
+    assert first.num_rows == ROWS_PER_FILE
+    return {
+        "files": len(table.files()),
+        "splits": len(plan.splits),
+        "open_s": opened - started,
+        "plan_s": planned - opened,
+        "first_batch_read_s": done - planned,
+        "total_s": done - started,
+    }
+
+
+def cluster_path(master: str, uri: str, options: dict[str, str]) -> dict[str, float]:
+    spec = SessionSpec(
+        table_uri=uri,
+        storage_options=options,
+        features=(Feature("d0", "dense", source="dense_0"),),
+        passthrough=("row_id",),
+        batch_size=64,
+    )
+    started = time.perf_counter()
+    # Planning 10,000 files can outlast the default 30 s deadline of CreateSession here.
+    with DppLoader(master, spec, rpc_timeout_s=600.0) as loader:
+        batch = next(iter(loader))
+        first = time.perf_counter() - started
+        plan = loader.plan
+    assert batch.num_rows == 64
+    return {"first_batch_s": first, "splits": plan.num_splits if plan else 0}
+
+
+def _clear_listing_cache(uri: str, options: dict[str, str]) -> None:
+    from storage.filesystem import resolve
+
+    fs, _ = resolve(uri, options)
+    inner = fsspec_filesystem_of(fs)
+    if inner is not None:
+        inner.invalidate_cache()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--endpoint", choices=("radosgw", "moto"), default="radosgw")
+    parser.add_argument("--plan-concurrency", type=int, default=0, help="0: MasterConfig's")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--json", default=str(REPO / "bench/results/cold_start.json"))
+    args = parser.parse_args(argv)
+    from dpp_server.master import MasterConfig
+
+    concurrency = args.plan_concurrency or MasterConfig.plan_concurrency
+    results: dict[str, Any] = {
+        "command": "python -m bench.cold_start " + " ".join(argv or sys.argv[1:]),
+        "files": args.files,
+        "delay_ms": args.delay_ms,
+        "endpoint": args.endpoint,
+        "plan_concurrency": concurrency,
+        "storage": [],
+        "cluster": [],
+    }
+    with s3_endpoint(args.endpoint, Path(tempfile.mkdtemp(prefix="dpp-s3-"))) as (
+        endpoint,
+        key,
+        secret,
+    ):
+        import s3fs
+
+        direct = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint})
+        direct.mkdir(BUCKET)
+        started = time.perf_counter()
+        upload(direct, args.files)
+        print(f"uploaded {args.files} files in {time.perf_counter() - started:.1f}s", flush=True)
+        with DelayProxy(endpoint, args.delay_ms / 1000) as proxy:
+            uri = f"s3://{BUCKET}/t"
+            options = {"endpoint_url": proxy.endpoint, "key": key, "secret": secret}
+            cluster = None if args.skip_cluster else LocalCluster(
+                workers=1, master_args=[f"--plan-concurrency={concurrency}"]
+            )  # fmt: skip
+            if cluster is not None:
+                cluster.__enter__()
+            try:
+                for round_index in range(args.rounds):
+                    _clear_listing_cache(uri, options)
+                    proxy.reset()
+                    result = storage_path(uri, options, concurrency)
+                    stats = proxy.snapshot()
+                    result["requests"] = dict(stats.requests)
+                    results["storage"].append(result)
+                    print(f"  round {round_index} storage: {json.dumps(result)}", flush=True)
+                    if cluster is not None:
+                        proxy.reset()
+                        # A fresh session name each time: the master plans it anew.
+                        result = cluster_path(cluster.master_address, uri, options)
+                        result["requests"] = dict(proxy.snapshot().requests)
+                        results["cluster"].append(result)
+                        print(f"  round {round_index} cluster: {json.dumps(result)}", flush=True)
+            finally:
+                if cluster is not None:
+                    cluster.__exit__(None, None, None)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(summary(results), indent=2))
+
+
+def summary(results: dict[str, Any]) -> dict[str, float]:
+    """Medians over rounds."""
+    import statistics
+
+    out: dict[str, float] = {}
+    for key in ("open_s", "plan_s", "first_batch_read_s", "total_s"):
+        out[f"storage_{key}"] = statistics.median(r[key] for r in results["storage"])
+    if results["cluster"]:
+        out["cluster_first_batch_s"] = statistics.median(
+            r["first_batch_s"] for r in results["cluster"]
+        )
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""A worker's rows/s reading a table through an S3 endpoint 20 ms away, beside the same table
+on local disk, in one run.
+
+    python -m bench.remote_storage [--quick] [--rounds 3] [--delay-ms 20] [--threads 2]
+
+The table is the ``dlrm`` benchmark table (:mod:`bench.workloads`), written to local disk and
+copied to an S3 server on loopback (Ceph's radosgw; ``--endpoint moto`` for moto's); a
+delaying proxy (:mod:`tests.helpers.delay_proxy`) in front of it adds ``--delay-ms`` to every
+round trip and counts the requests and bytes.
+Each pass is the worker's own code: ``--threads`` pipeline threads (as
+``WorkerConfig.pipeline_threads``) take the plan's splits one at a time and run
+:func:`dpp_server.produce.produce_split` on each (read, filter, transform, cut, encode), as
+the worker does. Two jobs: ``all`` reads every feature (the dlrm job), ``narrow`` 4 dense and
+4 id-list features of 39 (projection: what coalescing fetches matters).
+
+Variants of :class:`storage.remote.ReadOptions` run interleaved (round r runs every variant
+once, in a rotated order) and each S3 figure is divided by the local figure of the same round;
+the report gives medians. Per S3 variant: rows/s, the ratio to local, GET (and HEAD) requests
+per split, bytes fetched per row (what the endpoint sent back, headers included, over the rows
+read) beside the table's bytes per row on disk.
+
+Writes ``bench/results/remote_storage.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import queue
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.workloads import workloads
+from dpp_client import Feature, Op, SessionSpec
+from dpp_server.master import LeaseGrant
+from dpp_server.produce import SessionPipeline, StageTotals, produce_split
+from dpp_server.spec import Spec, spec_from_proto
+from storage import Table, parse_filter
+from storage.filesystem import fsspec_filesystem_of, resolve
+from storage.remote import ReadOptions
+from tests.helpers.delay_proxy import DelayProxy, s3_endpoint
+
+REPO = Path(__file__).resolve().parent.parent
+BUCKET = "dpp-bench"
+
+#: The variants measured: name -> (read options, or None for the local table).
+VARIANTS: dict[str, ReadOptions | None] = {
+    "local disk": None,
+    # The default: the split's projected column chunks coalesced (1 MiB holes, 32 MiB ranges)
+    # and requested concurrently ahead of decoding.
+    "prefetch (default)": ReadOptions(),
+    "prefetch, 8 KiB holes": ReadOptions(hole_size_limit_bytes=8 << 10),
+    # pyarrow's pre_buffer over an uncached fsspec file (reads serialized by PythonFile).
+    "pre_buffer, eager, 1 MiB holes": ReadOptions(mode="pre_buffer"),
+    "pre_buffer, arrow's CacheOptions (8 KiB holes, 32 MiB ranges, lazy)": ReadOptions(
+        mode="pre_buffer", hole_size_limit_bytes=8 << 10, lazy=True
+    ),
+    "fsspec readahead 8 MiB blocks": ReadOptions(mode="readahead"),
+    "fsspec readahead 50 MiB blocks (s3fs's default)": ReadOptions(
+        mode="readahead", block_size_bytes=50 << 20
+    ),
+}
+
+
+def narrow_spec(table_uri: str) -> SessionSpec:
+    """4 dense + 4 id-list features of 39: what a job reading a tenth of a table fetches."""
+    features = [
+        Feature(f"d{i}", "dense", source=f"dense_{i}", ops=(Op("fill_null", {"value": 0.0}),))
+        for i in (0, 4, 8, 12)
+    ] + [
+        Feature(f"s{i}", "sparse", source=f"sparse_{i}", ops=(Op("first_x", {"x": 20}),))
+        for i in (0, 7, 14, 21)
+    ]
+    return SessionSpec(
+        table_uri=table_uri, features=tuple(features), label="label", batch_size=4096,
+        target_split_rows=65_536,
+    )  # fmt: skip
+
+
+def run_worker(spec: Spec, options: ReadOptions | None, threads: int) -> tuple[int, float, int]:
+    """One pass of the worker's pipeline threads over every split: (rows, seconds, splits).
+
+    Planning is outside the timed section (the master plans; a worker only reads).
+    """
+    table = Table.open(spec.table_uri, spec.storage_options)
+    row_filter = parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None
+    plan = table.plan_splits(spec.target_split_rows, row_filter=row_filter)
+    filesystem, _ = resolve(spec.table_uri, spec.storage_options)
+    inner = fsspec_filesystem_of(filesystem)
+    if inner is not None:
+        inner.invalidate_cache()  # a worker process has not listed the table
+    session = SessionPipeline.compile(spec, 65_536, read_options=options)
+    todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    for split in plan.splits:
+        todo.put(split)
+    rows = [0] * threads
+    errors: list[BaseException] = []
+
+    def pipeline_thread(index: int) -> None:
+        recorder = StageTotals()
+        try:
+            while True:
+                try:
+                    split = todo.get_nowait()
+                except queue.Empty:
+                    break
+                lease = LeaseGrant(session_id="s", epoch=0, rank=0, split=split, start_batch=0)
+                for _frame in produce_split(session, lease, recorder):
+                    pass
+            rows[index] = recorder.counts["rows_out"]
+        except BaseException as exc:  # re-raised in the main thread
+            errors.append(exc)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=pipeline_thread, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return sum(rows), seconds, len(plan.splits)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="300k rows (default 1M)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=2, help="pipeline threads (worker's)")
+    parser.add_argument("--jobs", default="all,narrow")
+    parser.add_argument("--endpoint", choices=("radosgw", "moto"), default="radosgw",
+                        help="the S3 server behind the proxy (radosgw: Ceph's, C++; moto: Python, "
+                        "itself ~50 ms per request)")  # fmt: skip
+    parser.add_argument("--variants", default="", help="comma list of variant name prefixes")
+    parser.add_argument("--table-dir", default=str(Path(tempfile.gettempdir()) / "dpp-bench"))
+    parser.add_argument("--json", default=str(REPO / "bench/results/remote_storage.json"))
+    args = parser.parse_args(argv)
+    workload = workloads(args.quick)["dlrm"]
+    local = workload.ensure_table(Path(args.table_dir))
+    chosen = {
+        name: options
+        for name, options in VARIANTS.items()
+        if options is None
+        or not args.variants
+        or any(name.startswith(p) for p in args.variants.split(","))
+    }
+    disk_bytes = sum(p.stat().st_size for p in Path(local).rglob("*.parquet"))
+    results: dict[str, Any] = {
+        "command": "python -m bench.remote_storage " + " ".join(argv or sys.argv[1:]),
+        "rows": workload.config.rows,
+        "delay_ms": args.delay_ms,
+        "endpoint": args.endpoint,
+        "threads": args.threads,
+        "disk_bytes_per_row": disk_bytes / workload.config.rows,
+        "jobs": {},
+    }
+    with s3_endpoint(args.endpoint, Path(tempfile.mkdtemp(prefix="dpp-s3-"))) as (
+        endpoint,
+        key,
+        secret,
+    ):
+        import s3fs
+
+        direct = s3fs.S3FileSystem(key=key, secret=secret, client_kwargs={"endpoint_url": endpoint})
+        direct.mkdir(BUCKET)
+        direct.put(local, f"{BUCKET}/dlrm", recursive=True)
+        with DelayProxy(endpoint, args.delay_ms / 1000) as proxy:
+            options = {"endpoint_url": proxy.endpoint, "key": key, "secret": secret}
+            for job in args.jobs.split(","):
+                specs: dict[str, Spec] = {}
+                for where, uri, storage in (("local", local, {}), ("s3", f"s3://{BUCKET}/dlrm",
+                                                                    options)):  # fmt: skip
+                    client = workload.spec(uri) if job == "all" else narrow_spec(uri)
+                    client = dataclasses.replace(client, storage_options=storage)
+                    specs[where] = spec_from_proto(client.to_proto())
+                run_worker(specs["local"], None, args.threads)  # warm page cache and imports
+                samples: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
+                names = list(chosen)
+                for round_index in range(args.rounds):
+                    shift = round_index % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        read = chosen[name]
+                        proxy.reset()
+                        rows, seconds, splits = run_worker(
+                            specs["local" if read is None else "s3"], read, args.threads
+                        )
+                        stats = proxy.snapshot()
+                        samples[name].append(
+                            {
+                                "rows": rows,
+                                "rows_per_s": rows / seconds,
+                                "gets_per_split": stats.requests["GET"] / splits,
+                                "max_gets_per_file": max(stats.gets_by_path.values(), default=0),
+                                "heads_per_split": stats.requests["HEAD"] / splits,
+                                "bytes_per_row": stats.bytes_down / rows,
+                                "splits": splits,
+                            }
+                        )
+                        print(f"  {job} round {round_index} {name}: {rows / seconds:,.0f} rows/s",
+                              flush=True)  # fmt: skip
+                results["jobs"][job] = summarize(samples)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+
+
+def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Medians per variant; ``ratio`` is the median over rounds of rows/s over local's."""
+    local = samples["local disk"]
+    out: dict[str, dict[str, float]] = {}
+    for name, runs in samples.items():
+        ratios = [r["rows_per_s"] / lr["rows_per_s"] for r, lr in zip(runs, local, strict=True)]
+        out[name] = {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("rows_per_s", "gets_per_split", "heads_per_split", "bytes_per_row")
+        }
+        out[name]["max_gets_per_file"] = max(r["max_gets_per_file"] for r in runs)
+        out[name]["splits"] = runs[0]["splits"]
+        out[name]["ratio_to_local"] = statistics.median(ratios)
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"{results['rows']:,} rows, {results['threads']} pipeline threads, "
+        f"{results['delay_ms']:.0f} ms per round trip added in front of {results['endpoint']}; "
+        "on disk "
+        f"{results['disk_bytes_per_row']:.0f} B/row. `{results['command']}`",
+        "",
+        "| job | read path | rows/s | vs local disk | GETs per split | bytes fetched per row |",
+        "|---|---|---|---|---|---|",
+    ]
+    for job, variants in results["jobs"].items():
+        for name, r in variants.items():
+            remote = name != "local disk"
+            lines.append(
+                f"| {job} | {name} | {r['rows_per_s']:,.0f} | "
+                f"{r['ratio_to_local']:.0%} | "
+                f"{r['gets_per_split']:.1f} (+{r['heads_per_split']:.1f} HEAD) | "
+                if remote
+                else f"| {job} | {name} | {r['rows_per_s']:,.0f} | 100% | - | "
+            )
+            lines[-1] += f"{r['bytes_per_row']:.0f} |" if remote else "- |"
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
