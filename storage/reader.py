@@ -32,6 +32,7 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -112,7 +113,7 @@ def scan_split(
 
     Arguments, limits and errors are :func:`read_split`'s; the filter's column types are
     checked here, before the first batch, so a type error never looks like an I/O failure.
-    Batches never span row groups.
+    Batches never span row groups (except in a remote file's ``pre_buffer`` mode).
 
     Args:
         max_batch_bytes: when above 0, decode fewer than ``batch_rows`` rows at a time (at
@@ -170,6 +171,7 @@ def _scan(
 ) -> Iterator[pa.RecordBatch]:
     """:func:`scan_split` once the file is open."""
     parquet: pq.ParquetFile | None = None
+    whole_file: pads.ParquetFileFragment | None = None
     if split.path.lower().endswith(orc.ORC_SUFFIXES):
         schema = orc.read_schema(filesystem, split.path)
     else:
@@ -179,7 +181,13 @@ def _scan(
             # copy them again), in ``pre_buffer`` mode pyarrow coalesces them itself.
             file = source.file if source.remote else filesystem.open_input_file(split.path)
             pre_buffer = not source.remote or options.mode == "pre_buffer"
-            parquet = pq.ParquetFile(file, pre_buffer=pre_buffer)
+            known = None
+            if source.remote and options.mode == "pre_buffer":
+                # The dataset scanner reads this mode's row groups (see decode); its footer is
+                # read once, here, and shared with the ParquetFile.
+                whole_file = pads.ParquetFileFormat().make_fragment(source.file)
+                known = whole_file.metadata
+            parquet = pq.ParquetFile(file, pre_buffer=pre_buffer, metadata=known)
             schema = parquet.schema_arrow
             metadata = parquet.metadata
             if split.row_groups and split.row_groups[-1] >= metadata.num_row_groups:
@@ -255,6 +263,19 @@ def _scan(
         groups.append((rg, uncompressed / rows if rows else 0.0))
 
     def decode() -> Iterator[pa.RecordBatch]:
+        if whole_file is not None and not max_batch_bytes:
+            # pyarrow's own coalescing (the options' hole and range limits) over the split's
+            # row groups at once: the dataset scanner takes CacheOptions, ParquetFile not.
+            fragment = whole_file.subset(row_group_ids=[rg for rg, _ in groups])
+            for batch in fragment.to_batches(
+                columns=from_file,
+                batch_size=batch_rows,
+                use_threads=False,
+                fragment_scan_options=options.scan_options(remote=True),
+            ):
+                if batch.num_rows:
+                    yield batch
+            return
         measured = 0.0  # decoded bytes per row seen so far (Arrow's, not the footer's)
         for rg, footer_row_bytes in groups:
             step = batch_rows
