@@ -21,6 +21,7 @@ from dpp_client.batch import (
     concat_batches,
 )
 from dpp_client.errors import (
+    DppAccessError,
     DppClientError,
     DppUnavailableError,
     FrameError,
@@ -36,6 +37,7 @@ from dpp_client.spec import Feature, Op, SessionSpec
 
 __all__ = [
     "Batch",
+    "DppAccessError",
     "DppClientError",
     "DppLoader",
     "DppUnavailableError",

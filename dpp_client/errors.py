@@ -13,6 +13,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "DppAccessError",
     "DppClientError",
     "DppUnavailableError",
     "FrameError",
@@ -74,6 +75,11 @@ class WorkerDataError(DppClientError):
         super().__init__(message)
         self.split_id = split_id
         self.epoch = epoch
+
+
+class DppAccessError(DppClientError):
+    """UNAUTHENTICATED or PERMISSION_DENIED: the credentials are missing or wrong, or their
+    identity may not do this (the message names the role, tenant or rule needed)."""
 
 
 class DppUnavailableError(DppClientError):
@@ -144,9 +150,17 @@ def error_from_rpc(exc: BaseException, what: str) -> DppClientError:
         return SessionConflictError(
             f"{message} (use another session_name or the same spec as the other ranks)", code
         )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return DppAccessError(
+            f"{message} (connect with the connection file of an identity allowed to do this: "
+            "DppLoader(connection=...) or $DPP_CONNECTION; see docs/security.md)",
+            code,
+        )
     if code in RETRYABLE_CODES or code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DppUnavailableError(
-            f"{message} (is the master/worker running and reachable? retried until the deadline)",
+            f"{message} (is the master/worker running and reachable? A secured cluster (the "
+            "default) also needs its connection file: connection=... or $DPP_CONNECTION; "
+            "retried until the deadline)",
             code,
         )
     return DppClientError(message, code)

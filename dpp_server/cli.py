@@ -136,13 +136,23 @@ class UpProcess:
         workers: workers started at once.
         port: master port (0: any free port).
         autoscale: follow the master's desired worker count (dpp_desired_workers).
-        ready_file: write the master's address here, as JSON.
+        ready_file: write the master's address (and the connection file's path) here, as JSON.
+        state_dir: keep the cluster's files here: its throwaway CA, certificates, tokens and
+            the connection file (empty: a fresh temporary folder, removed on exit).
+        insecure: no TLS and no tokens (a trusted lab only; loud in logs and `dpp top`).
+        allow_table: more [TENANT=]PREFIX rules beside the user's own places (home, the
+            current folder, the temp folder), comma-separated.
+        allow_endpoint: [TENANT=]URL storage endpoints specs may name, comma-separated.
     """
 
     workers: int = 2
     port: int = 0
     autoscale: bool = False
     ready_file: str = ""
+    state_dir: str = ""
+    insecure: bool = False
+    allow_table: str = ""
+    allow_endpoint: str = ""
 
 
 _NO_ENV = Flag(env=None)
@@ -312,19 +322,37 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _security(args: argparse.Namespace, role: str) -> Any:
+    from dpp_server.auth import SecuritySettings
+
+    security = config_from_args(SecuritySettings, args)
+    try:
+        security.check(role)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return security
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     from dpp_server.local_cluster import write_ready_file
     from dpp_server.master import Master, MasterConfig
     from dpp_server.master_service import MasterServer
     from dpp_server.monitor_service import MasterObservability
+    from dpp_server.policy import DataPolicy, PolicySettings
     from dpp_server.scaling import ScalerConfig
+    from dpp_server.state import Journal
 
     config = config_from_args(MasterConfig, args)
-    journal = None
+    security = _security(args, "master")
+    policy = DataPolicy(config_from_args(PolicySettings, args), open_by_default=security.insecure)
+    journal: Journal | None = None
     if args.journal_dir:
         from dpp_server.journal import FileJournal
+        from dpp_server.secret_store import SealedJournal, SecretBox
 
-        journal = FileJournal(args.journal_dir)
+        # Storage option values are journaled encrypted, with a key kept beside the journal.
+        box = SecretBox(os.path.join(args.journal_dir, "journal.key"))
+        journal = SealedJournal(FileJournal(args.journal_dir), box)
     # Replays the journal before the port opens: meanwhile callers get UNAVAILABLE and retry.
     master = Master(config, journal=journal)
     obs = MasterObservability(
@@ -341,6 +369,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         port=args.port,
         interceptors=obs.interceptors,
         add_services=obs.add_services,
+        security=security,
+        policy=policy,
     )
     server.start()
     obs.start()
@@ -361,6 +391,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from dpp_server.worker_service import WorkerServer
 
     config = config_from_args(WorkerConfig, args)
+    security = _security(args, "worker")
     obs = WorkerObservability(args.host, args.metrics_port)
     server = WorkerServer(
         args.master,
@@ -369,6 +400,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         port=args.port,
         advertise_host=args.advertise_host,
         observe=obs.observe,
+        security=security,
     )
     obs.bind(server.worker)
     server.start()
@@ -395,6 +427,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         pipeline_threads=args.pipeline_threads,
         master_args=(["--port", str(args.port)] if args.port else [])
         + [*scaler_args, "--initial-workers", str(args.workers)],
+        work_dir=args.state_dir or None,
+        secure=not args.insecure,
+        allow_table=args.allow_table,
+        allow_endpoint=args.allow_endpoint,
     )
     controller = None
     try:
@@ -410,9 +446,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"dpp cluster up: master at {cluster.master_address}", flush=True)
         for worker in cluster.workers:
             print(f"  worker at {worker.address} (pid {worker.process.pid})", flush=True)
+        if cluster.connection_file:
+            print(
+                f"secured (TLS, tokens): export DPP_CONNECTION={cluster.connection_file}",
+                flush=True,
+            )
+        else:
+            print("INSECURE (--insecure): no TLS, no authentication", flush=True)
         print("Ctrl-C stops everything.", flush=True)
         if args.ready_file:
-            write_ready_file(args.ready_file, cluster.master_address, master=cluster.master_address)
+            write_ready_file(
+                args.ready_file,
+                cluster.master_address,
+                master=cluster.master_address,
+                connection=str(cluster.connection_file or ""),
+            )
         _wait_for_signal()
     finally:
         if controller is not None:
@@ -426,6 +474,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_args(args)
 
+
+_SECURITY = ("insecure", "tls_cert", "tls_key", "tls_ca", "token_file", "auth_token_file")
 
 _ENV_NOTE = (
     "Each setting also comes from the DPP_* environment variable shown beside it; a flag "
@@ -503,15 +553,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Run a local cluster: a master and N workers. " + _ENV_NOTE,
     )
     if server:
+        from dpp_server.auth import SecuritySettings
         from dpp_server.master import MasterConfig
+        from dpp_server.policy import PolicySettings
         from dpp_server.scaling import ScalerConfig
         from dpp_server.worker import WorkerConfig
 
         add_config_flags(master, MasterProcess)
         add_config_flags(master, MasterConfig)
         add_config_flags(master, ScalerConfig)
+        add_config_flags(
+            master, SecuritySettings, only=[f for f in _SECURITY if f != "auth_token_file"]
+        )
+        add_config_flags(master, PolicySettings)
         add_config_flags(worker, WorkerProcess)
         add_config_flags(worker, WorkerConfig)
+        add_config_flags(worker, SecuritySettings)
         add_config_flags(up, UpProcess)
         add_config_flags(up, WorkerConfig, only=("pipeline_threads",))
         add_config_flags(up, ScalerConfig, only=("min_workers", "max_workers"))

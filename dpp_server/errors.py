@@ -59,6 +59,19 @@ class OutOfRangeError(DppError):
     status = grpc.StatusCode.OUT_OF_RANGE
 
 
+class UnauthenticatedError(DppError):
+    """A call without credentials, or with a token the server does not know."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(DppError):
+    """An authenticated caller lacks the role, the tenant or the data-access rule a call needs
+    (the message names what is needed, never what exists)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+
+
 def grpc_status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """Maps any exception to the gRPC status code and message a caller should see.
 

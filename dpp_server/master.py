@@ -135,6 +135,7 @@ class SessionView:
     spec: Spec
     spec_bytes: bytes
     plan: state.PlanSummary
+    tenant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,9 +192,12 @@ class Master:
     # -- sessions -------------------------------------------------------------------------
 
     def create_session(
-        self, spec_proto: spec_pb2.SessionSpec, session_name: str = ""
+        self, spec_proto: spec_pb2.SessionSpec, session_name: str = "", tenant: str = ""
     ) -> tuple[SessionView, bool]:
         """Validates and plans a session, or joins the session of the same name and spec.
+
+        ``tenant``: the caller's tenant (from its identity): the session's owner; names are
+        unique per tenant, so a name never joins another tenant's session.
 
         Returns:
             The session and whether an existing one was joined.
@@ -208,7 +212,7 @@ class Master:
         spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
         if session_name:
             with self._lock:
-                joined = self._join(session_name, spec_bytes)
+                joined = self._join(tenant, session_name, spec_bytes)
             if joined is not None:
                 return joined, True
         table = Table.open(spec.table_uri, spec.storage_options)
@@ -238,7 +242,7 @@ class Master:
         with self._lock:
             if session_name:
                 # Another rank may have planned the same session while we did.
-                joined = self._join(session_name, spec_bytes)
+                joined = self._join(tenant, session_name, spec_bytes)
                 if joined is not None:
                     return joined, True
             self._record(
@@ -248,6 +252,7 @@ class Master:
                     spec_bytes=spec_bytes,
                     splits=tuple(plan.splits),
                     plan=summary,
+                    tenant=tenant,
                 )
             )
             self._specs[session_id] = spec
@@ -261,8 +266,8 @@ class Master:
         )
         return self._view(session_id), False
 
-    def _join(self, session_name: str, spec_bytes: bytes) -> SessionView | None:
-        session_id = self._ledger.sessions_by_name.get(session_name)
+    def _join(self, tenant: str, session_name: str, spec_bytes: bytes) -> SessionView | None:
+        session_id = self._ledger.sessions_by_name.get((tenant, session_name))
         if session_id is None:
             return None
         if self._ledger.sessions[session_id].spec_bytes != spec_bytes:
@@ -288,6 +293,15 @@ class Master:
                 for (epoch, rank), s in sorted(session.streams.items())
             ]
             return self._view(session_id), streams
+
+    def session_tenant(self, session_id: str) -> str:
+        """The tenant that owns a session.
+
+        Raises:
+            NotFoundError: unknown session.
+        """
+        with self._lock:
+            return self._session(session_id).tenant
 
     def begin_epoch(
         self,
@@ -613,6 +627,7 @@ class Master:
             spec=self._specs[session_id],
             spec_bytes=session.spec_bytes,
             plan=session.plan,
+            tenant=session.tenant,
         )
 
 

@@ -231,10 +231,19 @@ def from_json(hint: Any, data: Any, where: str = "") -> Any:
         unknown = set(data) - set(names)
         if unknown:
             raise TypeError(f"{where}: unknown field(s) {sorted(unknown)}")
-        missing = [n for n in names if n not in data]
+        # A field added later with a default (e.g. SessionCreated.tenant) may be absent.
+        missing = [
+            f.name
+            for f in dataclasses.fields(hint)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise KeyError(f"{where}: missing field(s) {missing}")
-        record: Any = hint(**{n: from_json(hints[n], data[n], f"{where}.{n}") for n in names})
+        record: Any = hint(
+            **{n: from_json(hints[n], data[n], f"{where}.{n}") for n in names if n in data}
+        )
         return record
     if origin is tuple:
         _expect(list, data, where)

@@ -43,13 +43,16 @@ class PlanSummary:
 
 @dataclasses.dataclass(frozen=True)
 class SessionCreated:
-    """A session was planned. ``spec_bytes`` is the canonical serialized SessionSpec proto."""
+    """A session was planned. ``spec_bytes`` is the canonical serialized SessionSpec proto;
+    ``tenant`` the creator's tenant (from its identity, never from the request): only that
+    tenant's trainers may use the session, and its name is unique within the tenant."""
 
     session_id: str
     session_name: str
     spec_bytes: bytes
     splits: tuple[SplitInfo, ...]
     plan: PlanSummary
+    tenant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +251,7 @@ class SessionState:
     spec_bytes: bytes
     splits: tuple[SplitInfo, ...]
     plan: PlanSummary
+    tenant: str = ""
     streams: dict[tuple[int, int], StreamProgress] = dataclasses.field(default_factory=dict)
     # Derived from ``splits`` (not journaled): split id -> index, for O(1) lookups.
     index_of: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -261,7 +265,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.sessions: dict[str, SessionState] = {}
-        self.sessions_by_name: dict[str, str] = {}
+        # (tenant, session name) -> session id: names are unique per tenant.
+        self.sessions_by_name: dict[tuple[str, str], str] = {}
         self.workers: dict[str, WorkerRegistered] = {}
 
     def apply(self, update: Update) -> None:
@@ -275,9 +280,11 @@ class Ledger:
                     spec_bytes=update.spec_bytes,
                     splits=update.splits,
                     plan=update.plan,
+                    tenant=update.tenant,
                 )
                 if update.session_name:
-                    self.sessions_by_name[update.session_name] = update.session_id
+                    key = (update.tenant, update.session_name)
+                    self.sessions_by_name[key] = update.session_id
             case WorkerRegistered():
                 self.workers[update.worker_id] = update
             case WorkerRemoved():
