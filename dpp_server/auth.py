@@ -144,8 +144,8 @@ class TokenFile:
 
     One identity per line (``#`` starts a comment)::
 
-        # sha256 of the token (hex)                                      roles          name   tenant
-        9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 trainer,admin  alice  ads
+        # sha256 of the token (hex)                                      roles         name  tenant
+        9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 trainer,admin alice ads
 
     ``dpp token`` issues a token and prints its line. Only hashes are stored: the file is
     not a secret, though it should still be writable by the operator alone.
@@ -380,7 +380,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
-        token = bearer_token(handler_call_details.invocation_metadata)  # type: ignore[arg-type]
+        token = bearer_token(handler_call_details.invocation_metadata)
         guard = self.guard
 
         def admit(request: Any, context: grpc.ServicerContext) -> Identity:
@@ -405,8 +405,9 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                     response = inner(request, context)
                 finally:
                     _IDENTITY.reset(reset)
-                if method == _REGISTER and getattr(response, "worker_id", ""):
-                    guard.bind_worker(response.worker_id, identity)
+                worker_id = str(getattr(response, "worker_id", ""))
+                if method == _REGISTER and worker_id:
+                    guard.bind_worker(worker_id, identity)
                 return response
 
             return grpc.unary_unary_rpc_method_handler(

@@ -35,8 +35,6 @@ from dpp_server.auth import (
 )
 from dpp_server.errors import grpc_status_of
 from dpp_server.policy import DataPolicy, PolicySettings
-from dpp_server.secret_store import redact_spec
-from dpp_server.spec import spec_from_proto
 from dpp_server.records import (
     StageSeconds,
     WorkerCounters,
@@ -46,6 +44,8 @@ from dpp_server.records import (
     stage_seconds_to_proto,
     to_proto,
 )
+from dpp_server.secret_store import redact_spec
+from dpp_server.spec import spec_from_proto
 
 logger = logging.getLogger(__name__)
 

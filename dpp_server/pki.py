@@ -178,9 +178,7 @@ class Credentials:
             connection=directory / "connection.json",
         )
 
-    def connection_for(
-        self, address: str, dest: Path | None = None, identity: str = ""
-    ) -> Path:
+    def connection_for(self, address: str, dest: Path | None = None, identity: str = "") -> Path:
         """Writes a connection file for ``address`` with the user's (or the ``extra``
         identity ``identity``'s) credentials, paths made absolute; returns its path (default:
         the identity's file in the folder, updated in place)."""

@@ -283,8 +283,8 @@ class Ledger:
                     tenant=update.tenant,
                 )
                 if update.session_name:
-                    key = (update.tenant, update.session_name)
-                    self.sessions_by_name[key] = update.session_id
+                    by_name = (update.tenant, update.session_name)
+                    self.sessions_by_name[by_name] = update.session_id
             case WorkerRegistered():
                 self.workers[update.worker_id] = update
             case WorkerRemoved():

@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from dpp_client.errors import (
+    DppAccessError,
     DppClientError,
     SessionConflictError,
     SessionNotFoundError,
@@ -27,7 +28,16 @@ from dpp_client.errors import (
     error_from_rpc,
 )
 from dpp_proto import master_pb2, master_pb2_grpc
-from dpp_server.errors import ConflictError, DppError, NotFoundError, OutOfRangeError, SpecError
+from dpp_server.auth import AuthInterceptor, Guard
+from dpp_server.errors import (
+    ConflictError,
+    DppError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    SpecError,
+    UnauthenticatedError,
+)
 from dpp_server.master_service import MasterServicer
 from storage.errors import FilterError, SplitChangedError, StorageError, TableNotFoundError
 
@@ -73,6 +83,16 @@ CONTRACT: list[tuple[Exception, Code, type[DppClientError]]] = [
         Code.FAILED_PRECONDITION,
         SessionConflictError,
     ),
+    (
+        UnauthenticatedError("MasterService.CreateSession needs credentials: no token was sent"),
+        Code.UNAUTHENTICATED,
+        DppAccessError,
+    ),
+    (
+        PermissionDeniedError("table_uri: '/etc' refused by the data-access policy"),
+        Code.PERMISSION_DENIED,
+        DppAccessError,
+    ),
     # Not deliberate: a bug. INTERNAL, with the type named.
     (KeyError("plan"), Code.INTERNAL, DppClientError),
 ]
@@ -90,14 +110,22 @@ class _RaisingMaster:
 
     error: Exception = RuntimeError("not set")
 
-    def create_session(self, spec: object, session_name: str) -> object:
+    def create_session(self, spec: object, session_name: str, tenant: str = "") -> object:
         raise self.error
+
+    def session_tenant(self, session_id: str) -> str:
+        return ""
 
 
 @pytest.fixture(scope="module")
 def master() -> Iterator[tuple[_RaisingMaster, master_pb2_grpc.MasterServiceStub]]:
     fake = _RaisingMaster()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    # The servicer takes the caller from the auth interceptor, as on every master (here the
+    # --insecure one: everyone may call).
+    guard = Guard(None, insecure=True, session_tenant=fake.session_tenant)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), interceptors=[AuthInterceptor(guard)]
+    )
     master_pb2_grpc.add_MasterServiceServicer_to_server(MasterServicer(fake), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
