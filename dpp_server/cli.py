@@ -419,6 +419,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from dpp_server.local_cluster import LocalCluster, write_ready_file
+    from dpp_server.policy import local_prefixes
     from dpp_server.pool import start_local_controller
 
     scaler_args = ["--min-workers", str(args.min_workers), "--max-workers", str(args.max_workers)]
@@ -429,7 +430,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         + [*scaler_args, "--initial-workers", str(args.workers)],
         work_dir=args.state_dir or None,
         secure=not args.insecure,
-        allow_table=args.allow_table,
+        allow_table=",".join(r for r in (local_prefixes(), args.allow_table) if r),
         allow_endpoint=args.allow_endpoint,
     )
     controller = None

@@ -110,11 +110,12 @@ class LocalCluster:
         ready_timeout_s: float = 60.0,
         journal: bool = False,
         secure: bool = True,
-        allow_table: str = "",
+        allow_table: str | None = None,
         allow_endpoint: str = "",
     ) -> None:
-        """``secure`` False starts every process with --insecure. ``allow_table``: rules beside
-        the user's own places; ``allow_endpoint``: storage endpoints specs may name."""
+        """``secure`` False starts every process with --insecure. ``allow_table``: the
+        master's table rules (None: the user's own places, :func:`~dpp_server.policy.
+        local_prefixes`); ``allow_endpoint``: storage endpoints specs may name."""
         self.num_workers = workers
         self.pipeline_threads = pipeline_threads
         self.master_args = list(master_args)
@@ -140,7 +141,7 @@ class LocalCluster:
         self.credentials = (
             Credentials.at(Path(shared)) if shared else make_credentials(self.work_dir / "secrets")
         )
-        rules = ",".join(r for r in (local_prefixes(), allow_table) if r)
+        rules = local_prefixes() if allow_table is None else allow_table
         policy = ["--allow-table", rules]
         if allow_endpoint:
             policy += ["--allow-endpoint", allow_endpoint]

@@ -48,6 +48,7 @@ class SecretBox:
     def __init__(self, key_file: str | os.PathLike[str]) -> None:
         path = Path(key_file)
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             write_private(path, Fernet.generate_key())
         self._fernet = Fernet(path.read_bytes().strip())
         self.path = path

@@ -47,6 +47,7 @@ EXTRA_IDENTITIES = (
     ("mallory", "trainer", "evil"),
     ("ops", "admin", ""),
     ("trainee", "trainer", "local"),
+    ("rogue", "worker", ""),
 )
 
 
