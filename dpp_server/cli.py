@@ -470,6 +470,40 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Issues a token: prints it once, appends its hash line to the token file."""
+    from dpp_proto.auth import token_sha256
+    from dpp_server.auth import TokenFile
+    from dpp_server.pki import new_token
+
+    token = new_token()
+    line = f"{token_sha256(token)} {args.roles} {args.name} {args.tenant}".rstrip()
+    try:
+        TokenFile.parse(line, "the new line")  # refuses unknown roles, a trainer without tenant
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if args.token_file:
+        with open(args.token_file, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    # Command output: the token is shown once and stored nowhere in clear.
+    sys.stdout.write(f"{token}\n" if args.token_file else f"{token}\n{line}\n")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Makes a CA, a server certificate for the given hosts, tokens and a connection file."""
+    from dpp_server.pki import make_credentials
+
+    hosts = [h for h in args.host if h] or ["127.0.0.1", "localhost"]
+    credentials = make_credentials(args.dir, hosts=hosts, tenant=args.tenant, user=args.user)
+    sys.stdout.write(
+        f"wrote a CA, a certificate for {', '.join(hosts)}, tokens and a connection file to "
+        f"{credentials.directory} (0600)\n  master/worker flags: "
+        f"{' '.join(credentials.server_args('worker'))}\n"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dpp_server.demo import run_args
 
@@ -578,6 +612,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     add_observability_commands(sub, DEFAULT_MASTER)
+
+    token = sub.add_parser(
+        "token", help="issue a token: print it once, append its hash to a token file"
+    )
+    token.add_argument("--roles", required=True, help="trainer, worker, admin (comma-separated)")
+    token.add_argument("--name", required=True, help="the identity's name (shown in errors, logs)")
+    token.add_argument("--tenant", default="", help="the tenant (required for trainers)")
+    token.add_argument("--token-file", default="", help="append the hash line here")
+    token.set_defaults(func=cmd_token)
+
+    certs = sub.add_parser(
+        "certs", help="make a CA, server certificate, tokens and a connection file (0600)"
+    )
+    certs.add_argument("dir", help="folder to write (created)")
+    certs.add_argument(
+        "--host", action="append", default=[], help="a name or IP the servers are reached by"
+    )
+    certs.add_argument("--tenant", default="default", help="the first user's tenant")
+    certs.add_argument("--user", default="user", help="the first user's name")
+    certs.set_defaults(func=cmd_certs)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
     add_demo_arguments(demo)

@@ -23,13 +23,13 @@ def main() -> None:
     corpus = [a for a in sys.argv[2:] if not a.startswith("-")]
     # Instrument dpp's own code only (instrumenting pyarrow, polars or sqlglot costs minutes).
     with atheris.instrument_imports(include=["dpp_proto", "dpp_client", "dpp_server", "storage"]):
-        from tests.fuzz import targets
         import dpp_client.frames  # noqa: F401
         import dpp_proto.wire  # noqa: F401
-        import dpp_server.auth  # noqa: F401
-        import dpp_server.journal  # noqa: F401
+        import dpp_server.auth
+        import dpp_server.journal
         import dpp_server.spec  # noqa: F401
         import storage.filters  # noqa: F401
+        from tests.fuzz import targets
     if not corpus:
         folder = Path(tempfile.mkdtemp(prefix=f"dpp-fuzz-{target}-"))
         for i, seed in enumerate(targets.seeds(target)):

@@ -20,6 +20,7 @@ Seeds for each live in :func:`seeds`; ``python -m tests.fuzz.run TARGET`` runs o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -104,10 +105,8 @@ def journal(data: bytes) -> None:
 
     text = data.decode("utf-8", "replace")
     for line in text.splitlines():
-        try:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
             journal_lib.decode(line)
-        except (ValueError, TypeError, KeyError):
-            pass
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "journal.jsonl").write_bytes(data)
         try:

@@ -196,7 +196,7 @@ def _rpcs(s: dict[str, Any]) -> dict[str, Callable[[Calls], Any]]:
                 rank=0,
                 split_id=s["split"],
                 error="forged failure",
-            )  # fmt: skip
+            )
         ),
         # A worker registered just now by the workers' identity, dropped by the caller.
         "UnregisterWorker": lambda c: c.master.UnregisterWorker(
@@ -213,25 +213,29 @@ def _rpcs(s: dict[str, Any]) -> dict[str, Callable[[Calls], Any]]:
 
 
 CALLERS = ("none", "wrong", "trainer", "other_tenant", "worker", "rogue_worker", "admin")
-_ = OK
-# The oracle, written out by hand (not derived from dpp_server.auth.RULES): the status each
-# caller gets. Unauthenticated callers are refused before anything else.
+# The oracle, written out by hand (not derived from dpp_server.auth.RULES): "ok" or "no"
+# (PERMISSION_DENIED) per caller. Callers without a valid token are refused before anything.
+_TABLE = """
+                     trainer other_tenant worker rogue_worker admin
+CreateSession        ok      ok           no     no           no
+GetSession           ok      no           ok     ok           ok
+BeginEpoch           ok      no           no     no           no
+AckBatches           ok      no           no     no           no
+ListWorkers          ok      ok           no     no           ok
+RegisterWorker       no      no           ok     ok           no
+Heartbeat            no      no           ok     no           no
+AcquireSplit         no      no           ok     no           no
+ReportSplitProgress  no      no           ok     no           no
+UnregisterWorker     no      no           ok     no           ok
+GetClusterStatus     no      no           no     no           ok
+SetWorkerTarget      no      no           no     no           ok
+StreamBatches        ok      no           no     no           no
+"""
+_HEAD, *_ROWS = (line.split() for line in _TABLE.strip().splitlines())
 EXPECTED: dict[str, dict[str, Code | None]] = {
-    #                     trainer  other_tenant worker  rogue_worker admin
-    "CreateSession":       dict(trainer=_, other_tenant=_, worker=DENIED, rogue_worker=DENIED, admin=DENIED),
-    "GetSession":          dict(trainer=_, other_tenant=DENIED, worker=_, rogue_worker=_, admin=_),
-    "BeginEpoch":          dict(trainer=_, other_tenant=DENIED, worker=DENIED, rogue_worker=DENIED, admin=DENIED),
-    "AckBatches":          dict(trainer=_, other_tenant=DENIED, worker=DENIED, rogue_worker=DENIED, admin=DENIED),
-    "ListWorkers":         dict(trainer=_, other_tenant=_, worker=DENIED, rogue_worker=DENIED, admin=_),
-    "RegisterWorker":      dict(trainer=DENIED, other_tenant=DENIED, worker=_, rogue_worker=_, admin=DENIED),
-    "Heartbeat":           dict(trainer=DENIED, other_tenant=DENIED, worker=_, rogue_worker=DENIED, admin=DENIED),
-    "AcquireSplit":        dict(trainer=DENIED, other_tenant=DENIED, worker=_, rogue_worker=DENIED, admin=DENIED),
-    "ReportSplitProgress": dict(trainer=DENIED, other_tenant=DENIED, worker=_, rogue_worker=DENIED, admin=DENIED),
-    "UnregisterWorker":    dict(trainer=DENIED, other_tenant=DENIED, worker=_, rogue_worker=DENIED, admin=_),
-    "GetClusterStatus":    dict(trainer=DENIED, other_tenant=DENIED, worker=DENIED, rogue_worker=DENIED, admin=_),
-    "SetWorkerTarget":     dict(trainer=DENIED, other_tenant=DENIED, worker=DENIED, rogue_worker=DENIED, admin=_),
-    "StreamBatches":       dict(trainer=_, other_tenant=DENIED, worker=DENIED, rogue_worker=DENIED, admin=DENIED),
-}  # fmt: skip
+    row[0]: {c: OK if cell == "ok" else DENIED for c, cell in zip(_HEAD, row[1:], strict=True)}
+    for row in _ROWS
+}
 
 
 @pytest.mark.parametrize("caller", CALLERS)
