@@ -423,3 +423,69 @@ def test_credential_files_are_private(secured: dict[str, Any]) -> None:
         assert path.stat().st_mode & 0o077 == 0, path
     connection = secured["cluster"].connection_file
     assert connection.stat().st_mode & 0o777 == 0o600
+
+
+def test_dpp_up_is_secured_with_no_extra_step(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dpp_proto.auth import CONNECTION_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in (CREDENTIALS_ENV, CONNECTION_ENV)}
+    ready, state = tmp_path / "ready.json", tmp_path / "state"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dpp_server", "up", "--workers", "1", "--threads", "1",
+         "--state-dir", str(state), "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while not ready.exists():
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            assert time.monotonic() < deadline, "dpp up was not ready in 90s"
+            time.sleep(0.1)
+        announced = json.loads(ready.read_text())
+        master, connection = announced["master"], Path(announced["connection"])
+        assert master.startswith("127.0.0.1:") and connection.parent == state
+        assert connection.stat().st_mode & 0o777 == 0o600
+        for secret in (state / "secrets").iterdir():
+            assert secret.stat().st_mode & 0o077 == 0, secret
+        top = subprocess.run(
+            [sys.executable, "-m", "dpp_server", "top", "--json", "--connection", str(connection)],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert top.returncode == 0, top.stderr
+        status = json.loads(top.stdout)
+        assert status["insecure"] is False and "verdict" in status
+        with open_channel(master, None) as plaintext:  # no credentials: no answer
+            with pytest.raises(grpc.RpcError) as raised:
+                master_pb2_grpc.MasterServiceStub(plaintext).ListWorkers(
+                    master_pb2.ListWorkersRequest(), timeout=5
+                )
+            assert raised.value.code() == Code.UNAVAILABLE  # type: ignore[attr-defined]
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
+        out = up.stdout.read() if up.stdout else ""
+        assert f"export DPP_CONNECTION={connection}" in out
+    finally:
+        if up.poll() is None:
+            up.kill()
+
+
+def test_insecure_is_loud(small_table: str) -> None:
+    with LocalCluster(workers=1, pipeline_threads=1, secure=False) as cluster:
+        assert cluster.connection_file is None
+        logs = cluster.master.log_tail() + cluster.workers[0].log_tail()  # type: ignore[union-attr]
+        assert logs.count("INSECURE") == 2
+        from rich.console import Console
+
+        from dpp_server.top import render
+
+        console = Console(record=True, width=200)
+        calls = master_pb2_grpc.MonitorServiceStub(open_channel(cluster.master_address, None))
+        console.print(
+            render(calls.GetClusterStatus(master_pb2.GetClusterStatusRequest()), "", True)
+        )
+        assert "INSECURE" in console.export_text()

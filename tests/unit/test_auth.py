@@ -154,7 +154,7 @@ def test_policy_endpoints_and_open_default() -> None:
     ok = _spec("s3://b/t")
     ok.storage_options.update({"endpoint_url": "http://minio:9000", "key": "k", "secret": "s"})
     policy.check_spec(spec_from_proto(ok), "ads")
-    with pytest.raises(PermissionDeniedError, match="storage_options.endpoint_url"):
+    with pytest.raises(PermissionDeniedError, match=r"storage_options\.endpoint_url"):
         policy.check_spec(spec_from_proto(ok), "search")
     closed = DataPolicy(PolicySettings())
     with pytest.raises(PermissionDeniedError, match="may read under nothing"):
