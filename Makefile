@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck proto check-proto check-deploy bench clean
+.PHONY: demo test lint typecheck proto check-proto check-deploy bench fuzz clean
 
 # Runtime: what `make demo` needs, both roles (the client with CPU torch, the server).
 $(STAMP): pyproject.toml
@@ -53,6 +53,13 @@ check-deploy: $(DEV_STAMP)
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
 	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+
+# Longer fuzzing than CI's bounded runs: FUZZ_SECONDS per target (tests/fuzz/run.py).
+FUZZ_SECONDS ?= 300
+fuzz: $(DEV_STAMP)
+	for t in frame spec_yaml spec_proto filter journal token_file; do \
+		PYTHONPATH=. $(PY) -m tests.fuzz.run $$t -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -22,6 +22,7 @@ from dpp_client.batch import (
 )
 from dpp_client.errors import (
     CorruptFileError,
+    DppAccessError,
     DppClientError,
     DppUnavailableError,
     FrameError,
@@ -43,6 +44,7 @@ from dpp_client.spec import Feature, Op, SessionSpec
 __all__ = [
     "Batch",
     "CorruptFileError",
+    "DppAccessError",
     "DppClientError",
     "DppLoader",
     "DppUnavailableError",

@@ -23,6 +23,7 @@ from dpp_proto.reasons import FIELD_KEY, REASON_KEY, Reason
 
 __all__ = [
     "CorruptFileError",
+    "DppAccessError",
     "DppClientError",
     "DppUnavailableError",
     "FrameError",
@@ -137,6 +138,11 @@ class WorkerDataError(DppClientError):
         self.epoch = epoch
 
 
+class DppAccessError(DppClientError):
+    """UNAUTHENTICATED or PERMISSION_DENIED: the credentials are missing or wrong, or their
+    identity may not do this (the message names the role, tenant or rule needed)."""
+
+
 class DppUnavailableError(DppClientError):
     """The master or a worker stayed unreachable (UNAVAILABLE / ABORTED / DEADLINE_EXCEEDED)
     past the retry deadline."""
@@ -157,6 +163,11 @@ RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
 #: Reason -> (client exception, hint appended to the master's message, or "" when the message
 #: already says what to do). One row per reason: tests/integration/test_error_status.py checks
 #: that every :class:`Reason` has one.
+_ACCESS_HINT = (
+    "connect with the connection file of an identity allowed to do this: "
+    "DppLoader(connection=...) or $DPP_CONNECTION; see docs/security.md"
+)
+
 REASON_ERRORS: dict[Reason, tuple[type[DppClientError], str]] = {
     Reason.SPEC_INVALID: (
         SpecRejectedError,
@@ -180,6 +191,8 @@ REASON_ERRORS: dict[Reason, tuple[type[DppClientError], str]] = {
     Reason.OUT_OF_RANGE: (DppClientError, ""),
     Reason.LIMIT_EXCEEDED: (LimitExceededError, ""),
     Reason.UNAVAILABLE: (DppUnavailableError, "retry once the service is back"),
+    Reason.UNAUTHENTICATED: (DppAccessError, _ACCESS_HINT),
+    Reason.PERMISSION_DENIED: (DppAccessError, _ACCESS_HINT),
     Reason.INTERNAL: (
         DppClientError,
         "a bug in dpp, not in your spec: please report it with the master's log",
@@ -258,9 +271,13 @@ def error_from_rpc(exc: BaseException, what: str) -> DppClientError:
         return SessionNotFoundError(message, code)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return _limit_error(message, details, code)
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return DppAccessError(f"{message} ({_ACCESS_HINT})", code)
     if code in RETRYABLE_CODES or code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DppUnavailableError(
-            f"{message} (is the master/worker running and reachable? retried until the deadline)",
+            f"{message} (is the master/worker running and reachable? A secured cluster (the "
+            "default) also needs its connection file: connection=... or $DPP_CONNECTION; "
+            "retried until the deadline)",
             code,
         )
     return DppClientError(message, code)

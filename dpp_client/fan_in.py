@@ -45,6 +45,7 @@ from dpp_client.errors import (
 from dpp_client.frames import decode_frame
 from dpp_client.metrics import LoaderCounters
 from dpp_proto import master_pb2, worker_pb2
+from dpp_proto.auth import Connection, open_channel
 from dpp_proto.retry import Backoff, channel_options
 
 __all__ = ["FanIn", "Frame", "GrpcStream", "StreamCall", "WorkerDialer"]
@@ -71,10 +72,16 @@ WorkerDialer = Callable[[str, worker_pb2.StreamBatchesRequest], StreamCall]
 
 
 class GrpcStream:
-    """A StreamBatches call on its own channel (raw-bytes frames, no protobuf copy)."""
+    """A StreamBatches call on its own channel (raw-bytes frames, no protobuf copy), with the
+    connection's credentials (None: plaintext, for an --insecure cluster)."""
 
-    def __init__(self, address: str, request: worker_pb2.StreamBatchesRequest) -> None:
-        self._channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+    def __init__(
+        self,
+        address: str,
+        request: worker_pb2.StreamBatchesRequest,
+        connection: Connection | None = None,
+    ) -> None:
+        self._channel = open_channel(address, connection, _CHANNEL_OPTIONS)
         stream = self._channel.unary_stream(
             STREAM_METHOD,
             request_serializer=worker_pb2.StreamBatchesRequest.SerializeToString,

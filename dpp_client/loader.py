@@ -31,6 +31,7 @@ Protocol, worked example (rank 0, two workers, epochs 2):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -52,6 +53,7 @@ from dpp_client.master_link import GrpcMasterLink, MasterLink
 from dpp_client.metrics import LoaderCounters, LoaderStats
 from dpp_client.spec import SessionSpec, coerce_spec
 from dpp_proto import master_pb2
+from dpp_proto.auth import Connection, resolve
 
 __all__ = ["DppLoader", "LoaderStats", "StallWatchdog"]
 
@@ -152,7 +154,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         epoch: the epoch being read (None before the first ``iter()``).
 
     Args:
-        master: ``host:port`` of the master.
+        master: ``host:port`` of the master; None or empty: the connection file's address.
         spec: a :class:`SessionSpec`, a YAML path (or text), or a mapping.
         rank: this trainer's rank, ``0 <= rank < spec.world_size``.
         session_name: join key; all ranks pass the same name and spec to share a session.
@@ -190,6 +192,9 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         master_link: the link to the master; default a :class:`GrpcMasterLink` to
             ``master`` with ``rpc_timeout_s``. The loader closes it. A seam for tests.
         dial_worker: opens a worker's StreamBatches call; default gRPC. A seam for tests.
+        connection: the cluster's connection file (path) or :class:`~dpp_proto.auth.Connection`:
+            TLS, client certificate and token for the master and the workers. None:
+            ``$DPP_CONNECTION`` if set, else plaintext (a cluster started with --insecure).
 
     Raises:
         SpecRejectedError: the spec is invalid (locally, or as the master judged it), naming
@@ -199,7 +204,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
 
     def __init__(
         self,
-        master: str,
+        master: str | None,
         spec: SessionSpec | str | os.PathLike[str] | Mapping[str, Any],
         *,
         rank: int = 0,
@@ -216,6 +221,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         master_timeout_s: float = 300.0,
         master_link: MasterLink | None = None,
         dial_worker: WorkerDialer | None = None,
+        connection: str | os.PathLike[str] | Connection | None = None,
     ) -> None:
         super().__init__()
         self.spec = coerce_spec(spec)
@@ -228,6 +234,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 "ack_interval_s=None turns acknowledgements off, but world_size > 1 needs them "
                 "for equal batch counts across ranks"
             )
+        master, credentials = resolve(master, connection)
         self.master = master
         self.rank = rank
         self.session_name = session_name
@@ -242,8 +249,10 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._int64_ids = int64_ids
         if pin_memory and not self._pin:
             _log.info("pin_memory=True ignored: CUDA is not available")
-        self._link = master_link or GrpcMasterLink(master, rpc_timeout_s)
-        self._dial: WorkerDialer = dial_worker or GrpcStream
+        self._link = master_link or GrpcMasterLink(master, rpc_timeout_s, connection=credentials)
+        self._dial: WorkerDialer = dial_worker or functools.partial(
+            GrpcStream, connection=credentials
+        )
 
         self.session_id = ""
         self.plan: master_pb2.SessionPlan | None = None

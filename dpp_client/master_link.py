@@ -22,6 +22,7 @@ import grpc
 from dpp_client.errors import DppClientError, error_from_rpc, rpc_code
 from dpp_client.spec import SessionSpec
 from dpp_proto import limits, master_pb2, master_pb2_grpc
+from dpp_proto.auth import Connection, open_channel
 from dpp_proto.retry import channel_options
 
 __all__ = ["MASTER_SERVICE", "GrpcMasterLink", "MasterLink"]
@@ -87,6 +88,8 @@ class GrpcMasterLink:
         rpc_timeout_s: deadline of each call, the wait for a restarting master and gRPC's
             retries included.
         stub: a ready stub to call instead of dialling ``address`` (tests pass a fake one).
+        connection: the credentials (TLS, client certificate, token); None: plaintext, for
+            a cluster started with --insecure.
     """
 
     def __init__(
@@ -95,8 +98,10 @@ class GrpcMasterLink:
         rpc_timeout_s: float = 30.0,
         *,
         stub: master_pb2_grpc.MasterServiceStub | None = None,
+        connection: Connection | None = None,
     ) -> None:
         self.address = address
+        self.connection = connection
         self.rpc_timeout_s = rpc_timeout_s
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -108,7 +113,7 @@ class GrpcMasterLink:
             if self._closed:
                 raise DppClientError(f"the link to master {self.address} is closed")
             if self._stub_obj is None:
-                self._channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+                self._channel = open_channel(self.address, self.connection, _CHANNEL_OPTIONS)
                 self._stub_obj = master_pb2_grpc.MasterServiceStub(self._channel)
             return self._stub_obj
 

@@ -154,16 +154,18 @@ class GetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class GetSessionResponse(_message.Message):
-    __slots__ = ("session_id", "spec", "plan", "progress")
+    __slots__ = ("session_id", "spec", "plan", "progress", "tenant")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     spec: _spec_pb2.SessionSpec
     plan: SessionPlan
     progress: _containers.RepeatedCompositeFieldContainer[RankProgress]
-    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., plan: _Optional[_Union[SessionPlan, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, session_id: _Optional[str] = ..., spec: _Optional[_Union[_spec_pb2.SessionSpec, _Mapping]] = ..., plan: _Optional[_Union[SessionPlan, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[RankProgress, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class RankProgress(_message.Message):
     __slots__ = ("epoch", "rank", "splits_total", "splits_pending", "splits_leased", "splits_done")

@@ -109,7 +109,8 @@ class MasterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Describes a session: its spec, plan and progress.
+        """Describes a session: its spec (storage option values redacted except for workers), plan,
+        progress and owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,9 @@ class MasterServiceStub:
     table, FAILED_PRECONDITION a name reused with another spec.
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_master_pb2.GetSessionRequest, _master_pb2.GetSessionResponse]
-    """Describes a session: its spec, plan and progress."""
+    """Describes a session: its spec (storage option values redacted except for workers), plan,
+    progress and owner.
+    """
     BeginEpoch: _grpc.UnaryUnaryMultiCallable[_master_pb2.BeginEpochRequest, _master_pb2.BeginEpochResponse]
     """Opens an epoch for one rank: from now on workers may lease its splits.
     Returns the split ids the rank will receive, so the client knows when the
@@ -88,7 +90,9 @@ class MasterServiceAsyncStub(MasterServiceStub):
     table, FAILED_PRECONDITION a name reused with another spec.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_master_pb2.GetSessionRequest, _master_pb2.GetSessionResponse]  # type: ignore[assignment]
-    """Describes a session: its spec, plan and progress."""
+    """Describes a session: its spec (storage option values redacted except for workers), plan,
+    progress and owner.
+    """
     BeginEpoch: _aio.UnaryUnaryMultiCallable[_master_pb2.BeginEpochRequest, _master_pb2.BeginEpochResponse]  # type: ignore[assignment]
     """Opens an epoch for one rank: from now on workers may lease its splits.
     Returns the split ids the rank will receive, so the client knows when the
@@ -143,7 +147,9 @@ class MasterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _master_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_master_pb2.GetSessionResponse, _abc.Awaitable[_master_pb2.GetSessionResponse]]:
-        """Describes a session: its spec, plan and progress."""
+        """Describes a session: its spec (storage option values redacted except for workers), plan,
+        progress and owner.
+        """
 
     @_abc_1.abstractmethod
     def BeginEpoch(

@@ -64,5 +64,10 @@ class Reason(enum.StrEnum):
     #: UNAVAILABLE: the service cannot take the request now (its journal cannot be written,
     #: it is recovering or draining); retry later.
     UNAVAILABLE = "UNAVAILABLE"
+    #: UNAUTHENTICATED: no credentials, or a token the server does not know.
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    #: PERMISSION_DENIED: the caller lacks the role, the tenant or the data-access rule the
+    #: call needs (the message names what is needed).
+    PERMISSION_DENIED = "PERMISSION_DENIED"
     #: INTERNAL: a bug in dpp.
     INTERNAL = "INTERNAL"

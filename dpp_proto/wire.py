@@ -814,10 +814,15 @@ def _read_single_batch(
     try:
         reader = pa.ipc.open_stream(section)
         batch = reader.read_next_batch()
-    except (pa.ArrowInvalid, StopIteration, OSError) as exc:
+        # Reading trusts the message's buffer sizes and offsets: a hostile or broken worker
+        # could make later zero-copy views read past the frame. Full validation checks every
+        # buffer's size and every list offset (fuzzing found this; tests/fuzz).
+        batch.validate(full=True)
+        batch.schema.names  # noqa: B018 - column names must be UTF-8 (read lazily elsewhere)
+    except (pa.ArrowException, StopIteration, OSError, UnicodeDecodeError) as exc:
         raise WireFormatError(
             f"{name} section of split {header.split_id} seq {header.batch_seq} is not an Arrow "
-            f"IPC stream with one record batch: {exc}"
+            f"IPC stream with one valid record batch: {exc}"
         ) from exc
     return batch
 

@@ -141,13 +141,23 @@ class UpProcess:
         workers: workers started at once.
         port: master port (0: any free port).
         autoscale: follow the master's desired worker count (dpp_desired_workers).
-        ready_file: write the master's address here, as JSON.
+        ready_file: write the master's address (and the connection file's path) here, as JSON.
+        state_dir: keep the cluster's files here: its throwaway CA, certificates, tokens and
+            the connection file (empty: a fresh temporary folder, removed on exit).
+        insecure: no TLS and no tokens (a trusted lab only; loud in logs and `dpp top`).
+        allow_table: more [TENANT=]PREFIX rules beside the user's own places (home, the
+            current folder, the temp folder), comma-separated.
+        allow_endpoint: [TENANT=]URL storage endpoints specs may name, comma-separated.
     """
 
     workers: int = 2
     port: int = 0
     autoscale: bool = False
     ready_file: str = ""
+    state_dir: str = ""
+    insecure: bool = False
+    allow_table: str = ""
+    allow_endpoint: str = ""
 
 
 _NO_ENV = Flag(env=None)
@@ -317,19 +327,37 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _security(args: argparse.Namespace, role: str) -> Any:
+    from dpp_server.auth import SecuritySettings
+
+    security = config_from_args(SecuritySettings, args)
+    try:
+        security.check(role)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    return security
+
+
 def cmd_master(args: argparse.Namespace) -> int:
     from dpp_server.local_cluster import write_ready_file
     from dpp_server.master import Master, MasterConfig
     from dpp_server.master_service import MasterServer
     from dpp_server.monitor_service import MasterObservability
+    from dpp_server.policy import DataPolicy, PolicySettings
     from dpp_server.scaling import ScalerConfig
+    from dpp_server.state import Journal
 
     config = config_from_args(MasterConfig, args)
-    journal = None
+    security = _security(args, "master")
+    policy = DataPolicy(config_from_args(PolicySettings, args), open_by_default=security.insecure)
+    journal: Journal | None = None
     if args.journal_dir:
         from dpp_server.journal import FileJournal
+        from dpp_server.secret_store import SealedJournal, SecretBox
 
-        journal = FileJournal(args.journal_dir)
+        # Storage option values are journaled encrypted, with a key kept beside the journal.
+        box = SecretBox(os.path.join(args.journal_dir, "journal.key"))
+        journal = SealedJournal(FileJournal(args.journal_dir), box)
     # Replays the journal before the port opens: meanwhile callers get UNAVAILABLE and retry.
     master = Master(config, journal=journal)
     obs = MasterObservability(
@@ -346,6 +374,8 @@ def cmd_master(args: argparse.Namespace) -> int:
         port=args.port,
         interceptors=obs.interceptors,
         add_services=obs.add_services,
+        security=security,
+        policy=policy,
     )
     server.start()
     obs.start()
@@ -372,6 +402,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"dpp worker: {exc}") from None
     configure_allocators(config.memory_mb)
+    security = _security(args, "worker")
     obs = WorkerObservability(args.host, args.metrics_port)
     server = WorkerServer(
         args.master,
@@ -380,6 +411,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         port=args.port,
         advertise_host=args.advertise_host,
         observe=obs.observe,
+        security=security,
     )
     obs.bind(server.worker)
     server.start()
@@ -398,6 +430,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from dpp_server.local_cluster import LocalCluster, write_ready_file
+    from dpp_server.policy import local_prefixes
     from dpp_server.pool import start_local_controller
 
     scaler_args = ["--min-workers", str(args.min_workers), "--max-workers", str(args.max_workers)]
@@ -406,6 +439,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         pipeline_threads=args.pipeline_threads,
         master_args=(["--port", str(args.port)] if args.port else [])
         + [*scaler_args, "--initial-workers", str(args.workers)],
+        work_dir=args.state_dir or None,
+        secure=not args.insecure,
+        allow_table=",".join(r for r in (local_prefixes(), args.allow_table) if r),
+        allow_endpoint=args.allow_endpoint,
     )
     controller = None
     try:
@@ -426,6 +463,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 cluster.master_address,
                 master=cluster.master_address,
                 metrics=",".join(p.metrics_address for p in processes if p.metrics_address),
+                connection=str(cluster.connection_file or ""),
             )
         _wait_for_signal()
     finally:
@@ -440,7 +478,8 @@ def _up_summary(cluster: LocalCluster) -> str:
     master = cluster.master
     lines = [
         f"dpp cluster up: master at {cluster.master_address}",
-        f"  trainer: DppLoader({cluster.master_address!r}, spec)",
+        f"  trainer: DppLoader({cluster.master_address!r}, spec)"
+        + (" with $DPP_CONNECTION set (below)" if cluster.connection_file else ""),
         f"  live view: dpp top --master {cluster.master_address}",
         "  Prometheus /metrics:",
     ]
@@ -451,8 +490,46 @@ def _up_summary(cluster: LocalCluster) -> str:
             f"    worker  http://{worker.metrics_address or '(none)'}/metrics  "
             f"(streams at {worker.address}, pid {worker.process.pid})"
         )
+    if cluster.connection_file:
+        lines.append(f"secured (TLS, tokens): export DPP_CONNECTION={cluster.connection_file}")
+    else:
+        lines.append("INSECURE (--insecure): no TLS, no authentication")
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Issues a token: prints it once, appends its hash line to the token file."""
+    from dpp_proto.auth import token_sha256
+    from dpp_server.auth import TokenFile
+    from dpp_server.pki import new_token
+
+    token = new_token()
+    line = f"{token_sha256(token)} {args.roles} {args.name} {args.tenant}".rstrip()
+    try:
+        TokenFile.parse(line, "the new line")  # refuses unknown roles, a trainer without tenant
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if args.token_file:
+        with open(args.token_file, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    # Command output: the token is shown once and stored nowhere in clear.
+    sys.stdout.write(f"{token}\n" if args.token_file else f"{token}\n{line}\n")
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Makes a CA, a server certificate for the given hosts, tokens and a connection file."""
+    from dpp_server.pki import make_credentials
+
+    hosts = [h for h in args.host if h] or ["127.0.0.1", "localhost"]
+    credentials = make_credentials(args.dir, hosts=hosts, tenant=args.tenant, user=args.user)
+    sys.stdout.write(
+        f"wrote a CA, a certificate for {', '.join(hosts)}, tokens and a connection file to "
+        f"{credentials.directory} (0600)\n  master/worker flags: "
+        f"{' '.join(credentials.server_args('worker'))}\n"
+    )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -460,6 +537,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_args(args)
 
+
+_SECURITY = ("insecure", "tls_cert", "tls_key", "tls_ca", "token_file", "auth_token_file")
 
 _ENV_NOTE = (
     "Each setting also comes from the DPP_* environment variable shown beside it; a flag "
@@ -537,15 +616,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Run a local cluster: a master and N workers. " + _ENV_NOTE,
     )
     if server:
+        from dpp_server.auth import SecuritySettings
         from dpp_server.master import MasterConfig
+        from dpp_server.policy import PolicySettings
         from dpp_server.scaling import ScalerConfig
         from dpp_server.worker import WorkerConfig
 
         add_config_flags(master, MasterProcess)
         add_config_flags(master, MasterConfig)
         add_config_flags(master, ScalerConfig)
+        add_config_flags(
+            master, SecuritySettings, only=[f for f in _SECURITY if f != "auth_token_file"]
+        )
+        add_config_flags(master, PolicySettings)
         add_config_flags(worker, WorkerProcess)
         add_config_flags(worker, WorkerConfig)
+        add_config_flags(worker, SecuritySettings)
         add_config_flags(up, UpProcess)
         add_config_flags(up, WorkerConfig, only=("pipeline_threads",))
         add_config_flags(up, ScalerConfig, only=("min_workers", "max_workers"))
@@ -556,6 +642,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_observability_commands(sub, DEFAULT_MASTER)
 
     add_stats_commands(sub)
+    token = sub.add_parser(
+        "token", help="issue a token: print it once, append its hash to a token file"
+    )
+    token.add_argument("--roles", required=True, help="trainer, worker, admin (comma-separated)")
+    token.add_argument("--name", required=True, help="the identity's name (shown in errors, logs)")
+    token.add_argument("--tenant", default="", help="the tenant (required for trainers)")
+    token.add_argument("--token-file", default="", help="append the hash line here")
+    token.set_defaults(func=cmd_token)
+
+    certs = sub.add_parser(
+        "certs", help="make a CA, server certificate, tokens and a connection file (0600)"
+    )
+    certs.add_argument("dir", help="folder to write (created)")
+    certs.add_argument(
+        "--host", action="append", default=[], help="a name or IP the servers are reached by"
+    )
+    certs.add_argument("--tenant", default="default", help="the first user's tenant")
+    certs.add_argument("--user", default="user", help="the first user's name")
+    certs.set_defaults(func=cmd_certs)
 
     demo = sub.add_parser("demo", help="generate a table, start a cluster, train a DLRM")
     add_demo_arguments(demo)

@@ -73,8 +73,11 @@ def demo_spec(table_uri: str, epochs: int) -> SessionSpec:
     )
 
 
-def _wait_ready(cluster: subprocess.Popen[bytes], ready_file: Path, stderr_path: Path) -> str:
-    """Waits for the cluster's ready file and returns the master address."""
+def _wait_ready(
+    cluster: subprocess.Popen[bytes], ready_file: Path, stderr_path: Path
+) -> tuple[str, str]:
+    """Waits for the cluster's ready file; returns the master address and the connection
+    file (TLS, token) the cluster wrote."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if cluster.poll() is not None:
@@ -84,7 +87,8 @@ def _wait_ready(cluster: subprocess.Popen[bytes], ready_file: Path, stderr_path:
             )
         if ready_file.exists():
             try:
-                return str(json.loads(ready_file.read_text())["master"])
+                ready = json.loads(ready_file.read_text())
+                return str(ready["master"]), str(ready.get("connection", ""))
             except (json.JSONDecodeError, KeyError):
                 pass  # written but not complete yet
         time.sleep(0.1)
@@ -160,8 +164,8 @@ def run(rows: int, steps: int, workers: int, keep: bool, progress: bool = True) 
                 stderr=stderr,
                 start_new_session=True,  # its own process group, stopped as one
             )  # fmt: skip
-        master = _wait_ready(cluster, ready_file, stderr_path)
-        _log.info("cluster ready, master at %s", master)
+        master, connection = _wait_ready(cluster, ready_file, stderr_path)
+        _log.info("cluster ready, master at %s (secured: %s)", master, connection or "no")
 
         full_batches_per_epoch = max(1, rows // BATCH_SIZE)
         epochs = max(1, math.ceil(steps / full_batches_per_epoch))
@@ -175,7 +179,9 @@ def run(rows: int, steps: int, workers: int, keep: bool, progress: bool = True) 
         losses: list[float] = []
         start = time.monotonic()
         with (
-            DppLoader(master, spec, session_name="demo", drop_last=True) as loader,
+            DppLoader(
+                master, spec, session_name="demo", drop_last=True, connection=connection or None
+            ) as loader,
             _progress(progress) as bar,
         ):
             # len(loader): batches per epoch, exact here (no row filter, no sampling).

@@ -203,6 +203,21 @@ class CapacityError(StatsError):
         self.shortfall_gb = shortfall_gb
 
 
+class UnauthenticatedError(DppError):
+    """A call without credentials, or with a token the server does not know."""
+
+    status = grpc.StatusCode.UNAUTHENTICATED
+    reason = Reason.UNAUTHENTICATED
+
+
+class PermissionDeniedError(DppError):
+    """An authenticated caller lacks the role, the tenant or the data-access rule a call needs
+    (the message names what is needed, never what exists)."""
+
+    status = grpc.StatusCode.PERMISSION_DENIED
+    reason = Reason.PERMISSION_DENIED
+
+
 def grpc_status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message of :func:`grpc_error_of` (for callers that need no more)."""
     error = grpc_error_of(exc)

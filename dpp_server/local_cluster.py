@@ -7,6 +7,13 @@ dies, so a crashed test or a killed ``dpp up`` leaves no process behind. They do
 at start-up (:func:`die_with_parent`, asked through ``DPP_PARENT_PID``) rather than in a
 ``preexec_fn``: that would force a plain ``fork()`` of a process running gRPC threads, whose fork
 handlers can abort the child.
+
+Secured by default, like every dpp cluster: it makes a throwaway CA, certificates and tokens
+(:mod:`dpp_server.pki`) in ``<work_dir>/secrets`` (or reuses the folder ``$DPP_LOCAL_CREDENTIALS``
+names: the test suite makes one set for all its clusters), starts the master and workers with
+mTLS and token files, allows the user's own places as tables (:func:`dpp_server.policy.
+local_prefixes`), and writes the user's **connection file** (:attr:`LocalCluster.
+connection_file`) once the master's address is known.
 """
 
 from __future__ import annotations
@@ -25,9 +32,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from dpp_proto.auth import Connection, load_connection
+
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+#: A credentials folder (made by :func:`dpp_server.pki.make_credentials`) that local clusters
+#: reuse instead of making their own: the test suite sets it once for all its clusters.
+CREDENTIALS_ENV = "DPP_LOCAL_CREDENTIALS"
 
 
 def die_with_parent() -> None:
@@ -97,7 +109,13 @@ class LocalCluster:
         work_dir: str | None = None,
         ready_timeout_s: float = 60.0,
         journal: bool = False,
+        secure: bool = True,
+        allow_table: str | None = None,
+        allow_endpoint: str = "",
     ) -> None:
+        """``secure`` False starts every process with --insecure. ``allow_table``: the
+        master's table rules (None: the user's own places, :func:`~dpp_server.policy.
+        local_prefixes`); ``allow_endpoint``: storage endpoints specs may name."""
         self.num_workers = workers
         self.pipeline_threads = pipeline_threads
         self.master_args = list(master_args)
@@ -110,6 +128,27 @@ class LocalCluster:
         self.workers: list[ClusterProcess] = []
         self._seq = 0
         self.journal_dir = self.work_dir / "journal" if journal else None
+        self.secure = secure
+        self.connection_file: Path | None = None
+        self._security_args: dict[str, list[str]] = {"master": [], "worker": []}
+        if not secure:
+            self._security_args = {"master": ["--insecure"], "worker": ["--insecure"]}
+            return
+        from dpp_server.pki import Credentials, make_credentials
+        from dpp_server.policy import local_prefixes
+
+        shared = os.environ.get(CREDENTIALS_ENV)
+        self.credentials = (
+            Credentials.at(Path(shared)) if shared else make_credentials(self.work_dir / "secrets")
+        )
+        rules = local_prefixes() if allow_table is None else allow_table
+        policy = ["--allow-table", rules]
+        if allow_endpoint:
+            policy += ["--allow-endpoint", allow_endpoint]
+        self._security_args = {
+            "master": [*self.credentials.server_args("master"), *policy],
+            "worker": self.credentials.server_args("worker"),
+        }
 
     @property
     def master_address(self) -> str:
@@ -117,14 +156,22 @@ class LocalCluster:
             raise RuntimeError("the cluster is not started")
         return self.master.address
 
+    @property
+    def connection(self) -> Connection | None:
+        """The user's credentials for this cluster (None when insecure)."""
+        return load_connection(self.connection_file) if self.connection_file else None
+
     def start(self) -> LocalCluster:
         self.master = self._spawn_master("0")
+        if self.secure:
+            self.connection_file = self.work_dir / "connection.json"
+            self.credentials.connection_for(self.master.address, self.connection_file)
         for _ in range(self.num_workers):
             self.add_worker()
         return self
 
     def _spawn_master(self, port: str) -> ClusterProcess:
-        args = ["master", "--port", port, *self.master_args]
+        args = ["master", "--port", port, *self._security_args["master"], *self.master_args]
         if self.journal_dir is not None:
             args += ["--journal-dir", str(self.journal_dir)]
         return self._spawn("master", args)
@@ -155,6 +202,7 @@ class LocalCluster:
             self.master_address,
             "--threads",
             str(self.pipeline_threads),
+            *self._security_args["worker"],
             *self.worker_args,
             *extra_args,
         ]

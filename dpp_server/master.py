@@ -181,6 +181,7 @@ class SessionView:
     spec: Spec
     spec_bytes: bytes
     plan: state.PlanSummary
+    tenant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,9 +280,12 @@ class Master:
     # -- sessions -------------------------------------------------------------------------
 
     def create_session(
-        self, spec_proto: spec_pb2.SessionSpec, session_name: str = ""
+        self, spec_proto: spec_pb2.SessionSpec, session_name: str = "", tenant: str = ""
     ) -> tuple[SessionView, bool]:
         """Validates and plans a session, or joins the session of the same name and spec.
+
+        ``tenant``: the caller's tenant (from its identity): the session's owner; names are
+        unique per tenant, so a name never joins another tenant's session.
 
         Returns:
             The session and whether an existing one was joined.
@@ -302,7 +306,7 @@ class Master:
         spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
         if session_name:
             with self._lock:
-                joined = self._join(session_name, spec_bytes)
+                joined = self._join(tenant, session_name, spec_bytes)
                 if joined is not None:
                     self._last_call[joined.session_id] = self._clock()
             if joined is not None:
@@ -332,7 +336,7 @@ class Master:
         with self._lock:
             if session_name:
                 # Another rank may have planned the same session while we did.
-                joined = self._join(session_name, spec_bytes)
+                joined = self._join(tenant, session_name, spec_bytes)
                 if joined is not None:
                     self._last_call[joined.session_id] = self._clock()
                     return joined, True
@@ -343,6 +347,7 @@ class Master:
                     spec_bytes=spec_bytes,
                     splits=tuple(plan.splits),
                     plan=summary,
+                    tenant=tenant,
                 )
             )
             self._specs[session_id] = spec
@@ -361,10 +366,12 @@ class Master:
         )
         return self._view(session_id), False
 
-    def validate_spec(self, spec_proto: spec_pb2.SessionSpec, session_name: str = "") -> None:
+    def validate_spec(
+        self, spec_proto: spec_pb2.SessionSpec, session_name: str = "", tenant: str = ""
+    ) -> None:
         """Runs every check :meth:`create_session` runs before it plans (the spec alone, the
-        session name against the sessions of that name, then the spec against the table's
-        schema and partition columns), and creates nothing.
+        session name against the tenant's sessions of that name, then the spec against the
+        table's schema and partition columns), and creates nothing.
 
         Cheaper than planning: it lists the table's files and reads one footer, where planning
         reads every footer. Raises what :meth:`create_session` raises for a bad spec or table.
@@ -373,12 +380,12 @@ class Master:
         if session_name:
             spec_bytes = spec_to_proto(spec).SerializeToString(deterministic=True)
             with self._lock:
-                if self._join(session_name, spec_bytes) is not None:
+                if self._join(tenant, session_name, spec_bytes) is not None:
                     return  # joining: the session's creator already checked it
         _check_against_table(spec)
 
-    def _join(self, session_name: str, spec_bytes: bytes) -> SessionView | None:
-        session_id = self._ledger.sessions_by_name.get(session_name)
+    def _join(self, tenant: str, session_name: str, spec_bytes: bytes) -> SessionView | None:
+        session_id = self._ledger.sessions_by_name.get((tenant, session_name))
         if session_id is None:
             return None
         if self._ledger.sessions[session_id].spec_bytes != spec_bytes:
@@ -404,6 +411,15 @@ class Master:
                 for (epoch, rank), s in sorted(session.streams.items())
             ]
             return self._view(session_id), streams
+
+    def session_tenant(self, session_id: str) -> str:
+        """The tenant that owns a session.
+
+        Raises:
+            NotFoundError: unknown session.
+        """
+        with self._lock:
+            return self._session(session_id).tenant
 
     def begin_epoch(
         self,
@@ -986,6 +1002,7 @@ class Master:
             spec=self._specs[session_id],
             spec_bytes=session.spec_bytes,
             plan=session.plan,
+            tenant=session.tenant,
         )
 
 

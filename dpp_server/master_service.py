@@ -3,7 +3,11 @@
 Owns nothing but translation and the server's lifecycle (health service, reaper thread,
 graceful stop). Every exception is turned into a gRPC status, with its reason and field as
 trailing metadata (:mod:`dpp_proto.reasons`), by :func:`dpp_server.errors.grpc_error_of`, in
-one place (:func:`_rpc`).
+one place (:func:`_rpc`). Who may call what is decided before any handler runs, by the one
+:class:`~dpp_server.auth.AuthInterceptor` of the server (:mod:`dpp_server.auth`); the handlers
+only take the caller's tenant from it, check a new spec against the data-access policy
+(:mod:`dpp_server.policy`) and redact storage options for callers that are not workers
+(:mod:`dpp_server.secret_store`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from dpp_proto import limits, master_pb2, master_pb2_grpc
 from dpp_server import master as master_lib
 from dpp_server import state
+from dpp_server.auth import (
+    AuthInterceptor,
+    Role,
+    SecuritySettings,
+    bind,
+    current_identity,
+    guard_of,
+    warn_insecure,
+)
 from dpp_server.errors import UnavailableError, grpc_error_of
+from dpp_server.policy import DataPolicy, PolicySettings
 from dpp_server.records import (
     StageSeconds,
     WorkerCounters,
@@ -32,6 +46,8 @@ from dpp_server.records import (
     stage_seconds_to_proto,
     to_proto,
 )
+from dpp_server.secret_store import redact_spec
+from dpp_server.spec import spec_from_proto
 
 logger = logging.getLogger(__name__)
 
@@ -84,19 +100,27 @@ def _plan_to_proto(plan: state.PlanSummary) -> master_pb2.SessionPlan:
 
 
 class MasterServicer(master_pb2_grpc.MasterServiceServicer):
-    """Thin translation layer; thread-safe because :class:`Master` is."""
+    """Thin translation layer; thread-safe because :class:`Master` and the policy are.
 
-    def __init__(self, master: master_lib.Master) -> None:
+    Args:
+        policy: the data-access policy new specs must pass; None: any (an --insecure lab).
+    """
+
+    def __init__(self, master: master_lib.Master, policy: DataPolicy | None = None) -> None:
         self.master = master
+        self.policy = policy
 
     @_rpc
     def CreateSession(
         self, request: master_pb2.CreateSessionRequest, context: grpc.ServicerContext
     ) -> master_pb2.CreateSessionResponse:
+        tenant = current_identity().tenant
+        if self.policy is not None:  # before any I/O: a refusal reveals nothing of the files
+            self.policy.check_spec(spec_from_proto(request.spec), tenant)
         if request.validate_only:
-            self.master.validate_spec(request.spec, request.session_name)
+            self.master.validate_spec(request.spec, request.session_name, tenant)
             return master_pb2.CreateSessionResponse()
-        view, joined = self.master.create_session(request.spec, request.session_name)
+        view, joined = self.master.create_session(request.spec, request.session_name, tenant)
         return master_pb2.CreateSessionResponse(
             session_id=view.session_id, joined=joined, plan=_plan_to_proto(view.plan)
         )
@@ -107,9 +131,11 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     ) -> master_pb2.GetSessionResponse:
         view, streams = self.master.get_session(request.session_id)
         response = master_pb2.GetSessionResponse(
-            session_id=view.session_id, plan=_plan_to_proto(view.plan)
+            session_id=view.session_id, plan=_plan_to_proto(view.plan), tenant=view.tenant
         )
         response.spec.ParseFromString(view.spec_bytes)
+        if Role.WORKER not in current_identity().roles:  # workers need them to read the table
+            redact_spec(response.spec)
         for s in streams:
             response.progress.add(
                 epoch=s.epoch,
@@ -266,7 +292,13 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
 
 class MasterServer:
     """A running master: gRPC server, health service and the reaper thread that drops silent
-    workers even when no RPC arrives."""
+    workers even when no RPC arrives.
+
+    Args:
+        security: TLS and tokens (default: --insecure, for in-process tests and benchmarks;
+            the ``dpp master`` command is secured unless told otherwise).
+        policy: the data-access policy (default: none with --insecure, else nothing allowed).
+    """
 
     def __init__(
         self,
@@ -275,19 +307,28 @@ class MasterServer:
         port: int = 0,
         interceptors: tuple[grpc.ServerInterceptor[Any, Any], ...] = (),
         add_services: tuple[Callable[[grpc.Server], None], ...] = (),
+        security: SecuritySettings | None = None,
+        policy: DataPolicy | None = None,
     ) -> None:
         self.master = master
+        self.security = security or SecuritySettings(insecure=True)
+        self.guard = guard_of(self.security, master.session_tenant)
+        if policy is None and not self.security.insecure:
+            policy = DataPolicy(PolicySettings())
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="dpp-master-rpc"),
             options=GRPC_OPTIONS,
-            interceptors=list(interceptors),  # metrics (dpp_server/monitor_service.py)
+            # Auth first: the metrics interceptor (monitor_service.py) sees only admitted calls.
+            interceptors=[AuthInterceptor(self.guard), *interceptors],
         )
-        master_pb2_grpc.add_MasterServiceServicer_to_server(MasterServicer(master), self._server)
+        master_pb2_grpc.add_MasterServiceServicer_to_server(
+            MasterServicer(master, policy), self._server
+        )
         for add_service in add_services:  # e.g. MonitorService
             add_service(self._server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.port = bind(self._server, f"{host}:{port}", self.security)
         if self.port == 0:
             raise OSError(f"could not bind the master to {host}:{port}")
         self.address = f"{host}:{self.port}"
@@ -300,6 +341,8 @@ class MasterServer:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._reaper.start()
         logger.info("master serving at %s", self.address)
+        if self.security.insecure:
+            warn_insecure("master", self.address)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Marks the service NOT_SERVING, then stops accepting RPCs and lets running ones end."""

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from dpp_proto.auth import Connection
     from dpp_server.local_cluster import LocalCluster
 
 logger = logging.getLogger(__name__)
@@ -156,13 +157,15 @@ class PoolController:
             self._thread.join(60.0)
 
 
-def master_targets(master_address: str, timeout_s: float = 5.0) -> Callable[[], PoolTargets]:
-    """Reads the targets from a master's ``MonitorService.GetClusterStatus``."""
-    import grpc
-
+def master_targets(
+    master_address: str, timeout_s: float = 5.0, connection: Connection | None = None
+) -> Callable[[], PoolTargets]:
+    """Reads the targets from a master's ``MonitorService.GetClusterStatus`` (``connection``:
+    an admin's credentials; None: plaintext)."""
     from dpp_proto import master_pb2, master_pb2_grpc
+    from dpp_proto.auth import open_channel
 
-    stub = master_pb2_grpc.MonitorServiceStub(grpc.insecure_channel(master_address))
+    stub = master_pb2_grpc.MonitorServiceStub(open_channel(master_address, connection))
 
     def fetch() -> PoolTargets:
         status = stub.GetClusterStatus(master_pb2.GetClusterStatusRequest(), timeout=timeout_s)
@@ -183,7 +186,7 @@ def start_local_controller(
     """The controller of ``dpp up``, started."""
     controller = PoolController(
         LocalClusterPool(cluster),
-        master_targets(cluster.master_address),
+        master_targets(cluster.master_address, connection=cluster.connection),
         autoscale=autoscale,
         initial=initial,
         min_workers=min_workers,

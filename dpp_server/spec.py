@@ -170,7 +170,7 @@ class Spec:
     """
 
     table_uri: str
-    storage_options: Mapping[str, str]
+    storage_options: Mapping[str, str] = dataclasses.field(repr=False)  # secrets: never logged
     partition_filter: str
     row_filter: str
     features: tuple[Feature, ...]

@@ -46,13 +46,16 @@ class PlanSummary:
 
 @dataclasses.dataclass(frozen=True)
 class SessionCreated:
-    """A session was planned. ``spec_bytes`` is the canonical serialized SessionSpec proto."""
+    """A session was planned. ``spec_bytes`` is the canonical serialized SessionSpec proto;
+    ``tenant`` the creator's tenant (from its identity, never from the request): only that
+    tenant's trainers may use the session, and its name is unique within the tenant."""
 
     session_id: str
     session_name: str
     spec_bytes: bytes
     splits: tuple[SplitInfo, ...]
     plan: PlanSummary
+    tenant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,6 +329,7 @@ class SessionState:
     spec_bytes: bytes
     splits: tuple[SplitInfo, ...]
     plan: PlanSummary
+    tenant: str = ""
     streams: dict[tuple[int, int], StreamProgress] = dataclasses.field(default_factory=dict)
     # Stats sessions only: each done split's sketches, or its error, by split index.
     stats_payloads: dict[int, bytes] = dataclasses.field(default_factory=dict)
@@ -353,7 +357,8 @@ class Ledger:
 
     def __init__(self) -> None:
         self.sessions: dict[str, SessionState] = {}
-        self.sessions_by_name: dict[str, str] = {}
+        # (tenant, session name) -> session id: names are unique per tenant.
+        self.sessions_by_name: dict[tuple[str, str], str] = {}
         self.workers: dict[str, WorkerRegistered] = {}
 
     def apply(self, update: Update) -> None:
@@ -367,9 +372,11 @@ class Ledger:
                     spec_bytes=update.spec_bytes,
                     splits=update.splits,
                     plan=update.plan,
+                    tenant=update.tenant,
                 )
                 if update.session_name:
-                    self.sessions_by_name[update.session_name] = update.session_id
+                    by_name = (update.tenant, update.session_name)
+                    self.sessions_by_name[by_name] = update.session_id
             case WorkerRegistered():
                 self.workers[update.worker_id] = update
             case WorkerRemoved():
@@ -418,8 +425,9 @@ class Ledger:
                 stream.mark_done(update.split_index)
             case SessionExpired():
                 expired = self.sessions.pop(update.session_id)
-                if self.sessions_by_name.get(expired.session_name) == update.session_id:
-                    del self.sessions_by_name[expired.session_name]
+                by_name = (expired.tenant, expired.session_name)
+                if self.sessions_by_name.get(by_name) == update.session_id:
+                    del self.sessions_by_name[by_name]
 
     @staticmethod
     def _apply_acks(stream: StreamProgress, acks: Iterable[SplitAck]) -> None:
@@ -453,7 +461,12 @@ class Ledger:
             sid = session.session_id
             updates.append(
                 SessionCreated(
-                    sid, session.session_name, session.spec_bytes, session.splits, session.plan
+                    sid,
+                    session.session_name,
+                    session.spec_bytes,
+                    session.splits,
+                    session.plan,
+                    tenant=session.tenant,
                 )
             )
             for (epoch, rank), stream in session.streams.items():

@@ -7,6 +7,10 @@ Owns the two commands, their flags and their rendering (the flags of ``dpp maste
 instead (the same fields as the RPC). ``dpp scale N`` calls ``SetWorkerTarget``: ``dpp up``
 follows it (see :mod:`dpp_server.pool`); ``dpp scale auto`` hands the count back to the
 autoscaler. Imports rich only when drawing.
+
+Both connect with the connection file ``--connection`` (default ``$DPP_CONNECTION``: an
+identity of role admin); without one they speak plaintext, and ``dpp top`` then shows in red
+that the cluster it reached runs ``--insecure``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from typing import Any
 
 from dpp_proto import master_pb2
+from dpp_proto.auth import Connection, ConnectionFileError, load_connection, open_channel
 
 STAGE_ORDER = ("read", "filter", "transform", "batch", "serialize", "wait_consumer", "idle")
 
@@ -27,8 +32,14 @@ STAGE_ORDER = ("read", "filter", "transform", "batch", "serialize", "wait_consum
 
 def add_observability_commands(sub: Any, default_master: str) -> None:
     """Registers ``dpp top`` and ``dpp scale`` (``default_master``: where they look by default)."""
+    connection_help = (
+        "connection file (address, CA, client certificate, admin token) [$DPP_CONNECTION]; "
+        "none: plaintext, for an --insecure cluster"
+    )
+    master_help = f"host:port of the master (default: the connection file's, else {default_master})"
     top = sub.add_parser("top", help="live view of a cluster: workers, ranks, verdict")
-    top.add_argument("--master", default=default_master)
+    top.add_argument("--master", default=None, help=master_help)
+    top.add_argument("--connection", default=None, help=connection_help)
     top.add_argument("--interval-s", type=float, default=1.0)
     top.add_argument("--once", action="store_true", help="draw once and exit")
     top.add_argument("--json", action="store_true", help="print one status as JSON and exit")
@@ -36,23 +47,35 @@ def add_observability_commands(sub: Any, default_master: str) -> None:
 
     scale = sub.add_parser("scale", help="set the worker count of a running `dpp up`")
     scale.add_argument("workers", help="a count, or 'auto' to clear the operator's target")
-    scale.add_argument("--master", default=default_master)
-    scale.set_defaults(func=cmd_scale)
+    scale.add_argument("--master", default=None, help=master_help)
+    scale.add_argument("--connection", default=None, help=connection_help)
+    scale.set_defaults(func=cmd_scale, default_master=default_master)
+    top.set_defaults(default_master=default_master)
 
 
 # -- commands -------------------------------------------------------------------------------
 
 
-def _stub(master: str) -> Any:
-    import grpc
+def _target(args: argparse.Namespace) -> tuple[str, Connection | None]:
+    """The master's address and the credentials, from the flags and $DPP_CONNECTION."""
+    try:
+        conn = load_connection(args.connection)
+    except ConnectionFileError as exc:
+        raise SystemExit(f"dpp {args.command}: {exc}") from None
+    address = args.master or (conn.address if conn else "") or args.default_master
+    return address, conn
 
+
+def _stub(master: str, connection: Connection | None = None) -> Any:
     from dpp_proto import master_pb2_grpc
 
-    return master_pb2_grpc.MonitorServiceStub(grpc.insecure_channel(master))
+    return master_pb2_grpc.MonitorServiceStub(open_channel(master, connection))
 
 
-def fetch_status(master: str, timeout_s: float = 5.0) -> master_pb2.GetClusterStatusResponse:
-    response: master_pb2.GetClusterStatusResponse = _stub(master).GetClusterStatus(
+def fetch_status(
+    master: str, timeout_s: float = 5.0, connection: Connection | None = None
+) -> master_pb2.GetClusterStatusResponse:
+    response: master_pb2.GetClusterStatusResponse = _stub(master, connection).GetClusterStatus(
         master_pb2.GetClusterStatusRequest(), timeout=timeout_s
     )
     return response
@@ -79,7 +102,9 @@ def cmd_scale(args: argparse.Namespace) -> int:
             ) from None
         if workers < 1:
             raise SystemExit(f"dpp scale: a count must be >= 1 (or 'auto'), got {workers}")
-    _stub(args.master).SetWorkerTarget(
+    master, conn = _target(args)
+    args.master = master
+    _stub(master, conn).SetWorkerTarget(
         master_pb2.SetWorkerTargetRequest(workers=workers), timeout=10
     )
     # Command output (this module holds the `dpp top` / `dpp scale` commands), not logging.
@@ -93,8 +118,11 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    master, conn = _target(args)
+    insecure = conn is None or conn.insecure
     if args.json:
-        status = status_to_dict(fetch_status(args.master))
+        status = status_to_dict(fetch_status(master, connection=conn))
+        status["insecure"] = insecure
         sys.stdout.write(json.dumps(status, indent=2, sort_keys=True) + "\n")
         return 0
     from rich.console import Console
@@ -102,12 +130,12 @@ def cmd_top(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.once:
-        console.print(render(fetch_status(args.master), args.master))
+        console.print(render(fetch_status(master, connection=conn), master, insecure))
         return 0
     with Live(console=console, refresh_per_second=4, screen=False) as live:
         try:
             while True:
-                live.update(render(fetch_status(args.master), args.master))
+                live.update(render(fetch_status(master, connection=conn), master, insecure))
                 time.sleep(args.interval_s)
         except KeyboardInterrupt:
             return 0
@@ -121,8 +149,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:4.0f}%"
 
 
-def render(status: master_pb2.GetClusterStatusResponse, master: str = "") -> Any:
-    """The live view: a header, the workers table, the ranks table and the verdict."""
+def render(
+    status: master_pb2.GetClusterStatusResponse, master: str = "", insecure: bool = False
+) -> Any:
+    """The live view: a header, the workers table, the ranks table and the verdict; first, in
+    red, a warning when the cluster answered without credentials (it runs --insecure)."""
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
@@ -179,5 +210,17 @@ def render(status: master_pb2.GetClusterStatusResponse, master: str = "") -> Any
         failed.add_row(f.session_id, str(f.splits_failed), f.last_error)
     verdict = status.verdict or "not enough samples yet"
     kind = f"[{status.verdict_kind}] " if status.verdict_kind else ""
-    parts: list[Any] = [head, workers, ranks, *([failed] if failures else [])]
-    return Group(*parts, Panel(kind + verdict, title="verdict"))
+    parts: list[Any] = [
+        head,
+        workers,
+        ranks,
+        *([failed] if failures else []),
+        Panel(kind + verdict, title="verdict"),
+    ]
+    if insecure:
+        warning = (
+            "INSECURE: this cluster answered without TLS or credentials (--insecure): anyone "
+            "who reaches it can read every session and control it"
+        )
+        parts.insert(0, Panel(warning, style="bold red"))
+    return Group(*parts)

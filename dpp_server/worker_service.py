@@ -17,7 +17,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dpp_proto import limits, master_pb2, master_pb2_grpc, worker_pb2
+from dpp_proto.auth import Connection, open_channel
 from dpp_proto.retry import channel_options
+from dpp_server.auth import (
+    AuthInterceptor,
+    SecuritySettings,
+    TenantCache,
+    bind,
+    client_connection,
+    guard_of,
+    warn_insecure,
+)
+from dpp_server.errors import NotFoundError
 from dpp_server.master import LeaseGrant
 from dpp_server.records import (
     StageSeconds,
@@ -52,13 +63,15 @@ class GrpcMasterLink:
     ``deadline_s`` per call. Anything else is raised.
     """
 
-    def __init__(self, address: str, deadline_s: float = 30.0) -> None:
+    def __init__(
+        self, address: str, deadline_s: float = 30.0, connection: Connection | None = None
+    ) -> None:
         options = channel_options(
             [MASTER_SERVICE],
             max_receive_bytes=limits.MAX_MESSAGE_BYTES,
             max_send_bytes=limits.MAX_MESSAGE_BYTES,
         )
-        self._channel = grpc.insecure_channel(address, options=options)
+        self._channel = open_channel(address, connection, options)
         self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
         self._deadline_s = deadline_s
 
@@ -159,6 +172,26 @@ class GrpcMasterLink:
         )
         return spec_from_proto(response.spec)
 
+    def session_tenant(self, session_id: str) -> str:
+        """The tenant owning a session, as the master says (for the data plane's check).
+
+        Raises:
+            NotFoundError: the master does not know the session.
+        """
+        try:
+            response = self._stub.GetSession(
+                master_pb2.GetSessionRequest(session_id=session_id),
+                timeout=self._deadline_s,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError(
+                    f"session {session_id!r} does not exist; create it with CreateSession first"
+                ) from None
+            raise
+        return response.tenant
+
 
 class WorkerServicer:
     """Serves StreamBatches from the worker's frame buffers. Thread-safe: each stream runs in
@@ -219,7 +252,12 @@ class WorkerServicer:
 
 
 class WorkerServer:
-    """A running worker: gRPC server (StreamBatches + health) around a :class:`Worker`."""
+    """A running worker: gRPC server (StreamBatches + health) around a :class:`Worker`.
+
+    ``security`` (default --insecure, for in-process tests): TLS on the data port, the token
+    check of every stream (role trainer, the session's tenant, asked of the master once per
+    session), and the worker's own credentials towards the master.
+    """
 
     def __init__(
         self,
@@ -229,21 +267,28 @@ class WorkerServer:
         port: int = 0,
         advertise_host: str | None = None,
         observe: Callable[[str, float], None] | None = None,
+        security: SecuritySettings | None = None,
     ) -> None:
         # Each open stream holds a thread; past ``max_streams`` (plus room for health checks)
         # gRPC answers RESOURCE_EXHAUSTED at once instead of queueing the call unserved.
         config = config or WorkerConfig()
         rpcs = config.max_streams + _SPARE_RPCS
+        self.security = security or SecuritySettings(insecure=True)
+        self.link = GrpcMasterLink(
+            master_address, connection=client_connection(self.security, master_address)
+        )
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=rpcs, thread_name_prefix="dpp-worker-rpc"),
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=rpcs,
+            interceptors=[
+                AuthInterceptor(guard_of(self.security, TenantCache(self.link.session_tenant)))
+            ],
         )
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        self.port = bind(self._server, f"{host}:{port}", self.security)
         if self.port == 0:
             raise OSError(f"could not bind the worker to {host}:{port}")
         self.address = f"{advertise_host or host}:{self.port}"
-        self.link = GrpcMasterLink(master_address)
         self.worker = Worker(self.link, self.address, config, observe)  # observe: metrics hook
         self._server.add_generic_rpc_handlers([WorkerServicer(self.worker).handler()])
         self._health = health.HealthServicer()
@@ -255,6 +300,8 @@ class WorkerServer:
         self.worker.start()
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.security.insecure:
+            warn_insecure("worker", self.address)
 
     def stop(self, grace_s: float = 2.0, drain_timeout_s: float = 0.0) -> None:
         """Marks NOT_SERVING, drains the pipeline (when ``drain_timeout_s`` > 0: finish the

@@ -237,7 +237,8 @@ class Table:
         files = [f for f in listed if _is_data_file(f.path, root)]
         if not files:
             raise TableNotFoundError(
-                f"table {uri!r}: found {len(listed)} file(s) but none ending in "
+                # No count of what is there: the message must not describe other files.
+                f"table {uri!r}: holds no file ending in "
                 f"{'/'.join(PARQUET_SUFFIXES + ORC_SUFFIXES)} outside hidden (_ or .) folders; "
                 "check the URI points at the table's root folder (the one holding ds=... folders)"
                 if listed

@@ -244,8 +244,11 @@ def load_vocabulary(path: str, field: str) -> Vocabulary:
                 convert_options=pacsv.ConvertOptions(column_types={"id": pa.int64()}),
             )
     except (OSError, pa.ArrowInvalid) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else str(exc)
-        raise SpecError(field, f"cannot read vocabulary {path!r}: {first}", fix) from exc
+        # Never echo the parser's message: it quotes the offending line, i.e. the content of
+        # whatever file the path names (a key file, /etc/shadow). Say only what is expected.
+        raise SpecError(
+            field, f"cannot read vocabulary {path!r}: it is not one int64 id per line", fix
+        ) from exc
     column = table.column("id")
     if column.null_count:
         raise SpecError(field, f"vocabulary {path!r} has an empty line", fix)
@@ -256,8 +259,9 @@ def load_vocabulary(path: str, field: str) -> Vocabulary:
     if len(repeats):
         dup = int(sorted_ids[repeats[0]])
         lines = sorted(int(i) + 1 for i in np.nonzero(ids == dup)[0][:2])
+        # Line numbers only: the repeated id itself is file content.
         raise SpecError(
-            field, f"vocabulary {path!r} repeats id {dup} (lines {lines[0]} and {lines[1]})", fix
+            field, f"vocabulary {path!r} repeats an id (lines {lines[0]} and {lines[1]})", fix
         )
     vocab = Vocabulary.build(sorted_ids, order.astype(np.int64))
     with _VOCAB_LOCK:

@@ -10,7 +10,6 @@ import math
 import threading
 import time
 
-import grpc
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -20,6 +19,7 @@ from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_client.errors import SpecRejectedError
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_server.local_cluster import LocalCluster
+from tests.helpers import secure
 from tests.helpers.oracle import sigrid_hash
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def expected_rows(ref: dict[str, list[object]]) -> dict[int, tuple[object, ...]]
 
 
 def list_workers(address: str) -> list[master_pb2.WorkerInfo]:
-    with grpc.insecure_channel(address) as channel:
+    with secure.channel(address) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
         return list(stub.ListWorkers(master_pb2.ListWorkersRequest()).workers)
 

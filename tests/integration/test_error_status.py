@@ -22,6 +22,7 @@ import pytest
 from dpp_client.errors import (
     REASON_ERRORS,
     CorruptFileError,
+    DppAccessError,
     DppClientError,
     DppUnavailableError,
     LimitExceededError,
@@ -36,6 +37,7 @@ from dpp_client.errors import (
 )
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_proto.reasons import Reason
+from dpp_server.auth import AuthInterceptor, Guard
 from dpp_server.errors import (
     CapacityError,
     ConflictError,
@@ -44,8 +46,10 @@ from dpp_server.errors import (
     LimitError,
     NotFoundError,
     OutOfRangeError,
+    PermissionDeniedError,
     SpecError,
     StatsError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from dpp_server.master_service import MasterServicer
@@ -172,6 +176,18 @@ CONTRACT: list[tuple[Exception, Code, Reason, type[DppClientError]]] = [
         Reason.LIMIT_EXCEEDED,
         LimitExceededError,
     ),
+    (
+        UnauthenticatedError("MasterService.CreateSession needs credentials: no token was sent"),
+        Code.UNAUTHENTICATED,
+        Reason.UNAUTHENTICATED,
+        DppAccessError,
+    ),
+    (
+        PermissionDeniedError("table_uri: '/etc' refused by the data-access policy"),
+        Code.PERMISSION_DENIED,
+        Reason.PERMISSION_DENIED,
+        DppAccessError,
+    ),
     # Not deliberate: a bug. INTERNAL, with the type named.
     (KeyError("plan"), Code.INTERNAL, Reason.INTERNAL, DppClientError),
 ]
@@ -189,14 +205,22 @@ class _RaisingMaster:
 
     error: Exception = RuntimeError("not set")
 
-    def create_session(self, spec: object, session_name: str) -> object:
+    def create_session(self, spec: object, session_name: str, tenant: str = "") -> object:
         raise self.error
+
+    def session_tenant(self, session_id: str) -> str:
+        return ""
 
 
 @pytest.fixture(scope="module")
 def master() -> Iterator[tuple[_RaisingMaster, master_pb2_grpc.MasterServiceStub]]:
     fake = _RaisingMaster()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    # The servicer takes the caller from the auth interceptor, as on every master (here the
+    # --insecure one: everyone may call).
+    guard = Guard(None, insecure=True, session_tenant=fake.session_tenant)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), interceptors=[AuthInterceptor(guard)]
+    )
     master_pb2_grpc.add_MasterServiceServicer_to_server(MasterServicer(fake), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

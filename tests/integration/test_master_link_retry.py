@@ -16,6 +16,7 @@ import pytest
 from dpp_client import DppLoader, Feature, SessionSpec
 from dpp_client.master_link import GrpcMasterLink
 from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto.auth import Connection
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +73,12 @@ def flaky() -> Iterator[tuple[FlakyMaster, int]]:
 
 def test_unavailable_master_is_retried(flaky: tuple[FlakyMaster, int]) -> None:
     master, port = flaky
+    # A plaintext stand-in master: the loader is told so (the run's $DPP_CONNECTION is TLS).
     # validate=False: the constructor's check is a CreateSession too; count only the real one.
-    with DppLoader(f"127.0.0.1:{port}", SPEC, rpc_timeout_s=5.0, validate=False) as loader:
+    plaintext = Connection(insecure=True)
+    with DppLoader(
+        f"127.0.0.1:{port}", SPEC, rpc_timeout_s=5.0, validate=False, connection=plaintext
+    ) as loader:
         iter(loader)
         assert loader.session_id == "s1"
     assert master.attempts == 3

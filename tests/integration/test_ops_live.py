@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +17,7 @@ from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_proto import master_pb2, master_pb2_grpc
 from dpp_server.local_cluster import LocalCluster
 from tests.helpers import op_reference as ref
+from tests.helpers import secure
 from tests.helpers.oracle import f32, hash_ids, sigrid_hash, string_hash, unit
 
 pytestmark = pytest.mark.integration
@@ -241,7 +241,7 @@ def test_filters_are_pushed_down_to_partitions_and_row_groups(
 ) -> None:
     uri, _ = make_table(tmp_path)
     plans = {}
-    with grpc.insecure_channel(cluster.master_address) as channel:
+    with secure.channel(cluster.master_address) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
         for name, fields in {
             "all": {},

@@ -112,7 +112,9 @@ def test_a_table_on_s3_is_read_exactly_once(s3_endpoint: tuple[str, str, str]) -
         batch_size=500,
         target_split_rows=1000,
     )
-    with LocalCluster(workers=2) as cluster, DppLoader(cluster.master_address, spec) as loader:
+    # The data-access policy allows exactly this bucket and endpoint (issue 13).
+    cluster = LocalCluster(workers=2, allow_table=f"s3://{BUCKET}/", allow_endpoint=endpoint)
+    with cluster, DppLoader(cluster.master_address, spec) as loader:
         row_ids = [r for batch in loader for r in batch.extras["row_id"].tolist()]
         assert loader.plan is not None
         assert (loader.plan.num_files, loader.plan.num_splits) == (1, 3)

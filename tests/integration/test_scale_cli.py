@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from dpp_proto import master_pb2, master_pb2_grpc
+from tests.helpers import secure
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ def _dpp(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _workers(master: str) -> int:
-    with grpc.insecure_channel(master) as channel:
+    with secure.channel(master) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
         return len(stub.ListWorkers(master_pb2.ListWorkersRequest(), timeout=5).workers)
 

@@ -75,7 +75,9 @@ def test_defaults_are_the_dataclasses() -> None:
     up = parse("up")
     assert (up.min_workers, up.max_workers) == (master.min_workers, master.max_workers)
     assert up.pipeline_threads == WorkerConfig.pipeline_threads
-    assert parse("top").master == parse("scale", "2").master == worker.master
+    # dpp top/scale: the connection file's address, else the default master.
+    assert parse("top").master is None and parse("scale", "2").master is None
+    assert parse("top").default_master == parse("scale", "2").default_master == worker.master
 
 
 def test_environment_overrides_the_default_and_a_flag_overrides_both(

@@ -61,10 +61,13 @@ def test_open_missing_uri_raises_table_not_found(tmp_path: Path) -> None:
         Table.open(str(tmp_path / "absent"))
 
 
-def test_open_folder_without_parquet_names_what_it_found(tmp_path: Path) -> None:
+def test_open_folder_without_parquet_says_so_without_describing_it(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(TableNotFoundError, match=r"found 1 file\(s\) but none ending in \.parquet"):
+    with pytest.raises(TableNotFoundError, match=r"holds no file ending in \.parquet") as info:
         Table.open(str(tmp_path))
+    # No count, no name of what the folder holds (issue 13: "found 238565 file(s)").
+    assert "1" not in str(info.value).replace(str(tmp_path), "")
+    assert "notes" not in str(info.value)
 
 
 def test_open_rejects_inconsistent_partition_folders(table_root: Path) -> None:

@@ -537,11 +537,15 @@ def test_map_id_vocabulary_problems(tmp_path: Path) -> None:
     repeated = tmp_path / "rep.txt"
     repeated.write_text("1\n2\n1\n")
     assert str(rejects(repeated)) == (
-        f"features[0].ops[0].path: vocabulary {str(repeated)!r} repeats id 1 (lines 1 and 3); {fix}"
+        f"features[0].ops[0].path: vocabulary {str(repeated)!r} repeats an id (lines 1 and 3); "
+        f"{fix}"
     )
     text = tmp_path / "text.txt"
-    text.write_text("1\nabc\n")
-    assert rejects(text).problem.startswith(f"cannot read vocabulary {str(text)!r}: ")
+    # A planted secret on a line: the error must not quote it (issue 13's /etc/shadow attack).
+    text.write_text("1\nAPI_KEY=sk-live-0123456789\n")
+    problem = rejects(text).problem
+    assert problem == f"cannot read vocabulary {str(text)!r}: it is not one int64 id per line"
+    assert "API_KEY" not in str(rejects(text)) and "sk-live" not in str(rejects(text))
     ok = tmp_path / "ok.txt"
     ok.write_text("5\n7\n")
     spec = spec_from_proto(spec_msg(SPARSE, "ids", [{"op": "map_id", "path": str(ok)}]))
