@@ -141,7 +141,7 @@ class Feature:
         _check_type(where, data, Mapping)
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
-            raise _reject(f"{where}.{sorted(unknown)[0]}", "unknown feature field")
+            raise _reject(f"{where}.{sorted(unknown, key=str)[0]!s}", "unknown feature field")
         for key in ("name", "kind"):
             if key not in data:
                 raise _reject(f"{where}.{key}", "missing")
@@ -312,7 +312,10 @@ class SessionSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise _reject(sorted(unknown)[0], f"unknown spec field; known fields: {sorted(known)}")
+            raise _reject(
+                str(sorted(unknown, key=str)[0]),
+                f"unknown spec field; known fields: {sorted(known)}",
+            )
         if "table_uri" not in data:
             raise _reject("table_uri", "missing")
         raw_features = data.get("features") or []

@@ -19,6 +19,7 @@ import os
 import re
 from unittest import mock
 
+from dpp_proto.auth import CONNECTION_ENV
 from dpp_server import cli
 
 __all__ = ["COMMANDS", "render"]
@@ -70,7 +71,9 @@ def render() -> str:
         "Every setting is a flag and, where a variable is shown, a `DPP_*` environment",
         "variable too; a flag wins over the variable. `dpp <command> --help` shows the same",
         "list with the values in effect. Besides these, `DPP_LOG_LEVEL` (default `INFO`) sets",
-        "the log level of every command (`-v` sets DEBUG).",
+        "the log level of every command (`-v` sets DEBUG), and trainers, `dpp top` and",
+        f"`dpp scale` read `{CONNECTION_ENV}`: the connection file (address, CA, client",
+        "certificate, token) that `dpp up` prints (docs/security.md).",
         "",
     ]
     for command in COMMANDS:

@@ -5,6 +5,9 @@ Findings so far (inputs in tests/fuzz/regressions/), all in the client's frame d
 an Arrow batch whose buffers were smaller than its length said (zero-copy views would have
 read past the frame), an Arrow error type the decoder did not catch, and non-UTF-8 column
 names. The decoder now validates every section fully and raises ``FrameError`` for each.
+And in the client's spec reader: a YAML mapping with a non-string key (``null: 1``) made the
+unknown-field message itself fail (``sorted`` of mixed key types); it is now a
+``SpecRejectedError`` naming the key.
 """
 
 from __future__ import annotations

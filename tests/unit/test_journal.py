@@ -4,6 +4,7 @@ is tested in test_master.py and the chaos tests.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from pathlib import Path
 
@@ -62,9 +63,13 @@ def test_lines_written_by_the_previous_encoder_still_read() -> None:
         (SplitInfo("s0", "p", 1, (0, 1), 5, {"ds": "1"}),),
         state.PlanSummary(1, 1, 2, 5, 1, 0.5),
     )
-    # The one field added since (the owner's tenant) defaults when absent, and is written now.
+    # The one field added since (the owner's tenant) defaults when absent. A field still at its
+    # default is not written, so the old line comes back byte for byte; a set one is written.
     assert update.tenant == ""
-    assert journal.encode(update) == line[:-1] + ',"tenant":""}'
+    assert journal.encode(update) == line
+    owned = dataclasses.replace(update, tenant="t1")
+    assert journal.encode(owned) == line[:-1] + ',"tenant":"t1"}'
+    assert journal.decode(journal.encode(owned)) == owned
 
 
 def test_file_journal_replays_what_it_appended(tmp_path: Path) -> None:
