@@ -73,6 +73,10 @@ def test_a_cluster_delivers_every_file_once(many_files: tuple[DelayProxy, dict[s
         passthrough=("row_id",),
         batch_size=1000,
     )
-    with LocalCluster(workers=2) as cluster, DppLoader(cluster.master_address, spec) as loader:
+    # The data-access policy allows exactly this bucket and endpoint (issue 13).
+    cluster = LocalCluster(
+        workers=2, allow_table=f"s3://{BUCKET}/", allow_endpoint=options["endpoint_url"]
+    )
+    with cluster, DppLoader(cluster.master_address, spec) as loader:
         row_ids = [r for batch in loader for r in batch.extras["row_id"].tolist()]
     assert sorted(row_ids) == list(range(FILES * ROWS_PER_FILE))

@@ -67,7 +67,13 @@ def test_a_cluster_reads_through_the_proxy_every_row_once(remote_table: Remote) 
         target_split_rows=2000,
     )
     got: dict[int, float] = {}
-    with LocalCluster(workers=2) as cluster, DppLoader(cluster.master_address, spec) as loader:
+    # The data-access policy allows exactly this bucket and endpoint (issue 13).
+    cluster = LocalCluster(
+        workers=2,
+        allow_table=f"s3://{BUCKET}/",
+        allow_endpoint=remote_table.options["endpoint_url"],
+    )
+    with cluster, DppLoader(cluster.master_address, spec) as loader:
         for batch in loader:
             for row_id, value in zip(
                 batch.extras["row_id"].tolist(), batch.dense[:, 0].tolist(), strict=True
