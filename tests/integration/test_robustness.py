@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_client.errors import DppUnavailableError
 from dpp_proto import master_pb2, master_pb2_grpc, spec_pb2, worker_pb2
+from dpp_proto.auth import load_connection, open_channel
 from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
 from tests.helpers.server import make_spec
@@ -143,8 +144,18 @@ def test_idle_streams_cannot_take_every_worker_thread(small_table: str) -> None:
         master_args=["--heartbeat-interval-s", "0.25"],
         worker_args=["--max-streams", "64"],
     ) as cluster:
+        connection = load_connection()
+        with open_channel(cluster.master_address, connection) as master_channel:
+            created = master_pb2_grpc.MasterServiceStub(master_channel).CreateSession(
+                master_pb2.CreateSessionRequest(spec=make_spec(small_table), session_name="idle"),
+                timeout=60,
+            )
+        # Streams of a real session (a secured worker refuses unknown ones before they take a
+        # thread), each on its own rank, that nobody reads.
+        session = created.session_id
+        served = f"client streaming session {session}"
         address = cluster.workers[0].address
-        channel = grpc.insecure_channel(address)
+        channel = open_channel(address, connection)
         stream = channel.unary_stream(
             "/dpp.v1.WorkerService/StreamBatches",
             request_serializer=worker_pb2.StreamBatchesRequest.SerializeToString,
@@ -152,12 +163,12 @@ def test_idle_streams_cannot_take_every_worker_thread(small_table: str) -> None:
         )
         try:
             idle = [
-                stream(worker_pb2.StreamBatchesRequest(session_id=f"idle-{i}", rank=0))
+                stream(worker_pb2.StreamBatchesRequest(session_id=session, rank=1000 + i))
                 for i in range(64)
             ]
             # Every idle stream is served (each holds a server thread) ...
             deadline = time.monotonic() + 30
-            while cluster.workers[0].log_tail(200).count("client streaming session idle-") < 64:
+            while cluster.workers[0].log_tail(200).count(served) < 64:
                 assert time.monotonic() < deadline, "the idle streams were not all served"
                 time.sleep(0.1)
             # ... and a live session still streams every row, exactly once.
@@ -167,14 +178,16 @@ def test_idle_streams_cannot_take_every_worker_thread(small_table: str) -> None:
             # Past max_streams (plus 8 spare for health checks) a stream is refused at once
             # with RESOURCE_EXHAUSTED, not queued unserved until its deadline.
             idle += [
-                stream(worker_pb2.StreamBatchesRequest(session_id=f"idle-{i}", rank=0))
+                stream(worker_pb2.StreamBatchesRequest(session_id=session, rank=1000 + i))
                 for i in range(64, 72)
             ]
-            while cluster.workers[0].log_tail(400).count("client streaming session idle-") < 72:
+            while cluster.workers[0].log_tail(400).count(served) < 72:
                 assert time.monotonic() < deadline + 30, "the idle streams were not all served"
                 time.sleep(0.1)
             extra = [
-                stream(worker_pb2.StreamBatchesRequest(session_id=f"more-{i}", rank=0), timeout=60)
+                stream(
+                    worker_pb2.StreamBatchesRequest(session_id=session, rank=2000 + i), timeout=60
+                )
                 for i in range(16)
             ]
             refused = []
@@ -206,8 +219,9 @@ def test_oversized_inputs_are_refused_at_the_entry_naming_field_and_limit(
     cluster: LocalCluster, small_table: str, tmp_path: Path
 ) -> None:
     big = 1 << 20
-    with grpc.insecure_channel(
+    with open_channel(
         cluster.master_address,
+        load_connection(),
         options=[("grpc.max_send_message_length", 64 << 20)],
     ) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
@@ -274,7 +288,7 @@ def test_oversized_inputs_are_refused_at_the_entry_naming_field_and_limit(
 
 
 def _health(address: str) -> int:
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, load_connection()) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status  # type: ignore[no-any-return]
 
@@ -321,7 +335,7 @@ def test_an_unwritable_journal_turns_the_master_not_serving_and_the_trainer_rais
             10,
             "the master stayed SERVING with an unwritable journal",
         )
-        with grpc.insecure_channel(cluster.master_address) as channel:
+        with open_channel(cluster.master_address, load_connection()) as channel:
             stub = master_pb2_grpc.MasterServiceStub(channel)
             request = master_pb2.CreateSessionRequest(spec=make_spec(small_table))
             code, text = _refusal(lambda: stub.CreateSession(request, timeout=30))

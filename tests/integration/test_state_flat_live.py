@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto.auth import load_connection, open_channel
 from dpp_server.journal import FileJournal
 from dpp_server.local_cluster import LocalCluster
 from dpp_server.master import Master, MasterConfig
@@ -95,7 +96,7 @@ def test_sessions_expire_journal_compacts_restart_agrees(tmp_path: Path) -> None
     ]
     with LocalCluster(workers=0, master_args=flags, journal=True) as cluster:
         assert cluster.master is not None and cluster.journal_dir is not None
-        channel = grpc.insecure_channel(cluster.master_address)
+        channel = open_channel(cluster.master_address, load_connection())
         stub = master_pb2_grpc.MasterServiceStub(channel)
         for n in range(SESSIONS):
             _drive(stub, spec, n)
@@ -137,7 +138,7 @@ def test_sessions_expire_journal_compacts_restart_agrees(tmp_path: Path) -> None
         cluster.restart_master()
 
         # Undecodable requests: INVALID_ARGUMENT naming the message, counted, logged once.
-        channel = grpc.insecure_channel(cluster.master_address)
+        channel = open_channel(cluster.master_address, load_connection())
         for method in ("AckBatches", "BeginEpoch"):
             call = channel.unary_unary(f"/dpp.v1.MasterService/{method}")
             for size in range(1, 21):

@@ -26,6 +26,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from dpp_proto import master_pb2, master_pb2_grpc, spec_pb2
+from dpp_proto.auth import load_connection, open_channel
 from dpp_server.local_cluster import LocalCluster
 from dpp_server.spec import spec_from_proto
 from dpp_server.stats_command import spec_from_file
@@ -71,9 +72,9 @@ def _stats_spec(spec_file: Path) -> spec_pb2.SessionSpec:
 
 
 def _stub(cluster: LocalCluster) -> master_pb2_grpc.MasterServiceStub:
-    import grpc
 
-    return master_pb2_grpc.MasterServiceStub(grpc.insecure_channel(cluster.master_address))
+    channel = open_channel(cluster.master_address, load_connection())
+    return master_pb2_grpc.MasterServiceStub(channel)
 
 
 def _create(stub: master_pb2_grpc.MasterServiceStub, msg: spec_pb2.SessionSpec) -> str:
