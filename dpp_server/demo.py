@@ -109,7 +109,7 @@ def _stop(cluster: subprocess.Popen[bytes]) -> None:
         pass
 
 
-def run(rows: int, steps: int, workers: int, keep: bool) -> int:
+def run(rows: int, steps: int, workers: int, keep: bool, epoch_overlap: bool = True) -> int:
     """Runs the demo; returns the process exit code."""
     # Imported here, not at the top: `dpp` builds its parser from this module (add_arguments)
     # in a server-only install too, where these are absent (see run_args).
@@ -153,10 +153,17 @@ def run(rows: int, steps: int, workers: int, keep: bool) -> int:
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
 
         losses: list[float] = []
+        # The trainer's wait for each epoch's first batch (iter() included): the boundary.
+        first_waits_s: list[float] = []
         start = time.monotonic()
-        with DppLoader(master, spec, session_name="demo", drop_last=True) as loader:
+        with DppLoader(
+            master, spec, session_name="demo", drop_last=True, epoch_overlap=epoch_overlap
+        ) as loader:
             for _ in range(epochs):
-                for batch in loader:
+                asked = time.monotonic()
+                for i, batch in enumerate(loader):
+                    if i == 0:
+                        first_waits_s.append(time.monotonic() - asked)
                     losses.append(train_step(model, opt, batch))
                     if len(losses) % 50 == 0:
                         _log.info("step %d loss %.4f", len(losses), losses[-1])
@@ -187,6 +194,12 @@ def run(rows: int, steps: int, workers: int, keep: bool) -> int:
             summary.add_row("loss start (mean of first 10)", f"{sum(head) / len(head):.4f}")
             summary.add_row("loss end (mean of last 10)", f"{sum(tail) / len(tail):.4f}")
         summary.add_row("trainer stall share", f"{stats.stall_share:.1%}")
+        later = first_waits_s[1:]
+        summary.add_row(
+            "first-batch wait, epochs 2.. (ms, mean)",
+            f"{1000 * sum(later) / len(later):.1f}" if later else "-",
+        )
+        summary.add_row("epoch overlap", "on" if epoch_overlap else "off")
         summary.add_row("MB received", f"{stats.bytes_received / 1e6:,.1f}")
         for stage in STAGES:
             summary.add_row(f"workers: {stage}", f"{stage_totals[stage] / stage_sum:.1%}")
@@ -207,6 +220,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument("--workers", type=int, default=2, help="dpp worker processes")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument(
+        "--no-epoch-overlap",
+        dest="epoch_overlap",
+        action="store_false",
+        help="begin each epoch only when the trainer asks (to see the boundary stall)",
+    )
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -221,7 +240,7 @@ def run_args(args: argparse.Namespace) -> int:
             f"({exc})"
         ) from exc
     try:
-        return run(args.rows, args.steps, args.workers, args.keep)
+        return run(args.rows, args.steps, args.workers, args.keep, args.epoch_overlap)
     except KeyboardInterrupt:
         _log.warning("interrupted; cluster stopped")
         return 130
