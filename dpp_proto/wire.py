@@ -69,6 +69,7 @@ __all__ = [
     "SPARSE_TYPE",
     "WEIGHT_COLUMN",
     "FrameEncoder",
+    "SchemaMemo",
     "Section",
     "WireFormatError",
     "WireOptions",
@@ -148,10 +149,11 @@ Section = tuple[str, pa.RecordBatch]
 _V = TypeVar("_V")
 
 
-class _SchemaMemo(Generic[_V]):
+class SchemaMemo(Generic[_V]):
     """What decoding derived from recently seen schemas, found by equality (metadata
     included): a session's frames share one or a few schemas, so their plans are made once and
-    each frame's work is only what differs between frames (buffers and row counts).
+    each frame's work is only what differs between frames (buffers and row counts). Used by
+    :func:`unpack_sparse` here and by the client's ``batch_from_arrow``.
 
     Thread-safe: ``_lock`` guards ``_entries`` (stream threads decode concurrently). Holds at
     most ``size`` entries, dropping the oldest.
@@ -676,7 +678,7 @@ class _UnpackPlan:
     count: int
 
 
-_UNPACK_PLANS: _SchemaMemo[_UnpackPlan] = _SchemaMemo()
+_UNPACK_PLANS: SchemaMemo[_UnpackPlan] = SchemaMemo()
 
 
 def _unpack_plan(rest: pa.Schema | None, packed: pa.Schema, where: str) -> _UnpackPlan:
