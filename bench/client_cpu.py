@@ -22,6 +22,10 @@ Measures (CPU is this process's ``getrusage``, every thread; medians of ``--repe
   stdlib's TCP socket, length-prefixed frames read with ``recv_into``: the floor, no RPC).
 * ``batch_size``: the ``after`` layout over grpc at 4096, 16384 and 65536 rows; the per-batch
   fixed cost is the intercept of trainer CPU per frame against rows per frame.
+* ``fixed_cost``: the per-batch fixed cost measured over many frames of 256 to 65536 rows
+  (about 2M rows per point, sizes alternating within each repeat): trainer CPU per frame of
+  ``decode`` (no network) and of ``ingest`` over grpc (1 stream), fitted by least squares to
+  ``a + b * rows``; ``a`` is the fixed cost of a batch, ``b`` the cost of a row.
 * ``shaped``: the loopback of a fresh network namespace shaped to 1 Gbit/s with ``tc tbf``
   (netem is not available here), grpc, 1 stream: rows/s of ``after`` with and without
   compression.
@@ -309,6 +313,50 @@ def measure_decode(frames: list[bytes], rounds: int) -> dict[str, float]:
     }
 
 
+FIXED_COST_SIZES = (256, 1024, 4096, 16384, 65536)
+_FIXED_COST_ROWS = 2_000_000
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares ``y = a + b * x``: (a, b)."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    return mean_y - slope * mean_x, slope
+
+
+def measure_fixed_cost(table_uri: str, quick: bool, repeats: int) -> dict[str, Any]:
+    """Trainer CPU per frame against rows per frame, decode alone and over grpc."""
+    counts = {size: max(4, 4 * 65536 // size) for size in FIXED_COST_SIZES}
+    frames = {size: make_frames(table_uri, quick, counts[size], "after", size) for size in counts}
+    decode_runs: list[dict[str, Any]] = []
+    grpc_runs: list[dict[str, Any]] = []
+    for _ in range(repeats):
+        for size in FIXED_COST_SIZES:
+            rows = size * len(frames[size])
+            rounds = max(1, _FIXED_COST_ROWS // rows)
+            got = measure_decode(frames[size], rounds)
+            decode_runs.append(
+                {"batch_size": size, **got, "rows_per_cpu_s": 1e6 / got["cpu_s_per_m_rows"]}
+            )
+            args = (table_uri, quick, counts[size], "after", size)
+            grpc_runs.append({"batch_size": size, **measure_ingest("grpc", args, 1, rounds)})
+    out: dict[str, Any] = {}
+    for name, runs, per_frame in (
+        ("decode", decode_runs, "us_per_frame"),
+        ("grpc", grpc_runs, "cpu_ms_per_frame"),
+    ):
+        grouped = _group(runs, ("batch_size",))
+        scale = 1.0 if per_frame == "us_per_frame" else 1e3
+        fixed_us, per_row_us = _fit(
+            [(float(g["batch_size"]), g[per_frame] * scale) for g in grouped]
+        )
+        out[name] = {"runs": grouped, "fixed_us_per_batch": fixed_us, "us_per_row": per_row_us}
+    return out
+
+
 def pick(result: dict[str, Any], layout: str, transport: str, streams: int) -> dict[str, Any]:
     """One ``ingest`` entry of a :func:`run` result."""
     for entry in result["ingest"]:
@@ -359,6 +407,8 @@ def run(table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]) 
             "fixed_cost_ms_per_batch": points[0][1] - slope * points[0][0],
             "cost_us_per_row": slope * 1e3,
         }
+    if "fixed_cost" in only:
+        out["fixed_cost"] = measure_fixed_cost(table_uri, quick, repeats)
     if "shaped" in only:
         out["shaped"] = measure_shaped(table_uri, quick, frames, repeats)
     return out
@@ -410,7 +460,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="layouts,ingest,batch_size,shaped",
-        help="comma-separated parts: layouts, ingest, batch_size, shaped",
+        help="comma-separated parts: layouts, ingest, batch_size, fixed_cost, shaped",
     )
     parser.add_argument("--out", default="", help="also write the JSON here")
     parser.add_argument("--inner-shaped", action="store_true", help=argparse.SUPPRESS)

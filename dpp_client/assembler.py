@@ -137,6 +137,9 @@ class EpochAssembler(Generic[T]):
         session_id: when set, frames of another session are dropped (with a warning).
         rank: frames addressed to another rank are dropped (with a warning).
         deterministic: release splits in the epoch's order (see the module docstring).
+        max_aside_frames: frames of later epochs kept aside at most (None: no bound). A frame
+            past the bound is dropped and its split listed by :meth:`take_aside_dropped`, to
+            be produced again when its epoch begins.
     """
 
     def __init__(
@@ -146,9 +149,14 @@ class EpochAssembler(Generic[T]):
         session_id: str = "",
         rank: int = 0,
         deterministic: bool = False,
+        max_aside_frames: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if max_aside_frames is not None and max_aside_frames < 0:
+            raise ValueError(f"max_aside_frames must be >= 0, got {max_aside_frames}")
+        self.max_aside_frames = max_aside_frames
+        self.aside_dropped = 0
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.session_id = session_id
@@ -166,6 +174,8 @@ class EpochAssembler(Generic[T]):
         self._short_rows = 0
         self._done = False
         self._aside: dict[int, list[_Held[T]]] = {}
+        self._aside_count = 0
+        self._aside_dropped_splits: dict[int, set[str]] = {}
         self._dirty: set[str] = set()
 
     @property
@@ -190,7 +200,12 @@ class EpochAssembler(Generic[T]):
     @property
     def frames_aside(self) -> int:
         """Frames of later epochs kept for when those epochs begin."""
-        return sum(len(v) for v in self._aside.values())
+        return self._aside_count
+
+    def take_aside_dropped(self, epoch: int) -> list[str]:
+        """Splits of ``epoch`` with frames dropped past ``max_aside_frames``, once (the
+        caller asks the master to produce them again)."""
+        return sorted(self._aside_dropped_splits.pop(epoch, set()))
 
     def begin_epoch(
         self,
@@ -240,9 +255,15 @@ class EpochAssembler(Generic[T]):
                 split.next_seq = c.batches + 1
                 self._incomplete.discard(split_id)
         for old in [e for e in self._aside if e < epoch]:
-            self.stale_dropped += len(self._aside.pop(old))
+            stale = self._aside.pop(old)
+            self.stale_dropped += len(stale)
+            self._aside_count -= len(stale)
+        for old in [e for e in self._aside_dropped_splits if e < epoch]:
+            del self._aside_dropped_splits[old]
         out: list[ReadyBatch[T]] = []
-        for header, rb, prepared in self._aside.pop(epoch, []):
+        replayed = self._aside.pop(epoch, [])
+        self._aside_count -= len(replayed)
+        for header, rb, prepared in replayed:
             out.extend(self._accept(header, rb, prepared))
         out.extend(self._advance())
         return out
@@ -267,7 +288,14 @@ class EpochAssembler(Generic[T]):
             _log.warning("dropping frame for rank %d (this is rank %d)", header.rank, self.rank)
             return []
         if self.epoch is None or header.epoch > self.epoch:
+            if self.max_aside_frames is not None and self._aside_count >= self.max_aside_frames:
+                # Only after a failure do frames of a later epoch pile up here (see
+                # dpp_client.epoch_overlap); bound the memory, have the split sent again.
+                self.aside_dropped += 1
+                self._aside_dropped_splits.setdefault(header.epoch, set()).add(header.split_id)
+                return []
             self._aside.setdefault(header.epoch, []).append((header, rb, prepared))
+            self._aside_count += 1
             return []
         if header.epoch < self.epoch:
             self.stale_dropped += 1

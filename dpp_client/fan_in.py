@@ -150,6 +150,8 @@ class FanIn:
         to_batch: converts (and pins) a whole frame's rows.
         counters: where ``decode_s`` and ``bytes_received`` are added.
         dial: opens a stream to a worker.
+        on_end_frame: called from a stream thread with (epoch, split id) once a split's end
+            frame is queued (the epoch overlap watches them); must be quick and thread-safe.
     """
 
     def __init__(
@@ -162,7 +164,9 @@ class FanIn:
         to_batch: Callable[[pa.RecordBatch], Batch],
         counters: LoaderCounters,
         dial: WorkerDialer = GrpcStream,
+        on_end_frame: Callable[[int, str], None] | None = None,
     ) -> None:
+        self._on_end_frame = on_end_frame
         self._request = worker_pb2.StreamBatchesRequest(session_id=session_id, rank=rank)
         self._batch_size = batch_size
         self._to_batch = to_batch
@@ -348,7 +352,9 @@ class FanIn:
         while not ws.stop.is_set():
             try:
                 self._queue.put(item, timeout=_POLL_S)
-                return True
             except queue.Full:
                 continue
+            if header.last_in_split and self._on_end_frame is not None:
+                self._on_end_frame(header.epoch, header.split_id)
+            return True
         return False

@@ -7,6 +7,7 @@ to ask for missing splits again and when to warn. The other jobs are parts it co
 * :mod:`dpp_client.master_link`: every control-plane RPC (a :class:`MasterLink` seam);
 * :mod:`dpp_client.fan_in`: one StreamBatches stream per worker, merged into one queue;
 * :mod:`dpp_client.acks`: periodic acknowledgement of consumed batches;
+* :mod:`dpp_client.epoch_overlap`: beginning the next epoch while this one drains;
 * :mod:`dpp_client.assembler`: the pure frames -> batches core.
 
 Knows the proto and torch; must never import ``dpp_server`` or ``storage``.
@@ -24,9 +25,13 @@ Protocol, worked example (rank 0, two workers, epochs 2):
 3. W2 is killed. Its stream fails with UNAVAILABLE; the fan-in re-dials with capped backoff
    while W2 is still listed, and stops once the master stops listing it. The master re-leases
    B to W1, which re-sends B from the last acknowledged batch; repeated seqs are dropped.
-4. A and B complete: the remainder is yielded and iteration stops.
-5. ``iter(loader)`` again: ``BeginEpoch(session_id, 0, 1)``; frames of epoch 1 that arrived
-   before it were kept aside. A third ``iter`` gets OUT_OF_RANGE: an empty iteration.
+4. The end frames of A and B are queued: nothing of epoch 0 is left to arrive, so the epoch
+   overlap calls ``BeginEpoch(session_id, 0, 1)`` in the background, and the workers produce
+   epoch 1 while the trainer consumes the last batches of epoch 0. A and B complete: the
+   remainder is yielded and iteration stops.
+5. ``iter(loader)`` again: epoch 1 was begun already (else ``BeginEpoch`` is called now); its
+   first frames are waiting in the queue. A third ``iter`` gets OUT_OF_RANGE: an empty
+   iteration.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import torch
 from dpp_client.acks import Acknowledger, Verdict
 from dpp_client.assembler import Consumption, EpochAssembler, ReadyBatch
 from dpp_client.batch import Batch, batch_from_arrow
+from dpp_client.epoch_overlap import EpochOverlap
 from dpp_client.errors import DppClientError, DppUnavailableError
 from dpp_client.fan_in import FanIn, GrpcStream, WorkerDialer
 from dpp_client.master_link import GrpcMasterLink, MasterLink
@@ -106,6 +112,7 @@ class _Session:
     assembler: EpochAssembler[Batch]
     acks: Acknowledger
     fan_in: FanIn
+    overlap: EpochOverlap
 
 
 class _EpochIterator(Iterator[Batch]):
@@ -160,7 +167,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         session_name: join key; all ranks pass the same name and spec to share a session.
             Empty: always a new session (fine for a single rank).
         prefetch_batches: frames buffered between the streams and the trainer. More hides
-            worker hiccups; each costs one batch of memory.
+            worker hiccups; each costs one batch of memory. It also bounds what the next
+            epoch prefetches before the trainer reaches it (``epoch_overlap``).
         drop_last: drop each epoch's final short batch, so every batch has ``batch_size`` rows.
         pin_memory: pin batches in the stream threads for fast ``to(device,
             non_blocking=True)``; a no-op without CUDA.
@@ -189,6 +197,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             unreachable this long: ``next()`` raises :class:`DppUnavailableError` (resume from
             a checkpoint once it is back). Before that, the loader waits and resumes by
             itself when the master returns. Longer rides out a slower master restart.
+        epoch_overlap: begin the next epoch as soon as every frame of the current one has
+            arrived (``dpp_client.epoch_overlap``), so the workers produce it while the
+            trainer drains this one and its first batch is ready when the trainer asks.
+            The batches and their order are the same either way; False only begins an
+            epoch when ``iter()`` asks (the workers idle at each boundary).
         master_link: the link to the master; default a :class:`GrpcMasterLink` to
             ``master`` with ``rpc_timeout_s``. The loader closes it. A seam for tests.
         dial_worker: opens a worker's StreamBatches call; default gRPC. A seam for tests.
@@ -219,6 +232,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         reproduce_after_s: float = 10.0,
         validate: bool = True,
         master_timeout_s: float = 300.0,
+        epoch_overlap: bool = True,
         master_link: MasterLink | None = None,
         dial_worker: WorkerDialer | None = None,
         connection: str | os.PathLike[str] | Connection | None = None,
@@ -247,6 +261,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._ack_interval_s = ack_interval_s
         self._pin = pin_memory and torch.cuda.is_available()
         self._int64_ids = int64_ids
+        self._epoch_overlap = epoch_overlap
         if pin_memory and not self._pin:
             _log.info("pin_memory=True ignored: CUDA is not available")
         self._link = master_link or GrpcMasterLink(master, rpc_timeout_s, connection=credentials)
@@ -355,7 +370,9 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             request.restore = True
             for split_id, c in consumed.items():
                 request.consumed.add(split_id=split_id, batches_consumed=c.batches, done=c.done)
-        resp = self._link.begin_epoch(request)
+        # An epoch the overlap began early is not asked again (unless a checkpoint is restored).
+        early = None if restore is not None else session.overlap.take(epoch, self.rpc_timeout_s)
+        resp = early if early is not None else self._link.begin_epoch(request)
         if resp is None:
             _log.info("session %s has no epoch %d: nothing more to read", self.session_id, epoch)
             self._epoch_active = False
@@ -368,6 +385,16 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._received_base = yielded
         session.acks.begin_epoch(epoch, yielded)
         self._ready.extend(session.assembler.begin_epoch(epoch, list(resp.split_ids), consumed))
+        again = session.assembler.take_aside_dropped(epoch)
+        if again:
+            # Frames of this epoch that came before it began, past the aside bound: have them
+            # sent again now rather than after the stall watchdog's wait.
+            _log.info("epoch %d: asking again for %d split(s) dropped early", epoch, len(again))
+            session.acks.ask_reproduce(again)
+        done = {split_id for split_id, c in consumed.items() if c.done}
+        session.overlap.watch(
+            epoch, [s for s in resp.split_ids if s not in done], resp.epochs, again
+        )
         self._epoch_active = True
         _log.info(
             "rank %d epoch %d of session %s: %d splits%s",
@@ -441,6 +468,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._next_epoch = int(state["next_epoch"])
         self._restore = (None if epoch is None else int(epoch), consumed, int(state["yielded"]))
         self._epoch_active = False
+        if self._session is not None:
+            self._session.overlap.reset()
 
     def _next_of(self, epoch: int | None) -> Batch:
         """Returns the next batch of ``epoch``, blocking until one is ready.
@@ -480,6 +509,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             stuck = session.fan_in.join(_JOIN_TIMEOUT_S)
             acker = session.acks.join(_JOIN_TIMEOUT_S)
             stuck += [acker] if acker is not None else []
+            opener = session.overlap.close(_JOIN_TIMEOUT_S)
+            stuck += [opener] if opener is not None else []
         for t in stuck:
             _log.warning("thread %s did not stop within %.0f s", t.name, _JOIN_TIMEOUT_S)
         self._ready.clear()
@@ -512,6 +543,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 raise StopIteration
             if self._closed.is_set():
                 raise DppClientError("DppLoader was closed while iterating")
+            if session.assembler.done:
+                # Every frame of the epoch is in and the equal-batches limit holds the rest
+                # back: what the queue holds is the next epoch's, so leave it there.
+                self._closed.wait(0.02)
+                continue
             frame = session.fan_in.get(_POLL_S if not self._ready else 0.02)
             if frame is None:
                 self._on_idle(session, watchdog, time.monotonic())
@@ -608,6 +644,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         if self._session is not None:
             return self._session
         self.session_id = self._open_session()
+        overlap = EpochOverlap(self._link, self.session_id, self.rank, self._epoch_overlap)
         session = _Session(
             assembler=EpochAssembler(
                 self.spec.batch_size,
@@ -615,6 +652,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 session_id=self.session_id,
                 rank=self.rank,
                 deterministic=self.spec.deterministic,
+                max_aside_frames=self._prefetch_batches,
             ),
             acks=Acknowledger(
                 self._link,
@@ -632,7 +670,9 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 to_batch=self._to_batch,
                 counters=self._counters,
                 dial=self._dial,
+                on_end_frame=overlap.ended,
             ),
+            overlap=overlap,
         )
         self._session = session
         session.acks.start(f"dpp-ack-r{self.rank}")

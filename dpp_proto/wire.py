@@ -36,7 +36,10 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +69,7 @@ __all__ = [
     "SPARSE_TYPE",
     "WEIGHT_COLUMN",
     "FrameEncoder",
+    "SchemaMemo",
     "Section",
     "WireFormatError",
     "WireOptions",
@@ -105,6 +109,9 @@ DEDUP_SECTION_PREFIX = "dedup/"
 SPARSE_SECTION = "sparse"
 # An Arrow IPC stream ends with this 8-byte marker (continuation token, zero length).
 _EOS_SIZE = 8
+# Every Arrow IPC message starts with the continuation token and its metadata's length.
+_IPC_PREFIX = struct.Struct("<Ii")
+_IPC_CONTINUATION = 0xFFFFFFFF
 
 # -- the "rows" section -------------------------------------------------------------------------
 
@@ -137,6 +144,71 @@ _COMPRESSIONS = (None, "lz4", "zstd")
 
 #: A frame section besides "rows": its name and its record batch.
 Section = tuple[str, pa.RecordBatch]
+
+
+_V = TypeVar("_V")
+
+
+class SchemaMemo(Generic[_V]):
+    """What decoding derived from recently seen schemas, found by equality (metadata
+    included): a session's frames share one or a few schemas, so their plans are made once and
+    each frame's work is only what differs between frames (buffers and row counts). Used by
+    :func:`unpack_sparse` here and by the client's ``batch_from_arrow``.
+
+    Thread-safe: ``_lock`` guards ``_entries`` (stream threads decode concurrently). Holds at
+    most ``size`` entries, dropping the oldest.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: list[tuple[tuple[pa.Schema, ...], _V]] = []
+
+    def get(self, key: tuple[pa.Schema, ...]) -> _V | None:
+        with self._lock:
+            for schemas, value in self._entries:
+                if len(schemas) == len(key) and all(
+                    a.equals(b, check_metadata=True) for a, b in zip(schemas, key, strict=True)
+                ):
+                    return value
+        return None
+
+    def put(self, key: tuple[pa.Schema, ...], value: _V) -> _V:
+        with self._lock:
+            self._entries.append((key, value))
+            del self._entries[: -self._size]
+        return value
+
+
+class _IpcSchemas:
+    """IPC schema messages already parsed, keyed by their bytes: a frame's sections then read
+    only their record batch message (``pyarrow.ipc.read_record_batch``), not the schema again.
+
+    Thread-safe: ``_lock`` guards ``_schemas``; at most ``size`` entries (cleared when full).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._schemas: dict[bytes, tuple[pa.Schema, bool]] = {}
+
+    def get(self, message: bytes) -> tuple[pa.Schema, bool]:
+        """The schema and whether it has dictionary fields (whose batches need the stream
+        reader, which reads the dictionary messages too)."""
+        with self._lock:
+            found = self._schemas.get(message)
+        if found is not None:
+            return found
+        schema = pa.ipc.read_schema(pa.py_buffer(message))
+        found = (schema, any(pa.types.is_dictionary(f.type) for f in schema))
+        with self._lock:
+            if len(self._schemas) >= self._size:
+                self._schemas.clear()
+            self._schemas[message] = found
+        return found
+
+
+_IPC_SCHEMAS = _IpcSchemas()
 
 
 def is_id_list_type(dtype: pa.DataType) -> bool:
@@ -596,12 +668,67 @@ def pack_sparse(
     return rest, packed
 
 
+@dataclass(frozen=True)
+class _UnpackPlan:
+    """How a packed section goes back into its rows: the unpacked schema, and for each of its
+    columns either a column of ``rest`` (``>= 0``) or packed feature ``k`` (``-1 - k``)."""
+
+    schema: pa.Schema
+    sources: tuple[int, ...]
+    count: int
+
+
+_UNPACK_PLANS: SchemaMemo[_UnpackPlan] = SchemaMemo()
+
+
+def _unpack_plan(rest: pa.Schema | None, packed: pa.Schema, where: str) -> _UnpackPlan:
+    """The plan of :func:`unpack_sparse` for these schemas (validated once per schema pair).
+
+    Raises:
+        WireFormatError: the packed schema does not follow :func:`pack_sparse`.
+    """
+    key = (packed,) if rest is None else (packed, rest)
+    plan = _UNPACK_PLANS.get(key)
+    if plan is not None:
+        return plan
+    raw = (packed.metadata or {}).get(METADATA_KEYS)
+    try:
+        keys = json.loads(raw) if raw is not None else None
+        keys = [(str(n), int(i), bool(nullable)) for n, i, nullable in keys]  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise WireFormatError(
+            f"{where}: packed sparse metadata is not [[name, index, nullable], ...]: {raw!r}"
+        ) from exc
+    if len(packed) != 1 or not is_id_list_type(packed.field(0).type):
+        raise WireFormatError(
+            f"{where}: a packed sparse section holds one list<int32|int64> column "
+            f"{PACKED_COLUMN!r}, not {packed}"
+        )
+    ids_type = packed.field(0).type
+    fields = list(rest) if rest is not None else []
+    sources = list(range(len(fields)))
+    total = len(fields) + len(keys)
+    if sorted(i for _, i, _ in keys) != sorted(set(i for _, i, _ in keys)) or any(
+        not 0 <= i < total for _, i, _ in keys
+    ):
+        raise WireFormatError(f"{where}: packed sparse indices {keys} do not fit {total} columns")
+    for k, (name, index, nullable) in sorted(enumerate(keys), key=lambda e: e[1][1]):
+        fields.insert(index, pa.field(name, ids_type, nullable=nullable))
+        sources.insert(index, -1 - k)
+    metadata = rest.metadata if rest is not None else None
+    plan = _UnpackPlan(pa.schema(fields, metadata=metadata), tuple(sources), len(keys))
+    return _UNPACK_PLANS.put(key, plan)
+
+
 def unpack_sparse(
     rest: pa.RecordBatch | None, packed: pa.RecordBatch, rows: int | None, where: str
 ) -> pa.RecordBatch:
     """The inverse of :func:`pack_sparse`: ``rest`` with each packed feature back at its
     index, as a zero-copy slice of the packed column (so every feature's column shares one
     values and one offsets buffer: ``dpp_client.batch`` views them as 2 tensors).
+
+    The schema work (metadata, positions, the unpacked schema) is done once per schema pair
+    and remembered; a frame costs one slice per feature and one ``from_arrays``.
 
     Args:
         rest: the other columns (the rows section), or None (a dedup section: ``rows`` is
@@ -613,21 +740,9 @@ def unpack_sparse(
     Raises:
         WireFormatError: the packed batch does not follow :func:`pack_sparse`.
     """
-    raw = (packed.schema.metadata or {}).get(METADATA_KEYS)
-    try:
-        keys = json.loads(raw) if raw is not None else None
-        keys = [(str(n), int(i), bool(nullable)) for n, i, nullable in keys]  # type: ignore[union-attr]
-    except (TypeError, ValueError) as exc:
-        raise WireFormatError(
-            f"{where}: packed sparse metadata is not [[name, index, nullable], ...]: {raw!r}"
-        ) from exc
-    if packed.num_columns != 1 or not is_id_list_type(packed.schema.field(0).type):
-        raise WireFormatError(
-            f"{where}: a packed sparse section holds one list<int32|int64> column "
-            f"{PACKED_COLUMN!r}, not {packed.schema}"
-        )
+    plan = _unpack_plan(None if rest is None else rest.schema, packed.schema, where)
     ids = packed.column(0)
-    count = len(keys)
+    count = plan.count
     if rows is None:
         rows = len(ids) // count if count else 0
     if len(ids) != count * rows:
@@ -635,18 +750,9 @@ def unpack_sparse(
             f"{where}: packed sparse section holds {len(ids)} lists, expected {count} "
             f"features x {rows} rows"
         )
-    fields = list(rest.schema) if rest is not None else []
-    arrays = list(rest.columns) if rest is not None else []
-    total = len(fields) + count
-    if sorted(i for _, i, _ in keys) != sorted(set(i for _, i, _ in keys)) or any(
-        not 0 <= i < total for _, i, _ in keys
-    ):
-        raise WireFormatError(f"{where}: packed sparse indices {keys} do not fit {total} columns")
-    for k, (name, index, nullable) in sorted(enumerate(keys), key=lambda e: e[1][1]):
-        fields.insert(index, pa.field(name, ids.type, nullable=nullable))
-        arrays.insert(index, ids.slice(k * rows, rows))
-    metadata = rest.schema.metadata if rest is not None else None
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))
+    columns = rest.columns if rest is not None else []
+    arrays = [columns[i] if i >= 0 else ids.slice((-1 - i) * rows, rows) for i in plan.sources]
+    return pa.RecordBatch.from_arrays(arrays, schema=plan.schema)
 
 
 # -- decoding (the client's half) ---------------------------------------------------------------
@@ -712,16 +818,12 @@ def decode_frame(buf: bytes) -> tuple[worker_pb2.FrameHeader, pa.RecordBatch | N
                 f"[{header_end}, {size}); the message was truncated or mis-encoded"
             )
         if section.name == ROWS_SECTION:
-            batch = _read_single_batch(pa.py_buffer(view[section.offset : end]), header)
+            batch = _read_single_batch(view[section.offset : end], header)
         elif section.name == SPARSE_SECTION:
-            packed = _read_single_batch(
-                pa.py_buffer(view[section.offset : end]), header, section.name
-            )
+            packed = _read_single_batch(view[section.offset : end], header, section.name)
         elif section.name.startswith(DEDUP_SECTION_PREFIX):
             group = section.name[len(DEDUP_SECTION_PREFIX) :]
-            dedup[group] = _read_single_batch(
-                pa.py_buffer(view[section.offset : end]), header, section.name
-            )
+            dedup[group] = _read_single_batch(view[section.offset : end], header, section.name)
         else:
             _log.debug("ignoring unknown frame section %r", section.name)
 
@@ -808,18 +910,32 @@ def _join_dedup(
 
 
 def _read_single_batch(
-    section: pa.Buffer, header: worker_pb2.FrameHeader, name: str = ROWS_SECTION
+    section: memoryview, header: worker_pb2.FrameHeader, name: str = ROWS_SECTION
 ) -> pa.RecordBatch:
-    """Reads the one record batch of an Arrow IPC stream section without copying."""
+    """Reads the one record batch of an Arrow IPC stream section without copying.
+
+    The stream's schema message is parsed once per distinct schema (:class:`_IpcSchemas`);
+    then only the record batch message is read. A schema with dictionary fields (whose
+    dictionaries come as messages of their own) goes through the stream reader.
+    """
     try:
-        reader = pa.ipc.open_stream(section)
-        batch = reader.read_next_batch()
+        batch: pa.RecordBatch | None = None
+        if len(section) >= _IPC_PREFIX.size:
+            token, length = _IPC_PREFIX.unpack_from(section, 0)
+            start = _IPC_PREFIX.size + length
+            if token == _IPC_CONTINUATION and length > 0 and start < len(section):
+                schema, has_dictionaries = _IPC_SCHEMAS.get(bytes(section[:start]))
+                if not has_dictionaries:
+                    batch = pa.ipc.read_record_batch(pa.py_buffer(section[start:]), schema)
+        if batch is None:
+            reader = pa.ipc.open_stream(pa.py_buffer(section))
+            batch = reader.read_next_batch()
         # Reading trusts the message's buffer sizes and offsets: a hostile or broken worker
         # could make later zero-copy views read past the frame. Full validation checks every
         # buffer's size and every list offset (fuzzing found this; tests/fuzz).
         batch.validate(full=True)
         batch.schema.names  # noqa: B018 - column names must be UTF-8 (read lazily elsewhere)
-    except (pa.ArrowException, StopIteration, OSError, UnicodeDecodeError) as exc:
+    except (pa.ArrowException, StopIteration, EOFError, OSError, UnicodeDecodeError) as exc:
         raise WireFormatError(
             f"{name} section of split {header.split_id} seq {header.batch_seq} is not an Arrow "
             f"IPC stream with one valid record batch: {exc}"

@@ -133,7 +133,14 @@ def _progress(enabled: bool) -> Any:
     )
 
 
-def run(rows: int, steps: int, workers: int, keep: bool, progress: bool = True) -> int:
+def run(
+    rows: int,
+    steps: int,
+    workers: int,
+    keep: bool,
+    progress: bool = True,
+    epoch_overlap: bool = True,
+) -> int:
     """Runs the demo; returns the process exit code."""
     # Imported here, not at the top: `dpp` builds its parser from this module (add_arguments)
     # in a server-only install too, where these are absent (see run_args).
@@ -177,17 +184,27 @@ def run(rows: int, steps: int, workers: int, keep: bool, progress: bool = True) 
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
 
         losses: list[float] = []
+        # The trainer's wait for each epoch's first batch (iter() included): the boundary.
+        first_waits_s: list[float] = []
         start = time.monotonic()
         with (
             DppLoader(
-                master, spec, session_name="demo", drop_last=True, connection=connection or None
+                master,
+                spec,
+                session_name="demo",
+                drop_last=True,
+                connection=connection or None,
+                epoch_overlap=epoch_overlap,
             ) as loader,
             _progress(progress) as bar,
         ):
             # len(loader): batches per epoch, exact here (no row filter, no sampling).
             task = bar.add_task("training", total=min(steps, len(loader) * epochs), loss=0.0)
             for _ in range(epochs):
-                for batch in loader:
+                asked = time.monotonic()
+                for i, batch in enumerate(loader):
+                    if i == 0:
+                        first_waits_s.append(time.monotonic() - asked)
                     losses.append(train_step(model, opt, batch))
                     bar.update(task, advance=1, loss=losses[-1])
                     if not progress and len(losses) % 50 == 0:
@@ -219,6 +236,12 @@ def run(rows: int, steps: int, workers: int, keep: bool, progress: bool = True) 
             summary.add_row("loss start (mean of first 10)", f"{sum(head) / len(head):.4f}")
             summary.add_row("loss end (mean of last 10)", f"{sum(tail) / len(tail):.4f}")
         summary.add_row("trainer stall share", f"{stats.stall_share:.1%}")
+        later = first_waits_s[1:]
+        summary.add_row(
+            "first-batch wait, epochs 2.. (ms, mean)",
+            f"{1000 * sum(later) / len(later):.1f}" if later else "-",
+        )
+        summary.add_row("epoch overlap", "on" if epoch_overlap else "off")
         summary.add_row("MB received", f"{stats.bytes_received / 1e6:,.1f}")
         for stage in STAGES:
             summary.add_row(f"workers: {stage}", f"{stage_totals[stage] / stage_sum:.1%}")
@@ -245,6 +268,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="log every 50 steps instead of showing a progress bar",
     )
+    parser.add_argument(
+        "--no-epoch-overlap",
+        dest="epoch_overlap",
+        action="store_false",
+        help="begin each epoch only when the trainer asks (to see the boundary stall)",
+    )
 
 
 def run_args(args: argparse.Namespace) -> int:
@@ -259,7 +288,9 @@ def run_args(args: argparse.Namespace) -> int:
             f"({exc})"
         ) from exc
     try:
-        return run(args.rows, args.steps, args.workers, args.keep, args.progress)
+        return run(
+            args.rows, args.steps, args.workers, args.keep, args.progress, args.epoch_overlap
+        )
     except KeyboardInterrupt:
         _log.warning("interrupted; cluster stopped")
         return 130

@@ -27,6 +27,7 @@ class FakeMasterLink:
         self.epochs = epochs
         self.requests: list[Any] = []
         self.acks: queue.Queue[master_pb2.AckBatchesRequest] = queue.Queue()
+        self.begun: queue.Queue[int] = queue.Queue()  # epochs asked by BeginEpoch, in order
         self.ack_response = master_pb2.AckBatchesResponse()
         self.ack_failures = 0  # the next N acks fail as if the master were away
         self.create_error: DppClientError | None = None
@@ -67,6 +68,7 @@ class FakeMasterLink:
         self, request: master_pb2.BeginEpochRequest
     ) -> master_pb2.BeginEpochResponse | None:
         self.requests.append(request)
+        self.begun.put(request.epoch)
         if request.epoch >= self.epochs:
             return None
         return master_pb2.BeginEpochResponse(split_ids=self.splits, epochs=self.epochs)

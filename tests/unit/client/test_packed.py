@@ -124,3 +124,26 @@ def test_to_kjt_is_zero_copy_and_equals_torchrec_built_from_the_features() -> No
     ebc = EmbeddingBagCollection(tables=tables)
     pooled = ebc(kjt).values()
     assert torch.allclose(pooled, ebc(reference).values())
+
+
+def test_batches_whose_schemas_differ_only_in_metadata_read_their_own_names() -> None:
+    """batch_from_arrow reads a schema once and remembers it; a batch whose metadata names
+    other features (same columns, same types) must not get the first one's names."""
+    _, first = decoded(NARROW)
+    renamed = first.replace_schema_metadata(
+        {
+            **first.schema.metadata,
+            b"dpp.dense": b'["a", "b", "c"]',
+            b"dpp.sparse": b'["s2", "s1", "s0"]',
+        }
+    )
+    for _ in range(2):  # the second round reads from what the first remembered
+        a, b = batch_from_arrow(first), batch_from_arrow(renamed)
+        assert a.dense_names == ["dense_0", "dense_1", "dense_2"] and b.dense_names == [
+            "a",
+            "b",
+            "c",
+        ]
+        assert a.sparse_names == list(NAMES) and b.sparse_names == ["s2", "s1", "s0"]
+        for name in NAMES:
+            assert torch.equal(a.sparse[name].values, b.sparse[name].values)

@@ -248,6 +248,16 @@ def not_arrow() -> bytes:
     return raw_frame(h, b"\x01" * 16)
 
 
+def schema_without_batch() -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, plain_rows().schema):
+        pass
+    body = bytes(sink.getvalue().to_pybytes())
+    h = worker_pb2.FrameHeader(split_id="a", num_rows=4)
+    h.sections.add(name="rows", offset=64, length=len(body))
+    return raw_frame(h, body)
+
+
 def empty_dedup_section() -> bytes:
     h = worker_pb2.FrameHeader(split_id="a")
     h.sections.add(name="dedup/g", offset=64, length=0)
@@ -332,6 +342,11 @@ BAD_FRAMES: list[tuple[str, Callable[[], bytes], str]] = [
     ),
     ("row count", row_count_mismatch, "num_rows=5 but its rows section holds 4 rows"),
     ("bad IPC", not_arrow, "rows section of split a seq 0 is not an Arrow IPC stream"),
+    (
+        "schema but no batch",
+        schema_without_batch,
+        "rows section of split a seq 0 is not an Arrow IPC stream with one record batch",
+    ),
     (
         "empty dedup section",
         empty_dedup_section,
@@ -524,3 +539,37 @@ def test_int32_ids_halve_the_sparse_bytes() -> None:
 def test_unknown_compression_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match=r"wire compression 'gzip' is not one of \(None, 'lz4'"):
         WireOptions(compression="gzip")
+
+
+def test_frames_whose_schemas_differ_only_in_metadata_decode_each_by_its_own() -> None:
+    """Decoding remembers what it derived per schema; a schema equal but for its metadata
+    (here: the packed feature names) must not reuse another's plan."""
+    rows, packed = wire.pack_sparse(plain_rows(), frozenset(), keep_one_column=True)
+    assert packed is not None
+    keys = json.loads(packed.schema.metadata[wire.METADATA_KEYS])
+    # The same columns at the same places, but named the other way round.
+    swapped = [[keys[1][0], keys[0][1], keys[0][2]], [keys[0][0], keys[1][1], keys[1][2]]]
+    header = worker_pb2.FrameHeader(split_id="a", num_rows=4)
+    straight = FrameEncoder(UNPACKED).encode(header, rows, [(wire.SPARSE_SECTION, packed)])
+    other = packed.replace_schema_metadata({wire.METADATA_KEYS: json.dumps(swapped).encode()})
+    crossed = FrameEncoder(UNPACKED).encode(header, rows, [(wire.SPARSE_SECTION, other)])
+    for _ in range(2):  # the second round decodes from what the first remembered
+        a = decode_frame(straight)[1]
+        b = decode_frame(crossed)[1]
+        assert a is not None and b is not None
+        names = [keys[0][0], keys[1][0]]
+        assert a.column(names[0]).equals(b.column(names[1]))
+        assert a.column(names[1]).equals(b.column(names[0]))
+
+
+def test_a_dictionary_passthrough_column_decodes_through_the_stream_reader() -> None:
+    rows = plain_rows()
+    labels = pa.array(["x", "y", "x", "z"]).dictionary_encode()
+    rows = rows.append_column("extra.tag", labels)
+    body = ipc_bytes(rows)  # the dictionary travels as a message of its own
+    h = worker_pb2.FrameHeader(split_id="a", num_rows=4)
+    h.sections.add(name="rows", offset=64, length=len(body))
+    for _ in range(2):
+        got = decode_frame(raw_frame(h, body))[1]
+        assert got is not None
+        assert got.column("extra.tag").to_pylist() == ["x", "y", "x", "z"]
