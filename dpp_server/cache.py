@@ -16,9 +16,12 @@ served from the cache.
 
 What is cached and when (decisions):
 
-- Only sessions without ``shuffle``: with ``shuffle`` the seeded order is applied to raw read
-  chunks before the transform, and sampling ops drop rows, so a cached transformed chunk
-  cannot be permuted into the same batches; those sessions bypass the cache.
+- Every session, ``shuffle`` included: the seeded order is applied after the cache, to
+  windows of the split's transformed rows (:func:`dpp_server.produce.chunk_permutation`), so
+  it does not depend on how the rows were read or cached. Sampling stays inside the cached
+  transform: a row's fate is a pure function of its key and the seed, the same every epoch
+  (:mod:`dpp_server.transforms.sampling`), so the seed is part of the digest when a spec
+  samples, and only then.
 - An entry is written while a split is produced and committed (renamed into place) only once
   every chunk was written: a worker killed mid-split leaves a ``.tmp`` file, removed at the
   next start, never a partial entry.
@@ -89,6 +92,8 @@ def _neutral_values(spec: Spec) -> dict[str, object]:
     fields = {f.name: f for f in dataclasses.fields(spec)}
     values: dict[str, object] = {}
     for name in _AFTER_CACHE:
+        if name == "seed" and spec.sampled:
+            continue  # sampling keeps rows by (key, seed): the seed shapes the rows
         if name in fields:
             values[name] = type(getattr(spec, name))()
     return values
@@ -163,6 +168,9 @@ class SplitCache:
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._bytes = 0
+        # Bumped whenever the set of keys changes (commit, eviction, drop): the heartbeat
+        # resends the set to the master only then.
+        self._generation = 0
         self._load()
 
     # -- lookups ----------------------------------------------------------------------------
@@ -217,6 +225,18 @@ class SplitCache:
         with self._lock:
             return len(self._entries), self._bytes
 
+    def held(self) -> tuple[int, dict[str, list[str]]]:
+        """The split ids held per output digest, and the generation they are of (it changes
+        whenever the set does): what the heartbeat reports for the master's locality."""
+        by_digest: dict[str, list[str]] = {}
+        with self._lock:
+            generation = self._generation
+            keys = list(self._entries)
+        for key in keys:
+            split_id, _, digest = key.rpartition("-")
+            by_digest.setdefault(digest, []).append(split_id)
+        return generation, by_digest
+
     # -- internals --------------------------------------------------------------------------
 
     def _commit(self, key: str, tmp: Path, stamp: tuple[int, int]) -> None:
@@ -239,6 +259,7 @@ class SplitCache:
                 _, victim = self._entries.popitem(last=False)
                 self._bytes -= victim.nbytes
                 evicted.append(victim)
+            self._generation += 1
         for victim in evicted:
             victim.path.unlink(missing_ok=True)
         self._count("cache_bytes_written", nbytes)
@@ -250,6 +271,7 @@ class SplitCache:
             entry = self._entries.pop(key, None)
             if entry is not None:
                 self._bytes -= entry.nbytes
+                self._generation += 1
         if entry is not None:
             entry.path.unlink(missing_ok=True)
 
