@@ -50,6 +50,7 @@ from storage import Filter, parse_filter, resolve
 from storage.reader import filter_rows, scan_split
 
 __all__ = [
+    "SINGLE_FLIGHT_WAIT_S",
     "SessionPipeline",
     "StageRecorder",
     "StageTotals",
@@ -59,6 +60,13 @@ __all__ = [
     "produce_split",
     "take_rows",
 ]
+
+
+#: How long a pipeline thread waits for another thread that is writing the same split to the
+#: cache (another job or rank on the same spec) before producing the split itself. Longer
+#: saves more work when jobs run in step; it also bounds how long a job whose split's writer
+#: is held up by its own slow consumer (a full frame buffer) waits: after it, each produces.
+SINGLE_FLIGHT_WAIT_S = 5.0
 
 
 class StageRecorder(Protocol):
@@ -266,7 +274,9 @@ def _transformed(
         yield from _produce_chunks(session, lease, recorder)
         return
     started = time.perf_counter()
-    cached = cache.get(lease.split, session.cache_digest, session.filesystem)
+    cached = cache.get(
+        lease.split, session.cache_digest, session.filesystem, wait_s=SINGLE_FLIGHT_WAIT_S
+    )
     recorder.add_seconds("read_s", time.perf_counter() - started)
     if cached is not None:
         while True:

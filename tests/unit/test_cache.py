@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Generator
 from pathlib import Path
 
@@ -249,3 +250,43 @@ def test_held_lists_split_ids_per_digest_and_bumps_its_generation(
     assert held == {output_digest(spec): [s.split_id for s in splits]}
     _frames(session, splits[0])  # a hit changes nothing
     assert cache.held()[0] == after
+
+
+def test_a_split_being_written_is_waited_for_within_a_bound(
+    small_table: str, tmp_path: Path
+) -> None:
+    """Two jobs on one spec asking for a split at once: the second reads the first's entry
+    once committed instead of producing it again; a writer that never finishes delays it at
+    most ``wait_s``."""
+    spec = _spec(small_table)
+    split = Table.open(small_table).plan_splits(spec.target_split_rows).splits[0]
+    fs = pa.fs.LocalFileSystem()
+    counts: dict[str, int] = {}
+    cache = SplitCache(
+        str(tmp_path / "cache"), 1 << 30, lambda k, n: counts.__setitem__(k, counts.get(k, 0) + n)
+    )
+    chunk = pa.record_batch({"x": [1, 2, 3]})
+    writer = cache.writer(split, "d", fs)
+    writer.write(chunk)
+    # A writer in progress that does not finish: the wait ends after wait_s, a miss.
+    assert cache.get(split, "d", fs, wait_s=0.05) is None
+    got: list[list[pa.RecordBatch] | None] = []
+    waiting = threading.Thread(
+        target=lambda: got.append(
+            None if (b := cache.get(split, "d", fs, wait_s=60)) is None else list(b)
+        )
+    )
+    waiting.start()
+    writer.commit()
+    waiting.join(60)
+    assert got == [[chunk]]
+    assert counts == {
+        "cache_misses": 1,
+        "cache_hits": 1,
+        "cache_bytes_written": counts.get("cache_bytes_written", 0),
+        "cache_bytes_read": counts.get("cache_bytes_read", 0),
+    }
+    # An aborted writer wakes its waiters too (they then produce the split themselves).
+    other = cache.writer(split, "e", fs)
+    other.abort()
+    assert cache.get(split, "e", fs, wait_s=60) is None
