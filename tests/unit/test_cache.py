@@ -280,12 +280,7 @@ def test_a_split_being_written_is_waited_for_within_a_bound(
     writer.commit()
     waiting.join(60)
     assert got == [[chunk]]
-    assert counts == {
-        "cache_misses": 1,
-        "cache_hits": 1,
-        "cache_bytes_written": counts.get("cache_bytes_written", 0),
-        "cache_bytes_read": counts.get("cache_bytes_read", 0),
-    }
+    assert (counts["cache_misses"], counts["cache_hits"]) == (1, 1)
     # An aborted writer wakes its waiters too (they then produce the split themselves).
     other = cache.writer(split, "e", fs)
     other.abort()
