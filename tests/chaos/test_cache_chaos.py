@@ -58,8 +58,8 @@ def test_cached_epochs_equal_the_uncached_sequence_across_a_worker_kill(
                     cluster.kill_worker(0)
                     cluster.add_worker()
             got.append(batches)
-    for epoch in got:
-        assert_exactly_once(epoch)
+    for epoch_batches in got:
+        assert_exactly_once(epoch_batches)
     assert got == reference
     hits, misses = _cache_lookups(cluster.master_address)
     # The live workers' counts (the killed one's went with it): epoch 0 missed, epoch 1 hit
