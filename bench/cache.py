@@ -1,6 +1,7 @@
 """The worker's cache of transformed splits: first epoch beside second epoch and second job.
 
     python -m bench.cache [--rows 300000] [--repeats 3]
+    python -m bench.cache --cluster [--rows 300000] [--jobs 3]
 
 Runs the worker's own production (:func:`dpp_server.produce.produce_split`, frames encoded)
 over every split of the DLRM job in this process, one thread, with a fresh cache per repeat:
@@ -8,22 +9,34 @@ epoch 0 (every split a miss: read, transform, write the cache), epoch 1 (every s
 then a second job over the same features with another batch size (hits too: batching is after
 the cache). Reported: rows/s and core-s per 1M rows of each, their ratios to the first epoch,
 and whether every frame of the cached runs equals the uncached one's.
+
+With ``--cluster`` the same through a real local cluster (1 master, 1 worker of 1 pipeline
+thread, gRPC, a ``DppLoader``): with ``--cache-mb`` and without, one after the other: job A
+epoch 0 and epoch 1, job B (another batch size, shuffled: both after the cache), each
+timed by wall clock and the worker process's CPU (from /proc); then ``--jobs`` jobs on one
+spec run at once, the worker's total CPU with the cache beside without (the cache-backed
+form of sharing production across jobs, ``docs/worker-efficiency.md``). Every job's batch
+sequence is compared with the uncached cluster's.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import self_cpu_s
+from bench.measure import cpu_s, self_cpu_s
 from bench.workloads import Workload
+from dpp_client import Batch, DppLoader, Op
 from dpp_server.cache import SplitCache
+from dpp_server.local_cluster import LocalCluster
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import Spec, spec_from_proto
@@ -81,12 +94,120 @@ def run(table_dir: Path, rows: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+def _digest(batch: Batch) -> str:
+    """A batch's tensors' bytes, hashed."""
+    digest = hashlib.blake2b(batch.dense.numpy().tobytes(), digest_size=12)
+    for jagged in batch.sparse.values():
+        digest.update(jagged.values.numpy().tobytes())
+        digest.update(jagged.offsets.numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Phases:
+    """Wall and worker-CPU time of named phases; rows delivered per phase."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.out: dict[str, dict[str, float]] = {}
+        self._mark = (cpu_s(pid), time.perf_counter())
+
+    def start(self) -> None:
+        self._mark = (cpu_s(self.pid), time.perf_counter())
+
+    def end(self, name: str, rows: int) -> None:
+        cpu, wall = cpu_s(self.pid) - self._mark[0], time.perf_counter() - self._mark[1]
+        self.out[name] = {
+            "rows": rows,
+            "wall_s": round(wall, 2),
+            "rows_per_s": round(rows / wall),
+            "worker_cpu_s": round(cpu, 2),
+            "worker_core_s_per_1m_rows": round(cpu / rows * 1e6, 2),
+        }
+        self.start()
+
+
+def _epochs(loader: DppLoader, epochs: int, phases: _Phases, name: str) -> list[list[str]]:
+    out = []
+    for epoch in range(epochs):
+        digests, rows = [], 0
+        for batch in loader:
+            digests.append(_digest(batch))
+            rows += batch.num_rows
+        phases.end(f"{name} epoch {epoch}" if epochs > 1 else name, rows)
+        out.append(digests)
+    return out
+
+
+def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
+    """See the module docstring (``--cluster``)."""
+    workload = Workload("dlrm", GenConfig(rows=rows, seed=0), read_dense=13, read_sparse=26)
+    uri = workload.ensure_table(table_dir)
+    job_a = dataclasses.replace(workload.spec(uri), epochs=2)
+    job_b = dataclasses.replace(job_a, epochs=1, batch_size=job_a.batch_size * 2, shuffle=True)
+    features = list(job_a.features)
+    features[-1] = dataclasses.replace(
+        features[-1], ops=(Op("first_x", {"x": 19}), *features[-1].ops[1:])
+    )
+    sweep = dataclasses.replace(job_a, epochs=1, features=tuple(features))
+    results: dict[str, Any] = {"rows": rows, "jobs": jobs}
+    sequences: dict[str, Any] = {}
+    for label, worker_args in (("uncached", []), ("cached", ["--cache-mb", "8192"])):
+        with LocalCluster(workers=1, pipeline_threads=1, worker_args=worker_args) as cluster:
+            time.sleep(1.0)
+            phases = _Phases(cluster.workers[0].process.pid)
+            seen: dict[str, Any] = {}
+            with DppLoader(cluster.master_address, job_a) as loader:
+                seen["job A"] = _epochs(loader, 2, phases, "job A")
+            with DppLoader(cluster.master_address, job_b) as loader:
+                seen["job B"] = _epochs(loader, 1, phases, "job B (shuffled, 2x batch)")
+            # A sweep: N jobs at once on one spec whose rows nobody cached yet (another
+            # first_x: another digest). Separate sessions, each its own epochs and acks.
+            outs: list[Any] = [None] * jobs
+
+            def job(i: int, outs: list[Any] = outs, master: str = cluster.master_address) -> None:
+                digests, rows = [], 0
+                with DppLoader(master, sweep) as loader:
+                    for batch in loader:
+                        digests.append(_digest(batch))
+                        rows += batch.num_rows
+                outs[i] = (digests, rows)
+
+            threads = [threading.Thread(target=job, args=(i,)) for i in range(jobs)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            phases.end(f"sweep: {jobs} jobs at once", sum(rows for _, rows in outs))
+            seen["jobs"] = [digests for digests, _ in outs]
+            results[label] = phases.out
+            sequences[label] = seen
+    results["byte_identical"] = sequences["cached"] == sequences["uncached"]
+    base = results["cached"]["job A epoch 0"]["rows_per_s"]
+    for phase in results["cached"].values():
+        phase["ratio_to_epoch_0"] = round(phase["rows_per_s"] / base, 2)
+    name = f"sweep: {jobs} jobs at once"
+    results["sweep_cpu_cached_over_uncached"] = round(
+        results["cached"][name]["worker_cpu_s"] / results["uncached"][name]["worker_cpu_s"], 2
+    )
+    results["sweep_cpu_over_one_uncached_epoch"] = round(
+        results["cached"][name]["worker_cpu_s"]
+        / results["uncached"]["job A epoch 0"]["worker_cpu_s"],
+        2,
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table-dir", default="/tmp/dpp-bench")
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cluster", action="store_true", help="through a real local cluster")
+    parser.add_argument("--jobs", type=int, default=3, help="--cluster: jobs at once")
     args = parser.parse_args()
+    if args.cluster:
+        print(json.dumps(run_cluster(Path(args.table_dir), args.rows, args.jobs), indent=2))
+        return
     print(json.dumps(run(Path(args.table_dir), args.rows, args.repeats), indent=2))
 
 

@@ -242,28 +242,44 @@ class StageSeconds(_message.Message):
     def __init__(self, read_s: _Optional[float] = ..., filter_s: _Optional[float] = ..., transform_s: _Optional[float] = ..., batch_s: _Optional[float] = ..., serialize_s: _Optional[float] = ..., wait_consumer_s: _Optional[float] = ..., idle_s: _Optional[float] = ...) -> None: ...
 
 class WorkerCounters(_message.Message):
-    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done")
+    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done", "cache_hits", "cache_misses")
     ROWS_READ_FIELD_NUMBER: _ClassVar[int]
     ROWS_OUT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_OUT_FIELD_NUMBER: _ClassVar[int]
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     rows_read: int
     rows_out: int
     batches_out: int
     bytes_out: int
     splits_done: int
-    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ...) -> None: ...
+    cache_hits: int
+    cache_misses: int
+    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "stage_seconds", "counters")
+    __slots__ = ("worker_id", "stage_seconds", "counters", "cached", "cached_unchanged")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     stage_seconds: StageSeconds
     counters: WorkerCounters
-    def __init__(self, worker_id: _Optional[str] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ...) -> None: ...
+    cached: _containers.RepeatedCompositeFieldContainer[CachedSplits]
+    cached_unchanged: bool
+    def __init__(self, worker_id: _Optional[str] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ..., cached: _Optional[_Iterable[_Union[CachedSplits, _Mapping]]] = ..., cached_unchanged: _Optional[bool] = ...) -> None: ...
+
+class CachedSplits(_message.Message):
+    __slots__ = ("output_digest", "split_ids")
+    OUTPUT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_IDS_FIELD_NUMBER: _ClassVar[int]
+    output_digest: str
+    split_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, output_digest: _Optional[str] = ..., split_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("reregister",)
@@ -409,7 +425,7 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("worker_id", "address", "pipeline_threads", "rows_per_s", "bytes_per_s", "stage_shares", "seconds_since_heartbeat")
+    __slots__ = ("worker_id", "address", "pipeline_threads", "rows_per_s", "bytes_per_s", "stage_shares", "seconds_since_heartbeat", "cache_hits", "cache_misses")
     class StageSharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -424,6 +440,8 @@ class WorkerStatus(_message.Message):
     BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     STAGE_SHARES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     pipeline_threads: int
@@ -431,7 +449,9 @@ class WorkerStatus(_message.Message):
     bytes_per_s: float
     stage_shares: _containers.ScalarMap[str, float]
     seconds_since_heartbeat: float
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., seconds_since_heartbeat: _Optional[float] = ...) -> None: ...
+    cache_hits: int
+    cache_misses: int
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ..., rows_per_s: _Optional[float] = ..., bytes_per_s: _Optional[float] = ..., stage_shares: _Optional[_Mapping[str, float]] = ..., seconds_since_heartbeat: _Optional[float] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
 
 class RankStatus(_message.Message):
     __slots__ = ("session_id", "rank", "rows_per_s", "stall_share", "seconds_since_report")

@@ -33,9 +33,11 @@ schema cache (see there).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import struct
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -464,16 +466,46 @@ def _aligned(n: int) -> int:
     return (n + SECTION_ALIGNMENT - 1) // SECTION_ALIGNMENT * SECTION_ALIGNMENT
 
 
+_ZEROS = bytes(SECTION_ALIGNMENT)
+
+if sys.implementation.name == "cpython":
+    # PyBytes_FromStringAndSize(NULL, n) is CPython's documented way to get a bytes object
+    # whose contents are "uninitialized", for the caller to fill before anyone else sees it
+    # (what C extensions do, and what bytes(n) does after its memset).
+    _bytes_uninitialized = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _bytes_uninitialized.restype = ctypes.py_object
+    _bytes_uninitialized.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    _bytes_address = ctypes.pythonapi.PyBytes_AsString
+    _bytes_address.restype = ctypes.c_void_p
+    _bytes_address.argtypes = (ctypes.py_object,)
+
+    def _new_frame(size: int) -> tuple[bytes | bytearray, pa.Buffer]:
+        """A fresh, uninitialized ``bytes`` of ``size`` bytes and a writable Arrow view of it.
+
+        The caller must write every byte before the object escapes (bytes are immutable to
+        everyone else; its hash is computed lazily, so none is cached yet)."""
+        frame: bytes = _bytes_uninitialized(None, size)
+        view = (ctypes.c_char * size).from_address(_bytes_address(frame))
+        return frame, pa.py_buffer(view)
+
+else:  # pragma: no cover - other interpreters: a zeroed bytearray, copied once at the end
+
+    def _new_frame(size: int) -> tuple[bytes | bytearray, pa.Buffer]:
+        frame = bytearray(size)
+        return frame, pa.py_buffer(frame)
+
+
 class FrameEncoder:
     """Encodes the frames of one session.
 
     Why this shape: each section's size is known before anything is written
     (``pa.ipc.get_record_batch_size`` walks the buffers without copying them), so Arrow writes
-    every section straight into one presized buffer (several times faster than a growing
-    stream). gRPC sends ``bytes`` only, so the buffer is then copied once into the frame's
-    ``bytes``. Writing into a fresh ``bytes`` object through ctypes would spare that copy (0.80
-    instead of 1.19 ms of CPU per 8 MB frame, about 1% of a worker's time); we keep to public
-    CPython behaviour instead.
+    every section straight into the frame: a ``bytes`` object allocated uninitialized
+    (:func:`_new_frame`), because gRPC's raw-bytes path (a handler registered with
+    ``response_serializer=None``) takes ``bytes`` only (``bytearray`` and ``memoryview`` are
+    refused with a TypeError in grpcio 1.85). Every byte is written exactly once, padding
+    included, so no zero-fill and no second copy (``docs/worker-efficiency.md`` has the
+    numbers).
 
     Every frame carries its sections' schemas so that each frame decodes on its own; the
     encoder keeps the last schema it serialized per section, so a session's frames serialize
@@ -544,11 +576,11 @@ class FrameEncoder:
                 break
             offset = needed
         size = entries[-1].offset + entries[-1].length
-        frame = bytearray(size)
-        sink = pa.FixedSizeBufferWriter(pa.py_buffer(frame))
+        frame, target = _new_frame(size)
+        sink = pa.FixedSizeBufferWriter(target)
         sink.write(FRAME_PREFIX.pack(FRAME_MAGIC, len(body)) + body)
         for entry, (_, b), done in zip(entries, batches, written, strict=True):
-            sink.write(b"\0" * (entry.offset - sink.tell()))
+            sink.write(_ZEROS[: entry.offset - sink.tell()])  # padding: below 64 bytes
             if done is not None:
                 sink.write(done)
                 continue
@@ -560,7 +592,8 @@ class FrameEncoder:
                     f"{entry.length} were planned; pyarrow's IPC sizes changed: fix "
                     "dpp_proto/wire.py"
                 )
-        return bytes(frame)
+        del sink, target  # the frame escapes only after its last byte is written
+        return frame if isinstance(frame, bytes) else bytes(frame)
 
     def _write_compressed(self, batch: pa.RecordBatch) -> pa.Buffer:
         sink = pa.BufferOutputStream()

@@ -16,9 +16,12 @@ served from the cache.
 
 What is cached and when (decisions):
 
-- Only sessions without ``shuffle``: with ``shuffle`` the seeded order is applied to raw read
-  chunks before the transform, and sampling ops drop rows, so a cached transformed chunk
-  cannot be permuted into the same batches; those sessions bypass the cache.
+- Every session, ``shuffle`` included: the seeded order is applied after the cache, to
+  windows of the split's transformed rows (:func:`dpp_server.produce.chunk_permutation`), so
+  it does not depend on how the rows were read or cached. Sampling stays inside the cached
+  transform: a row's fate is a pure function of its key and the seed, the same every epoch
+  (:mod:`dpp_server.transforms.sampling`), so the seed is part of the digest when a spec
+  samples, and only then.
 - An entry is written while a split is produced and committed (renamed into place) only once
   every chunk was written: a worker killed mid-split leaves a ``.tmp`` file, removed at the
   next start, never a partial entry.
@@ -31,9 +34,11 @@ recent. A job asks for split C (40 MB): a miss; committing C evicts B (least rec
 100 MB. The file of A is rewritten (new size or mtime): the next lookup of A is a miss and
 removes the stale entry.
 
-Thread-safety: ``_lock`` guards the index and the byte total; files are written under unique
-temporary names, so pipeline threads producing the same split at once both succeed (the last
-commit wins).
+Thread-safety: ``_lock`` guards the index, the byte total and the keys being written; files
+are written under unique temporary names, so pipeline threads producing the same split at once
+both succeed (the last commit wins). A thread that finds the split being written by another
+waits a bounded time for that commit instead (:meth:`SplitCache.get`, ``wait_s``): two jobs on
+one spec then read and transform each split once.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ def _neutral_values(spec: Spec) -> dict[str, object]:
     fields = {f.name: f for f in dataclasses.fields(spec)}
     values: dict[str, object] = {}
     for name in _AFTER_CACHE:
+        if name == "seed" and spec.sampled:
+            continue  # sampling keeps rows by (key, seed): the seed shapes the rows
         if name in fields:
             values[name] = type(getattr(spec, name))()
     return values
@@ -126,19 +133,25 @@ class CacheWriter:
 
     def commit(self) -> None:
         """Closes the file and files it under its key (an empty split is not kept)."""
-        if self._writer is None or self._sink is None:
-            return
-        self._writer.close()
-        self._sink.close()
-        self._writer = None
-        self._cache._commit(self._key, self._tmp, self._stamp)
-
-    def abort(self) -> None:
-        if self._writer is not None and self._sink is not None:
+        try:
+            if self._writer is None or self._sink is None:
+                return
             self._writer.close()
             self._sink.close()
             self._writer = None
-        self._tmp.unlink(missing_ok=True)
+            self._cache._commit(self._key, self._tmp, self._stamp)
+        finally:
+            self._cache._written(self._key)
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None and self._sink is not None:
+                self._writer.close()
+                self._sink.close()
+                self._writer = None
+            self._tmp.unlink(missing_ok=True)
+        finally:
+            self._cache._written(self._key)
 
 
 class SplitCache:
@@ -163,6 +176,11 @@ class SplitCache:
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._bytes = 0
+        # Keys being written now, set once committed or aborted (get's bounded wait).
+        self._writing: dict[str, threading.Event] = {}
+        # Bumped whenever the set of keys changes (commit, eviction, drop): the heartbeat
+        # resends the set to the master only then.
+        self._generation = 0
         self._load()
 
     # -- lookups ----------------------------------------------------------------------------
@@ -172,18 +190,35 @@ class SplitCache:
         return f"{split.split_id}-{digest}"
 
     def get(
-        self, split: SplitInfo, digest: str, filesystem: pafs.FileSystem
+        self,
+        split: SplitInfo,
+        digest: str,
+        filesystem: pafs.FileSystem,
+        wait_s: float = 0.0,
     ) -> Iterator[pa.RecordBatch] | None:
         """The cached transformed chunks of ``split``, or None (a miss, counted).
 
         The file is checked first: a size or modification time other than the entry's is a
         miss and drops the entry.
+
+        Args:
+            wait_s: when another thread is writing this entry right now (another job, or
+                another rank, producing the same split), wait up to this long for its commit
+                and read it back rather than produce the split a second time. Bounded, so a
+                writer held up by its own slow consumer (a full frame buffer) delays this
+                one by at most ``wait_s``; then the caller produces the split itself.
         """
         key = self.key(split, digest)
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
+            writing = self._writing.get(key) if entry is None else None
+        if writing is not None and wait_s > 0 and writing.wait(wait_s):
+            with self._lock:
+                entry = self._entries.get(key)
+        if entry is not None:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
         if entry is not None and _stamp(split, filesystem) != (
             entry.file_size,
             entry.file_mtime_ns,
@@ -208,14 +243,30 @@ class SplitCache:
         return batches
 
     def writer(self, split: SplitInfo, digest: str, filesystem: pafs.FileSystem) -> CacheWriter:
-        """A writer for ``split``'s entry, stamped with the file's size and mtime now."""
+        """A writer for ``split``'s entry, stamped with the file's size and mtime now. Until
+        it commits or aborts, :meth:`get` with ``wait_s`` waits for it."""
         tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
-        return CacheWriter(self, self.key(split, digest), tmp, _stamp(split, filesystem))
+        key = self.key(split, digest)
+        with self._lock:
+            self._writing.setdefault(key, threading.Event())
+        return CacheWriter(self, key, tmp, _stamp(split, filesystem))
 
     def stats(self) -> tuple[int, int]:
         """Entries and bytes held."""
         with self._lock:
             return len(self._entries), self._bytes
+
+    def held(self) -> tuple[int, dict[str, list[str]]]:
+        """The split ids held per output digest, and the generation they are of (it changes
+        whenever the set does): what the heartbeat reports for the master's locality."""
+        by_digest: dict[str, list[str]] = {}
+        with self._lock:
+            generation = self._generation
+            keys = list(self._entries)
+        for key in keys:
+            split_id, _, digest = key.rpartition("-")
+            by_digest.setdefault(digest, []).append(split_id)
+        return generation, by_digest
 
     # -- internals --------------------------------------------------------------------------
 
@@ -239,17 +290,26 @@ class SplitCache:
                 _, victim = self._entries.popitem(last=False)
                 self._bytes -= victim.nbytes
                 evicted.append(victim)
+            self._generation += 1
         for victim in evicted:
             victim.path.unlink(missing_ok=True)
         self._count("cache_bytes_written", nbytes)
         if evicted:
             self._count("cache_evictions", len(evicted))
 
+    def _written(self, key: str) -> None:
+        """A writer of ``key`` finished (committed or aborted): wake whoever waits for it."""
+        with self._lock:
+            event = self._writing.pop(key, None)
+        if event is not None:
+            event.set()
+
     def _drop(self, key: str) -> None:
         with self._lock:
             entry = self._entries.pop(key, None)
             if entry is not None:
                 self._bytes -= entry.nbytes
+                self._generation += 1
         if entry is not None:
             entry.path.unlink(missing_ok=True)
 

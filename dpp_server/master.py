@@ -75,12 +75,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from dpp_proto import limits, spec_pb2
 from dpp_proto.reasons import Reason
 from dpp_server import state
+from dpp_server.cache import output_digest
 from dpp_server.errors import (
     ConflictError,
     InvalidArgumentError,
@@ -105,6 +106,10 @@ logger = logging.getLogger(__name__)
 
 #: After a restart, journaled workers have at least this long to heartbeat again.
 RECOVERY_GRACE_S = 10.0
+#: How far past a stream's first pending split (in the epoch's order) the master looks for
+#: one the asking worker has cached; a deterministic session looks within its
+#: ``max_splits_in_flight`` window instead.
+LOCALITY_WINDOW = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +164,8 @@ class WorkerRecord:
     last_heartbeat: float
     stage_seconds: StageSeconds = dataclasses.field(default_factory=StageSeconds)
     counters: WorkerCounters = dataclasses.field(default_factory=WorkerCounters)
+    # Split ids its cache of produced work holds, per output digest (from its heartbeats).
+    cached: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +261,7 @@ class Master:
         }
         # Round-robin cursor over (session, epoch, rank) streams, so that no stream starves.
         self._cursor = 0
+        self._digests: dict[str, str] = {}  # session id -> output digest (locality)
         # Batches each rank received per (session, epoch): volatile, re-reported with acks.
         # Merged stats of finished stats sessions (MergedStats), derived from the ledger.
         self._merged: dict[str, Any] = {}
@@ -618,10 +626,19 @@ class Master:
         logger.info("worker %s left; %d unfinished split(s) released", worker_id, released)
 
     def heartbeat(
-        self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
+        self,
+        worker_id: str,
+        stage_seconds: StageSeconds,
+        counters: WorkerCounters,
+        cached: Mapping[str, Iterable[str]] | None = None,
     ) -> bool:
         """Records a heartbeat. Returns False when the worker is unknown (it must register
-        again, e.g. after it timed out)."""
+        again, e.g. after it timed out).
+
+        Args:
+            cached: the split ids the worker's cache holds per output digest (the full set,
+                replacing the last), or None: unchanged. Used only to choose leases.
+        """
         with self._lock:
             self._expire_workers()
             record = self._workers.get(worker_id)
@@ -630,6 +647,8 @@ class Master:
             record.last_heartbeat = self._clock()
             record.stage_seconds = stage_seconds
             record.counters = counters
+            if cached is not None:
+                record.cached = {d: frozenset(ids) for d, ids in cached.items() if ids}
             return True
 
     def list_workers(self) -> list[tuple[WorkerRecord, float]]:
@@ -771,6 +790,13 @@ class Master:
             self._cursor = (self._cursor + 1) % len(candidates)
             session_id, epoch, rank, pos = candidates[self._cursor]
             stream = self._ledger.stream(session_id, epoch, rank)
+            spec = self._specs[session_id]
+            limit = (
+                stream.first_open + spec.max_splits_in_flight
+                if spec.deterministic
+                else pos + LOCALITY_WINDOW
+            )
+            pos = self._local_position(worker_id, session_id, stream, pos, limit)
             split_index = stream.split_indices[pos]
             start_batch = stream.acked.get(split_index, 0)
             self._record(
@@ -778,6 +804,54 @@ class Master:
             )
             split = self._ledger.sessions[session_id].splits[split_index]
             return LeaseGrant(session_id, epoch, rank, split, start_batch)
+
+    def _local_position(
+        self, worker_id: str, session_id: str, stream: state.StreamProgress, pos: int, limit: int
+    ) -> int:
+        """Which pending split of ``stream`` to lease to ``worker_id`` (locality).
+
+        Among the pending splits at positions ``[pos, limit)`` (``pos`` the first pending):
+        the first one the worker's cache holds; else the first one no other live worker's
+        cache holds (those wait a little for their holder); else ``pos``. A worker is thus
+        never left idle while a split is pending, however the caches are spread: no
+        starvation, only a preference. Holds ``_lock``; costs ``O(limit - pos)`` set lookups
+        per worker with a cache, and nothing while no worker reports one.
+        """
+        holders = [r.cached for r in self._workers.values() if r.cached]
+        if not holders:
+            return pos
+        digest = self._output_digest(session_id)
+        record = self._workers.get(worker_id)
+        mine = record.cached.get(digest, frozenset()) if record is not None else frozenset()
+        others = [
+            c[digest]
+            for w, c in ((r.worker_id, r.cached) for r in self._workers.values())
+            if w != worker_id and digest in c
+        ]
+        if not mine and not others:
+            return pos
+        splits = self._ledger.sessions[session_id].splits
+        unclaimed: int | None = None
+        for p in range(pos, min(limit, len(stream.split_indices))):
+            index = stream.split_indices[p]
+            if index in stream.done or index in stream.leased:
+                continue
+            split_id = splits[index].split_id
+            if split_id in mine:
+                return p
+            if unclaimed is None and not any(split_id in o for o in others):
+                unclaimed = p
+        return pos if unclaimed is None else unclaimed
+
+    def _output_digest(self, session_id: str) -> str:
+        """The session's :func:`~dpp_server.cache.output_digest` (what workers key their
+        cache by), computed once per session. Holds ``_lock``."""
+        digest = self._digests.get(session_id)
+        if digest is None:
+            if len(self._digests) > 2 * len(self._specs) + 16:  # forget dropped sessions
+                self._digests = {k: v for k, v in self._digests.items() if k in self._specs}
+            digest = self._digests[session_id] = output_digest(self._specs[session_id])
+        return digest
 
     def report_split_progress(
         self,

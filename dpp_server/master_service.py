@@ -180,6 +180,9 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
             request.worker_id,
             from_proto(StageSeconds, request.stage_seconds),
             from_proto(WorkerCounters, request.counters),
+            None
+            if request.cached_unchanged
+            else {c.output_digest: list(c.split_ids) for c in request.cached},
         )
         return master_pb2.HeartbeatResponse(reregister=not known)
 

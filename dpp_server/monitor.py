@@ -112,6 +112,8 @@ class WorkerStatus:
     bytes_per_s: float
     stage_shares: Mapping[str, float]
     seconds_since_heartbeat: float
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +274,8 @@ class ClusterMonitor:
                     bytes_per_s=out_bytes / span if span > 0 else 0.0,
                     stage_shares={k: v / total if total > 0 else 0.0 for k, v in stages.items()},
                     seconds_since_heartbeat=since,
+                    cache_hits=counters.cache_hits,
+                    cache_misses=counters.cache_misses,
                 )
             )
         rank_windows: list[bottleneck.RankWindow] = []

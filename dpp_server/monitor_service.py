@@ -60,6 +60,8 @@ def status_to_proto(status: ClusterStatus) -> master_pb2.GetClusterStatusRespons
             bytes_per_s=w.bytes_per_s,
             stage_shares=dict(w.stage_shares),
             seconds_since_heartbeat=w.seconds_since_heartbeat,
+            cache_hits=w.cache_hits,
+            cache_misses=w.cache_misses,
         )
     for r in status.ranks:
         response.ranks.add(

@@ -7,15 +7,17 @@ needs once per session (:class:`SessionPipeline`), plus the one builder of a fra
 buffers; the benchmarks (``bench/``) call the very same function, so they measure production
 code. Must never import grpc or torch.
 
-Batches of a split are deterministic: the split's rows in file order (with ``shuffle``, each
-read chunk in a seeded order), transformed, cut into ``batch_size`` rows from the first row
-on, numbered from 0. The last batch of a split may be partial; after it a row-less
-end-of-split frame (numbered one past the last batch) tells the client the split is complete.
+Batches of a split are deterministic: the split's rows in file order, transformed (or read
+back from the worker's cache, :mod:`dpp_server.cache`), with ``shuffle`` put in a seeded order
+window by window (``read_batch_rows`` transformed rows each, :func:`chunk_permutation`), cut
+into ``batch_size`` rows from the first row on, numbered from 0. The last batch of a split
+may be partial; after it a row-less end-of-split frame (numbered one past the last batch)
+tells the client the split is complete.
 
 Worked example (``batch_size`` 4, read chunks of 6 and 3 rows, ``start_batch`` 1):
 
-1. Chunk 0 (6 rows) is filtered, shuffled, transformed: batch 0 is rows 0-3 of the chunk, a
-   zero-copy slice; rows 4-5 wait.
+1. Chunk 0 (6 rows) is filtered and transformed (with ``shuffle``: put in its window's
+   seeded order): batch 0 is rows 0-3 of the chunk, a zero-copy slice; rows 4-5 wait.
 2. Chunk 1 (3 rows): batch 1 is chunk 0's rows 4-5 joined with chunk 1's rows 0-1
    (:func:`dpp_proto.wire.concat_rows`); chunk 1's row 2 waits.
 3. The split ends: batch 2 is that one row. Batch 0 was already delivered (``start_batch`` 1),
@@ -30,7 +32,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import itertools
 import time
 from collections.abc import Iterator
 from typing import Protocol
@@ -50,6 +51,7 @@ from storage.reader import filter_rows, scan_split
 from storage.remote import ReadOptions
 
 __all__ = [
+    "SINGLE_FLIGHT_WAIT_S",
     "SessionPipeline",
     "StageRecorder",
     "StageTotals",
@@ -59,6 +61,13 @@ __all__ = [
     "produce_split",
     "take_rows",
 ]
+
+
+#: How long a pipeline thread waits for another thread that is writing the same split to the
+#: cache (another job or rank on the same spec) before producing the split itself. Longer
+#: saves more work when jobs run in step; it also bounds how long a job whose split's writer
+#: is held up by its own slow consumer (a full frame buffer) waits: after it, each produces.
+SINGLE_FLIGHT_WAIT_S = 5.0
 
 
 class StageRecorder(Protocol):
@@ -98,14 +107,14 @@ class SessionPipeline:
         row_filter: the parsed ``row_filter``, or None.
         filesystem: the table's file system.
         read_batch_rows: rows per read chunk (``WorkerConfig.read_batch_rows``). With
-            ``shuffle`` the chunk is the unit of the seeded order, so every worker producing a
-            session's splits must use the same value.
-        max_batch_bytes: without ``shuffle``, decode fewer rows at a time where a read
-            chunk would exceed this many bytes (0: never); from the worker's memory budget.
+            ``shuffle`` it is also the window of transformed rows each seeded order covers,
+            so every worker producing a session's splits must use the same value.
+        max_batch_bytes: decode fewer rows at a time where a read chunk would exceed this
+            many bytes (0: never); from the worker's memory budget.
         max_row_group_bytes: refuse a row group whose compressed column chunks exceed this
             (0: never); from the worker's memory budget.
-        cache: the worker's cache of transformed splits (None: none); used only by sessions
-            without ``shuffle`` (see :mod:`dpp_server.cache`).
+        cache: the worker's cache of transformed splits (None: none; see
+            :mod:`dpp_server.cache`).
         cache_digest: :func:`~dpp_server.cache.output_digest` of ``spec``.
         read_options: how files are fetched from a remote file system (coalesced ranges,
             read-ahead; :class:`storage.remote.ReadOptions`).
@@ -163,7 +172,7 @@ class SessionPipeline:
             read_batch_rows=read_batch_rows,
             max_batch_bytes=max_batch_bytes,
             max_row_group_bytes=max_row_group_bytes,
-            cache=None if spec.shuffle else cache,
+            cache=cache,
             cache_digest=output_digest(spec) if cache is not None else "",
             read_options=read_options or ReadOptions(),
         )
@@ -245,7 +254,10 @@ def _batches(
     batch_size = session.spec.batch_size
     pieces: collections.deque[pa.RecordBatch] = collections.deque()
     held = 0
-    for chunk in _transformed(session, lease, recorder):
+    chunks = _transformed(session, lease, recorder)
+    if session.spec.shuffle:
+        chunks = _shuffled(session, lease, recorder, chunks)
+    for chunk in chunks:
         started = time.perf_counter()
         pieces.append(chunk)
         held += chunk.num_rows
@@ -269,7 +281,9 @@ def _transformed(
         yield from _produce_chunks(session, lease, recorder)
         return
     started = time.perf_counter()
-    cached = cache.get(lease.split, session.cache_digest, session.filesystem)
+    cached = cache.get(
+        lease.split, session.cache_digest, session.filesystem, wait_s=SINGLE_FLIGHT_WAIT_S
+    )
     recorder.add_seconds("read_s", time.perf_counter() - started)
     if cached is not None:
         while True:
@@ -294,10 +308,48 @@ def _transformed(
             writer.abort()
 
 
+def _shuffled(
+    session: SessionPipeline,
+    lease: LeaseGrant,
+    recorder: StageRecorder,
+    chunks: Iterator[pa.RecordBatch],
+) -> Iterator[pa.RecordBatch]:
+    """The split's transformed rows in the seeded order of ``shuffle``: window ``k`` (rows
+    ``[k * W, (k + 1) * W)`` of the transformed rows, ``W = read_batch_rows``; the last may
+    be shorter) permuted by :func:`chunk_permutation` (``chunk = k``).
+
+    After the cache, and over windows of transformed rows rather than read chunks, so the
+    order is the same whether the rows were just produced, read back from the cache, or
+    decoded in smaller steps under a memory budget. Timed as ``transform_s``.
+    """
+    window = session.read_batch_rows
+    pieces: collections.deque[pa.RecordBatch] = collections.deque()
+    held = 0
+    k = 0
+    ended = False
+    while not ended:
+        chunk = next(chunks, None)
+        if chunk is None:
+            ended = True
+        elif chunk.num_rows:
+            pieces.append(chunk)
+            held += chunk.num_rows
+        while held >= window or (ended and held):
+            rows = min(window, held)
+            started = time.perf_counter()
+            batch = take_rows(pieces, rows)
+            held -= rows
+            starts = session.pipeline.row_session_starts(batch)
+            batch = batch.take(chunk_permutation(session.spec.seed, lease, k, rows, starts))
+            recorder.add_seconds("transform_s", time.perf_counter() - started)
+            k += 1
+            yield batch
+
+
 def _produce_chunks(
     session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
 ) -> Iterator[pa.RecordBatch]:
-    """Reads, filters, shuffles (with ``shuffle``) and transforms the split chunk by chunk."""
+    """Reads, filters and transforms the split chunk by chunk."""
     columns = session.pipeline.input_columns
     reader = scan_split(
         lease.split,
@@ -305,12 +357,11 @@ def _produce_chunks(
         columns=columns,
         row_filter=session.row_filter,
         batch_rows=session.read_batch_rows,
-        # With shuffle a chunk is the unit of the seeded order: its size must not vary.
-        max_batch_bytes=0 if session.spec.shuffle else session.max_batch_bytes,
+        max_batch_bytes=session.max_batch_bytes,
         max_row_group_bytes=session.max_row_group_bytes,
         read_options=session.read_options,
     )
-    for chunk in itertools.count():
+    while True:
         started = time.perf_counter()
         scanned = next(reader, None)
         recorder.add_seconds("read_s", time.perf_counter() - started)
@@ -324,10 +375,6 @@ def _produce_chunks(
         if raw.num_rows == 0:
             continue
         started = time.perf_counter()
-        if session.spec.shuffle:
-            # With dedup groups, whole sessions move (see chunk_permutation).
-            starts = session.pipeline.session_starts(raw)
-            raw = raw.take(chunk_permutation(session.spec.seed, lease, chunk, raw.num_rows, starts))
         wire = session.pipeline.apply(raw)
         recorder.add_seconds("transform_s", time.perf_counter() - started)
         yield wire
@@ -340,10 +387,11 @@ def chunk_permutation(
     rows: int,
     session_starts: np.ndarray | None = None,
 ) -> pa.Array:
-    """The seeded row order of one read chunk of a split: the same for a given seed, epoch,
-    split and chunk on every worker, so a re-produced split yields the same batches.
+    """The seeded row order of one window of a split's transformed rows (``chunk``: the
+    window's number; see :func:`_shuffled`): the same for a given seed, epoch, split and
+    window on every worker, so a re-produced split yields the same batches.
 
-    With ``session_starts`` (ascending first rows of the chunk's sessions, from 0), sessions
+    With ``session_starts`` (ascending first rows of the window's sessions, from 0), sessions
     are shuffled as blocks and each keeps its rows adjacent and in order, so a session's
     duplicate rows meet in one batch (RecD); a session is cut only at a batch boundary.
     """

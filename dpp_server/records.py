@@ -73,6 +73,8 @@ class WorkerCounters:
     batches_out: int = 0
     bytes_out: int = 0
     splits_done: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

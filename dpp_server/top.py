@@ -149,6 +149,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:4.0f}%"
 
 
+def cache_hit_rate(hits: int, misses: int) -> str:
+    """Share of split lookups the worker cache answered since the worker started, with the
+    count ("-" without lookups: no cache, or nothing asked yet)."""
+    lookups = hits + misses
+    return f"{_pct(hits / lookups)} of {lookups}" if lookups else "-"
+
+
 def render(
     status: master_pb2.GetClusterStatusResponse, master: str = "", insecure: bool = False
 ) -> Any:
@@ -174,6 +181,7 @@ def render(
     workers.add_column("MB/s", justify="right")
     for stage in STAGE_ORDER:
         workers.add_column(stage, justify="right")
+    workers.add_column("cache hits", justify="right")
     for w in status.workers:
         workers.add_row(
             w.worker_id,
@@ -181,6 +189,7 @@ def render(
             f"{w.rows_per_s:,.0f}",
             f"{w.bytes_per_s / 1e6:,.1f}",
             *(_pct(w.stage_shares.get(stage, 0.0)) for stage in STAGE_ORDER),
+            cache_hit_rate(w.cache_hits, w.cache_misses),
         )
     if status.workers:
         workers.add_row(
@@ -189,6 +198,10 @@ def render(
             f"{status.rows_per_s:,.0f}",
             f"{status.bytes_per_s / 1e6:,.1f}",
             *(_pct(status.stage_shares.get(stage, 0.0)) for stage in STAGE_ORDER),
+            cache_hit_rate(
+                sum(w.cache_hits for w in status.workers),
+                sum(w.cache_misses for w in status.workers),
+            ),
             style="bold",
         )
     ranks = Table(title="ranks (trainers)", expand=True)

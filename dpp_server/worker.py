@@ -19,7 +19,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from dpp_proto.wire import FrameEncoder, WireOptions
@@ -117,6 +117,8 @@ class WorkerConfig:
 
 #: How often a producer waiting on a full buffer reports its waiting time (``wait_consumer_s``).
 _WAIT_REPORT_S = 0.5
+#: Every this many heartbeats the cached split ids go to the master even if unchanged.
+_CACHE_RESEND_BEATS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +135,16 @@ class MasterLink(Protocol):
     def register(self, address: str, pipeline_threads: int) -> Registration: ...
 
     def heartbeat(
-        self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
-    ) -> bool: ...
+        self,
+        worker_id: str,
+        stage_seconds: StageSeconds,
+        counters: WorkerCounters,
+        cached: Mapping[str, Sequence[str]] | None = None,
+    ) -> bool:
+        """Returns False when the master does not know the worker. ``cached``: the split ids
+        the worker's cache holds per output digest (the full set), or None: unchanged since
+        the last heartbeat."""
+        ...
 
     def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None: ...
 
@@ -563,14 +573,30 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         assert self._registration is not None  # set in start() before the thread runs
+        sent: int | None = None  # the cache generation the master last received
+        beats = 0
         while not self._stop.wait(self._registration.heartbeat_interval_s):
             seconds, counters = self._stats.snapshot()
+            cached: dict[str, list[str]] | None = None
+            generation = 0
+            if self.cache is None:
+                cached = {} if sent is None else None
+            else:
+                generation, held = self.cache.held()
+                # Resent now and then as well: a master restored from its journal knows the
+                # worker but not its cache.
+                if generation != sent or beats % _CACHE_RESEND_BEATS == 0:
+                    cached = held
+            beats += 1
             try:
-                if not self._link.heartbeat(self.worker_id, seconds, counters):
+                if not self._link.heartbeat(self.worker_id, seconds, counters, cached):
                     logger.warning("master forgot worker %s; registering again", self.worker_id)
                     self._registration = self._link.register(
                         self.address, self.config.pipeline_threads
                     )
+                    sent = None
+                elif cached is not None:
+                    sent = generation
             except Exception:
                 logger.exception("heartbeat to the master failed; will retry")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 
 import grpc
@@ -89,13 +89,22 @@ class GrpcMasterLink:
         )
 
     def heartbeat(
-        self, worker_id: str, stage_seconds: StageSeconds, counters: WorkerCounters
+        self,
+        worker_id: str,
+        stage_seconds: StageSeconds,
+        counters: WorkerCounters,
+        cached: Mapping[str, Sequence[str]] | None = None,
     ) -> bool:
         response = self._stub.Heartbeat(
             master_pb2.HeartbeatRequest(
                 worker_id=worker_id,
                 stage_seconds=stage_seconds_to_proto(stage_seconds),
                 counters=counters_to_proto(counters),
+                cached=[
+                    master_pb2.CachedSplits(output_digest=d, split_ids=ids)
+                    for d, ids in (cached or {}).items()
+                ],
+                cached_unchanged=cached is None,
             ),
             timeout=self._deadline_s,
             wait_for_ready=True,

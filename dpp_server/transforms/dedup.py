@@ -356,6 +356,17 @@ class DedupPipeline:
         schema = pa.schema(fields, metadata=out.schema.metadata)
         return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
+    def row_session_starts(self, batch: pa.RecordBatch) -> npt.NDArray[np.int64] | None:
+        """Where the sessions of transformed rows (:meth:`apply`'s output, or pieces of it
+        joined by :func:`dpp_proto.wire.concat_rows`) begin: runs of equal indices of the first
+        group's first column. Within one chunk equal indices mean equal inputs (the unique rows
+        are over the inputs), so this is :meth:`session_starts` of the raw chunk; a session
+        that spans two chunks starts again at the second. None without dedup groups."""
+        if not self._groups:
+            return None
+        column = batch.column(self._groups[0].section_schema[0].name)
+        return session_starts(pa.RecordBatch.from_arrays([column.indices], names=["inverse"]))
+
     def session_starts(self, batch: pa.RecordBatch | pa.Table) -> npt.NDArray[np.int64] | None:
         """Where the sessions of a raw read chunk begin: runs of rows whose inputs of the first
         dedup group are equal; None without dedup groups (rows are then shuffled one by one)."""

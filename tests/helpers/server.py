@@ -3,6 +3,8 @@ object in the same process (no grpc), as ``dpp_server.worker.MasterLink`` expect
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from google.protobuf import struct_pb2
 
 from dpp_proto import spec_pb2
@@ -44,8 +46,14 @@ class InProcessLink:
         worker_id = self.master.register_worker(address, pipeline_threads)
         return Registration(worker_id, 0.05, self.master.config.lease_timeout_s)
 
-    def heartbeat(self, worker_id: str, s: StageSeconds, c: WorkerCounters) -> bool:
-        return self.master.heartbeat(worker_id, s, c)
+    def heartbeat(
+        self,
+        worker_id: str,
+        s: StageSeconds,
+        c: WorkerCounters,
+        cached: Mapping[str, Sequence[str]] | None = None,
+    ) -> bool:
+        return self.master.heartbeat(worker_id, s, c, cached)
 
     def acquire_split(self, worker_id: str, skip: list[tuple[str, int]]) -> LeaseGrant | None:
         return self.master.acquire_split(worker_id, skip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Generator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpp_proto import spec_pb2
+from dpp_proto.wire import decode_frame
 from dpp_server.cache import SplitCache, output_digest
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
@@ -167,8 +169,119 @@ def test_lru_by_bytes_and_no_partial_entries(small_table: str, tmp_path: Path) -
     assert list((tmp_path / "partial").iterdir()) == []
 
 
-def test_shuffled_sessions_bypass_the_cache(small_table: str, tmp_path: Path) -> None:
-    spec = _spec(small_table, shuffle=True, seed=3)
+@pytest.mark.parametrize("dedup", [False, True])
+def test_shuffled_sessions_use_the_cache_and_keep_their_order(
+    small_table: str, tmp_path: Path, dedup: bool
+) -> None:
+    """The seeded order is applied after the cache: cached, uncached and budget-decoded runs
+    give the same frames, every epoch its own order, every row once."""
+    extra: dict[str, object] = {"shuffle": True, "seed": 3}
+    if dedup:
+        extra["features"] = [
+            {"name": "d0", "source": "dense_0", "kind": spec_pb2.FEATURE_KIND_DENSE},
+            {
+                "name": "u0",
+                "source": "sparse_0",
+                "kind": spec_pb2.FEATURE_KIND_SPARSE,
+                "dedup_group": "user",
+            },
+            {
+                "name": "u1",
+                "source": "sparse_1",
+                "kind": spec_pb2.FEATURE_KIND_SPARSE,
+                "dedup_group": "user",
+            },
+        ]
+    spec = _spec(small_table, **extra)
+    split = Table.open(small_table).plan_splits(spec.target_split_rows).splits[0]
+    plain = SessionPipeline.compile(spec, read_batch_rows=1000)
+    # Under a memory budget the reader decodes smaller steps: the order must not change.
+    small_reads = SessionPipeline.compile(spec, read_batch_rows=1000, max_batch_bytes=20_000)
+    cache = SplitCache(str(tmp_path / "cache"), 1 << 30)
+    cached = SessionPipeline.compile(spec, read_batch_rows=1000, cache=cache)
+    assert cached.cache is cache
+
+    def frames(session: SessionPipeline, epoch: int) -> list[bytes]:
+        grant = LeaseGrant(session_id="s", epoch=epoch, rank=0, split=split, start_batch=0)
+        return list(produce_split(session, grant, StageTotals()))
+
+    def row_ids(frames: list[bytes]) -> list[int]:
+        ids: list[int] = []
+        for frame in frames:
+            _, batch = decode_frame(frame)
+            if batch is not None:
+                ids.extend(batch.column("extra.row_id").to_pylist())
+        return ids
+
+    epoch0, epoch1 = frames(plain, 0), frames(plain, 1)
+    assert frames(small_reads, 0) == epoch0
+    assert frames(cached, 0) == epoch0  # a miss, written
+    assert cache.stats()[0] == 1
+    assert frames(cached, 0) == epoch0  # a hit
+    assert frames(cached, 1) == epoch1  # a hit, in epoch 1's order
+    ids0, ids1 = row_ids(epoch0), row_ids(epoch1)
+    unshuffled = row_ids(frames(SessionPipeline.compile(_spec(small_table), 1000), 0))
+    assert ids0 != ids1 and ids0 != unshuffled  # shuffled, differently per epoch
+    assert sorted(ids0) == sorted(ids1) == sorted(unshuffled)  # every row once
+    assert len(ids0) == len(set(ids0))
+
+
+def test_the_seed_keys_the_cache_only_when_the_spec_samples(small_table: str) -> None:
+    assert output_digest(_spec(small_table, seed=1)) == output_digest(_spec(small_table, seed=2))
+    sampled = {"sample_rate": 0.5, "sample_key": "row_id"}
+    assert output_digest(_spec(small_table, seed=1, **sampled)) != output_digest(
+        _spec(small_table, seed=2, **sampled)
+    )
+
+
+def test_held_lists_split_ids_per_digest_and_bumps_its_generation(
+    small_table: str, tmp_path: Path
+) -> None:
+    spec = _spec(small_table)
+    splits = Table.open(small_table).plan_splits(spec.target_split_rows).splits[:2]
     cache = SplitCache(str(tmp_path / "cache"), 1 << 30)
     session = SessionPipeline.compile(spec, read_batch_rows=1000, cache=cache)
-    assert session.cache is None
+    generation, held = cache.held()
+    assert held == {}
+    for split in splits:
+        _frames(session, split)
+    after, held = cache.held()
+    assert after == generation + 2
+    assert held == {output_digest(spec): [s.split_id for s in splits]}
+    _frames(session, splits[0])  # a hit changes nothing
+    assert cache.held()[0] == after
+
+
+def test_a_split_being_written_is_waited_for_within_a_bound(
+    small_table: str, tmp_path: Path
+) -> None:
+    """Two jobs on one spec asking for a split at once: the second reads the first's entry
+    once committed instead of producing it again; a writer that never finishes delays it at
+    most ``wait_s``."""
+    spec = _spec(small_table)
+    split = Table.open(small_table).plan_splits(spec.target_split_rows).splits[0]
+    fs = pa.fs.LocalFileSystem()
+    counts: dict[str, int] = {}
+    cache = SplitCache(
+        str(tmp_path / "cache"), 1 << 30, lambda k, n: counts.__setitem__(k, counts.get(k, 0) + n)
+    )
+    chunk = pa.record_batch({"x": [1, 2, 3]})
+    writer = cache.writer(split, "d", fs)
+    writer.write(chunk)
+    # A writer in progress that does not finish: the wait ends after wait_s, a miss.
+    assert cache.get(split, "d", fs, wait_s=0.05) is None
+    got: list[list[pa.RecordBatch] | None] = []
+    waiting = threading.Thread(
+        target=lambda: got.append(
+            None if (b := cache.get(split, "d", fs, wait_s=60)) is None else list(b)
+        )
+    )
+    waiting.start()
+    writer.commit()
+    waiting.join(60)
+    assert got == [[chunk]]
+    assert (counts["cache_misses"], counts["cache_hits"]) == (1, 1)
+    # An aborted writer wakes its waiters too (they then produce the split themselves).
+    other = cache.writer(split, "e", fs)
+    other.abort()
+    assert cache.get(split, "e", fs, wait_s=60) is None

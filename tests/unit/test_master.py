@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dpp_server import state
+from dpp_server.cache import output_digest
 from dpp_server.errors import ConflictError, NotFoundError, OutOfRangeError, SpecError
 from dpp_server.master import Master, MasterConfig
 from dpp_server.records import StageSeconds, WorkerCounters
@@ -278,3 +279,49 @@ def test_relative_local_table_uri_is_refused(master: Master, uri: str) -> None:
     with pytest.raises(SpecError, match="is a relative local path") as info:
         master.create_session(make_spec(uri))
     assert info.value.field == "table_uri"
+
+
+def test_splits_go_to_the_worker_that_caches_them_without_starving_others(
+    master: Master, small_table: str
+) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    sid = view.session_id
+    split_ids, _ = master.begin_epoch(sid, 0, 0)
+    digest = output_digest(view.spec)
+    warm = master.register_worker("127.0.0.1:1", 1)
+    cold = master.register_worker("127.0.0.1:2", 1)
+    held = [split_ids[5], split_ids[2], split_ids[7]]
+    assert master.heartbeat(warm, StageSeconds(), WorkerCounters(), {digest: held})
+    assert master.heartbeat(cold, StageSeconds(), WorkerCounters(), {})
+    # Another spec's cache (another digest) does not count.
+    assert master.heartbeat(cold, StageSeconds(), WorkerCounters(), {"0" * 16: split_ids})
+
+    def take(worker: str) -> str:
+        grant = master.acquire_split(worker)
+        assert grant is not None
+        return grant.split.split_id
+
+    # The warm worker gets its cached splits first, in the epoch's order.
+    assert [take(warm), take(warm)] == [split_ids[2], split_ids[5]]
+    # The cold one gets the first split nobody caches, not the warm worker's.
+    assert [take(cold), take(cold), take(cold)] == [split_ids[0], split_ids[1], split_ids[3]]
+    # None (unchanged) keeps the set; the warm worker has one cached split left.
+    assert master.heartbeat(warm, StageSeconds(), WorkerCounters(), None)
+    assert take(warm) == split_ids[7]
+    # Only splits nobody caches remain: both workers get them.
+    assert [take(warm), take(cold)] == [split_ids[4], split_ids[6]]
+    assert master.acquire_split(cold) is None
+
+
+def test_a_cold_worker_takes_cached_splits_when_nothing_else_is_pending(
+    master: Master, small_table: str
+) -> None:
+    view, _ = master.create_session(make_spec(small_table))
+    split_ids, _ = master.begin_epoch(view.session_id, 0, 0)
+    warm = master.register_worker("127.0.0.1:1", 1)
+    cold = master.register_worker("127.0.0.1:2", 1)
+    master.heartbeat(warm, StageSeconds(), WorkerCounters(), {output_digest(view.spec): split_ids})
+    taken = []
+    while (grant := master.acquire_split(cold)) is not None:
+        taken.append(grant.split.split_id)
+    assert taken == split_ids  # all cached elsewhere: no starvation, epoch order
