@@ -143,6 +143,11 @@ class MasterConfig:
             itself, so writing snapshots costs O(1) per update however large the live state.
             Smaller restarts faster; each compaction holds the master's lock while it writes
             the snapshot (milliseconds per hundred live sessions). 0: never.
+        max_sessions_per_tenant: live sessions one tenant (the identity's tenant from its
+            token, issue 13) may hold; one more is RESOURCE_EXHAUSTED naming this limit, while
+            every other tenant keeps creating. Bounds what one job's bug (a loop creating
+            sessions) can take of the master; finished ones free their place when
+            ``session_ttl_s`` expires them. 0: no limit.
     """
 
     heartbeat_interval_s: float = 1.0
@@ -152,6 +157,7 @@ class MasterConfig:
     rank_timeout_s: float = 30.0
     session_ttl_s: float = 3600.0
     journal_compact_updates: int = 10_000
+    max_sessions_per_tenant: int = 1_000
 
 
 @dataclasses.dataclass
@@ -348,6 +354,7 @@ class Master:
                 if joined is not None:
                     self._last_call[joined.session_id] = self._clock()
                     return joined, True
+            self._check_tenant_sessions(tenant)
             self._record(
                 state.SessionCreated(
                     session_id=session_id,
@@ -373,6 +380,21 @@ class Master:
             summary.planning_seconds,
         )
         return self._view(session_id), False
+
+    def _check_tenant_sessions(self, tenant: str) -> None:
+        """Refuses a new session past ``max_sessions_per_tenant``. Holds ``_lock``."""
+        most = self.config.max_sessions_per_tenant
+        if most <= 0:
+            return
+        held = sum(1 for s in self._ledger.sessions.values() if s.tenant == tenant)
+        if held >= most:
+            who = f"tenant {tenant!r}" if tenant else "this client"
+            raise LimitError(
+                "max_sessions_per_tenant",
+                f"{who} holds {held:,} live sessions, the limit of {most:,}; join an existing "
+                "session (same session_name and spec), let finished ones expire "
+                "(session_ttl_s), or ask the operator to raise --max-sessions-per-tenant",
+            )
 
     def validate_spec(
         self, spec_proto: spec_pb2.SessionSpec, session_name: str = "", tenant: str = ""

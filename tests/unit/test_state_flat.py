@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpp_server import journal, state
-from dpp_server.errors import NotFoundError
+from dpp_server.errors import LimitError, NotFoundError
 from dpp_server.journal import FileJournal
 from dpp_server.master import Master, MasterConfig
 from tests.helpers.server import make_spec
@@ -153,3 +153,25 @@ def test_a_bad_snapshot_line_is_named(tmp_path: Path, small_table: str) -> None:
     snapshot.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"{snapshot.name} line 3: EpochBegun does not fit"):
         Master(journal=FileJournal(tmp_path))
+
+
+def test_one_tenant_cannot_hold_more_than_its_sessions_and_others_keep_creating(
+    small_table: str,
+) -> None:
+    clock = FakeClock()
+    master = Master(MasterConfig(max_sessions_per_tenant=2, session_ttl_s=60), clock=clock)
+    master.create_session(make_spec(small_table), "a", tenant="t1")
+    master.create_session(make_spec(small_table), "b", tenant="t1")
+    # Joining an existing session takes no new place.
+    _, joined = master.create_session(make_spec(small_table), "a", tenant="t1")
+    assert joined
+    with pytest.raises(LimitError) as refused:
+        master.create_session(make_spec(small_table), "c", tenant="t1")
+    assert refused.value.limit == "max_sessions_per_tenant"
+    assert "tenant 't1' holds 2 live sessions, the limit of 2" in str(refused.value)
+    # Another tenant is not affected.
+    master.create_session(make_spec(small_table), "c", tenant="t2")
+    # Expired sessions free their places.
+    clock.now += 61
+    master.expire_sessions()
+    master.create_session(make_spec(small_table), "c", tenant="t1")
