@@ -122,6 +122,10 @@ RULES: Mapping[str, Rule] = {
     _M + "AcquireSplit": _rule(W, scope=Scope.WORKER),
     _M + "ReportSplitProgress": _rule(W, scope=Scope.WORKER),
     _M + "UnregisterWorker": _rule(W, A, scope=Scope.WORKER),
+    # dpp stats (issue 17): the session's owner reads its report; a worker hands in sketches
+    # only for a lease it holds (the master checks the lease, as for ReportSplitProgress).
+    _M + "GetStatsReport": _rule(T, scope=Scope.SESSION),
+    _M + "ReportSplitStats": _rule(W, scope=Scope.WORKER),
     "/dpp.v1.MonitorService/GetClusterStatus": _rule(A),
     "/dpp.v1.MonitorService/SetWorkerTarget": _rule(A),
     "/dpp.v1.WorkerService/StreamBatches": _rule(T, scope=Scope.SESSION),
@@ -307,6 +311,10 @@ class Guard:
                 f"{what} needs role {' or '.join(sorted(rule.roles))}; {identity.describe()} "
                 "lacks it"
             )
+        if getattr(request, "undecodable", False):
+            # Bytes that are no message (dpp_server/refusals.py): refused with INVALID_ARGUMENT
+            # by the next interceptor before any session or worker is touched.
+            return
         if (
             rule.scope is Scope.SESSION
             and Role.TRAINER in identity.roles

@@ -66,7 +66,11 @@ class Refusals:
 
 
 class _Undecodable:
-    """What the wrapped deserializer returns for bytes that are not the RPC's message."""
+    """What the wrapped deserializer returns for bytes that are not the RPC's message. The
+    auth check (:mod:`dpp_server.auth`) sees ``undecodable`` and checks only who calls: the
+    handler refuses the request before it touches any session."""
+
+    undecodable = True
 
     def __init__(self, error: str) -> None:
         self.error = error

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from dpp_proto import spec_pb2
+from dpp_proto.auth import Connection, load_connection
 
 if TYPE_CHECKING:
     from dpp_proto import master_pb2
@@ -207,21 +208,24 @@ def run_stats_session(
     boundary_buckets: int,
     progress: bool,
     poll_s: float = 0.5,
+    connection: Connection | None = None,
 ) -> master_pb2.GetStatsReportResponse:
     """Creates the stats session on ``master``, draws its progress, returns the finished result.
+    ``connection``: the credentials for ``master`` (None: plaintext, an --insecure cluster).
 
     Raises:
         StatsError: a split failed on a worker (every failure is named), or an RPC failed
             with anything but a transient status.
     """
-    import grpc
 
     from dpp_proto import master_pb2, master_pb2_grpc
+    from dpp_proto.auth import open_channel
     from dpp_proto.retry import channel_options
     from dpp_server.errors import StatsError
 
-    channel = grpc.insecure_channel(
+    channel = open_channel(
         master,
+        connection,
         options=channel_options(["dpp.v1.MasterService"], max_receive_bytes=256 << 20),
     )
     stub = master_pb2_grpc.MasterServiceStub(channel)
@@ -312,15 +316,21 @@ def cmd_stats(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             raise StatsError(f"--suggest-boundaries {args.suggest_boundaries}: give 2 or more")
         spec = stats_spec(args)
         master = args.master
+        connection: Connection | None
         if not master:
             from dpp_server.local_cluster import LocalCluster
 
             cluster = LocalCluster(workers=args.workers, pipeline_threads=args.threads).start()
             master = cluster.master_address
+            connection = cluster.connection
+        else:
+            # A running cluster: the user's connection file ($DPP_CONNECTION), if any.
+            connection = load_connection()
             out.write(f"local cluster: master at {master}, {args.workers} worker(s)\n")
         result = run_stats_session(
             master,
             spec,
+            connection=connection,
             top_k=args.top_k,
             boundary_buckets=args.suggest_boundaries or 0,
             progress=not args.quiet,

@@ -25,7 +25,7 @@ from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_client.errors import DppUnavailableError
 from dpp_proto import master_pb2, master_pb2_grpc, spec_pb2, worker_pb2
 from dpp_proto.auth import load_connection, open_channel
-from dpp_server.local_cluster import LocalCluster
+from dpp_server.local_cluster import CREDENTIALS_ENV, LocalCluster
 from storage import GenConfig, generate_table
 from tests.helpers.server import make_spec
 
@@ -252,14 +252,21 @@ def test_oversized_inputs_are_refused_at_the_entry_naming_field_and_limit(
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "features: 4,098 features is over the limit of 4,096" in text
         # Two 34 MB addresses once made ListWorkers too large for every trainer.
+        # Registering is a worker's call: a worker identity of the run's credentials.
+        rogue = load_connection(Path(os.environ[CREDENTIALS_ENV]) / "rogue.json")
+        worker_channel = open_channel(
+            cluster.master_address, rogue, options=[("grpc.max_send_message_length", 64 << 20)]
+        )
+        worker_stub = master_pb2_grpc.MasterServiceStub(worker_channel)
         for address in ("a" * 1000, "a" * (34 << 20)):
             request = master_pb2.RegisterWorkerRequest(address=address, pipeline_threads=1)
-            code, text = _refusal(lambda r=request: stub.RegisterWorker(r, timeout=30))
+            code, text = _refusal(lambda r=request: worker_stub.RegisterWorker(r, timeout=30))
             if len(address) == 1000:
                 assert code == grpc.StatusCode.INVALID_ARGUMENT
                 assert "address: 1,000 characters is over the limit of 256" in text
             else:
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        worker_channel.close()
         workers = stub.ListWorkers(master_pb2.ListWorkersRequest(), timeout=30).workers
         assert sorted(w.address for w in workers) == sorted(w.address for w in cluster.workers)
 

@@ -151,7 +151,7 @@ def secured(small_table: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def _fresh_worker(cluster: LocalCluster) -> str:
     calls = Calls(cluster, "worker")
     try:
-        request = master_pb2.RegisterWorkerRequest(address="127.0.0.1:9")
+        request = master_pb2.RegisterWorkerRequest(address="127.0.0.1:9", pipeline_threads=1)
         worker_id: str = calls.master.RegisterWorker(request).worker_id
         return worker_id
     finally:
@@ -177,7 +177,7 @@ def _rpcs(s: dict[str, Any]) -> dict[str, Callable[[Calls], Any]]:
         "RegisterWorker": lambda c: c.master.UnregisterWorker(
             master_pb2.UnregisterWorkerRequest(
                 worker_id=c.master.RegisterWorker(
-                    master_pb2.RegisterWorkerRequest(address="127.0.0.1:9")
+                    master_pb2.RegisterWorkerRequest(address="127.0.0.1:9", pipeline_threads=1)
                 ).worker_id
             )
         ),
@@ -383,12 +383,17 @@ def test_under_mtls_a_worker_without_a_client_certificate_cannot_register(
     with open_channel(address, no_cert) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
-            stub.RegisterWorker(master_pb2.RegisterWorkerRequest(address="127.0.0.1:9"), timeout=5)
+            stub.RegisterWorker(
+                master_pb2.RegisterWorkerRequest(address="127.0.0.1:9", pipeline_threads=1),
+                timeout=5,
+            )
         assert raised.value.code() == Code.UNAVAILABLE  # type: ignore[attr-defined]
     # The same worker with its certificate registers.
     with open_channel(address, worker) as channel:
         stub = master_pb2_grpc.MasterServiceStub(channel)
-        wid = stub.RegisterWorker(master_pb2.RegisterWorkerRequest(address="127.0.0.1:9")).worker_id
+        wid = stub.RegisterWorker(
+            master_pb2.RegisterWorkerRequest(address="127.0.0.1:9", pipeline_threads=1)
+        ).worker_id
         stub.UnregisterWorker(master_pb2.UnregisterWorkerRequest(worker_id=wid))
 
 
