@@ -15,6 +15,7 @@ import pytest
 from chaos_helpers import FAST_FAILOVER, ClusterFactory, assert_exactly_once, chaos_spec, signature
 
 from dpp_client import DppLoader
+from dpp_proto.auth import load_connection
 from dpp_server.top import fetch_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -28,7 +29,7 @@ def _cache_lookups(master: str, deadline_s: float = 10.0) -> tuple[int, int]:
     give_up = time.monotonic() + deadline_s
     last = (-1, -1)
     while True:
-        workers = fetch_status(master).workers
+        workers = fetch_status(master, connection=load_connection()).workers
         now = (sum(w.cache_hits for w in workers), sum(w.cache_misses for w in workers))
         if now == last or time.monotonic() > give_up:
             return now
