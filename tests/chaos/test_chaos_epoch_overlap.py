@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 
-import grpc
 import pytest
 from chaos_helpers import ROWS, ClusterFactory, assert_exactly_once, chaos_spec, signature
 
 from dpp_client import DppLoader
 from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto.auth import load_connection, open_channel
 from dpp_server.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -55,7 +55,7 @@ def test_slow_trainer_gets_the_reference_sequence_with_epochs_begun_early(
     got: Sequence = []
     begun_at_last_batch: list[set[int]] = []
     with (
-        grpc.insecure_channel(cluster.master_address) as channel,
+        open_channel(cluster.master_address, load_connection()) as channel,
         DppLoader(cluster.master_address, chaos_spec(small_table, epochs=EPOCHS)) as loader,
     ):
         stub = master_pb2_grpc.MasterServiceStub(channel)
