@@ -345,7 +345,7 @@ BAD_FRAMES: list[tuple[str, Callable[[], bytes], str]] = [
     (
         "schema but no batch",
         schema_without_batch,
-        "rows section of split a seq 0 is not an Arrow IPC stream with one record batch",
+        "rows section of split a seq 0 is not an Arrow IPC stream with one valid record batch",
     ),
     (
         "empty dedup section",
