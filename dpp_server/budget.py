@@ -1,25 +1,40 @@
 """The worker's memory budget: how ``--memory-mb`` becomes buffer and read sizes.
 
-Owns :class:`MemoryPlan` (a pure function of the settings) and :func:`configure_allocators`
-(the process-wide allocator choices that let freed memory go back to the kernel). Must never
-import grpc, torch or the master.
+Owns :class:`MemoryPlan` (a pure function of the settings), :func:`prepare_environment` (the
+allocator settings a worker process needs before pyarrow or polars load) and
+:func:`configure_allocators` (glibc's, at start). Must never import grpc, torch or the master;
+pyarrow only inside functions, so :mod:`dpp_server.__main__` can call
+:func:`prepare_environment` before anything loads it.
 
-The budget is the whole worker process's resident memory (``VmRSS``), not only its buffers.
-It is divided so (1 pipeline thread, ``--memory-mb 512``)::
+The budget is the whole worker process's resident memory (``VmRSS``: the interpreter and its
+libraries' code pages included, not only buffers), 512 MB by default. It is divided so
+(1 pipeline thread, ``--memory-mb 512``)::
 
-    512 MB = 160  process base: interpreter, pyarrow, polars, grpc, thread stacks (measured
-                  idle: 140-175 MB)
-           +  88  frame buffers: a quarter of the rest, the cap of each (session, rank) buffer
-           + 264  pipeline threads, shared equally: each holds a row group's compressed column
-                  chunks (pre-buffered), a few decoded batches ahead (read-ahead), the filtered,
-                  transformed and cut copies, and a frame being encoded. A decoded batch is
-                  sized to 1/8 of the thread's share, a row group's compressed chunks may take
-                  up to 1/2 of it (larger: :class:`~storage.errors.RowGroupTooLargeError`).
+    512 MB = 176  process base: interpreter, pyarrow, polars, grpc, thread stacks and the
+                  library code pages a running pipeline touches (measured: a worker idles
+                  at 135-145 MB and its code pages grow by 20-30 MB once it produces)
+           +  84  frame buffers: a quarter of the rest, the cap of each (session, rank) buffer
+                  (``--buffer-mb`` stays an upper bound)
+           + 252  pipeline threads, shared equally. A thread holds a fixed part, 48 MB (one
+                  row group's compressed column chunks, the column readers' dictionaries and
+                  pages, gRPC's copy of the frame being sent), and per decoded batch
+                  :data:`BATCH_FACTOR` times its bytes (the batches read ahead, polars' copies
+                  of the transform, the cut batch and the frame being encoded: measured 6-9x).
+                  So a decoded batch is sized to ``(share - 48 MB) / 10``; a row group whose
+                  compressed chunks exceed half the share is refused
+                  (:class:`~storage.errors.RowGroupTooLargeError`).
 
-A plan never raises what the operator set explicitly: ``--buffer-mb`` and
-``--read-batch-rows`` remain upper bounds. With ``shuffle``, a read chunk is the unit of the
-seeded order, so its rows are ``read_batch_rows`` whatever the budget (see
-:mod:`dpp_server.produce`); only the row-group check applies then.
+A worker whose threads cannot get :data:`MIN_THREAD_MB` each refuses to start, naming the
+least budget that works for its thread count. A plan never raises what the operator set
+explicitly: ``--buffer-mb`` and ``--read-batch-rows`` remain upper bounds.
+
+What the allocators do under a budget (measured on the DLRM job, docs/worker-efficiency.md):
+freed memory must go back to the kernel, else a budget sizes what the worker *uses* while its
+resident set keeps what it *used*. pyarrow's default pool (mimalloc) and its jemalloc (1 s
+decay) each kept 70-100 MB of freed pages; polars' own jemalloc kept 30-50 MB more.
+``pa.jemalloc_set_decay_ms`` only changes arenas created later, so the settings travel as
+environment variables read when each allocator starts: Arrow's jemalloc with a 50 ms decay
+(0 cost a third more worker CPU in page faults), polars' with 0 (no measurable cost).
 """
 
 from __future__ import annotations
@@ -28,18 +43,83 @@ import ctypes
 import ctypes.util
 import dataclasses
 import logging
+import os
+from collections.abc import MutableMapping, Sequence
 
-import pyarrow as pa
-
-__all__ = ["BASE_MB", "MemoryPlan", "configure_allocators"]
+__all__ = [
+    "BASE_MB",
+    "BATCH_FACTOR",
+    "DEFAULT_MEMORY_MB",
+    "MIN_THREAD_MB",
+    "MemoryPlan",
+    "configure_allocators",
+    "prepare_environment",
+]
 
 logger = logging.getLogger(__name__)
 
-#: What the worker process holds before any session: measured idle 140-175 MB.
+#: The worker's budget unless ``--memory-mb`` (``DPP_MEMORY_MB``) says otherwise; 0 is none.
+DEFAULT_MEMORY_MB = 512
+#: What the worker process holds before its pipeline threads' data: the idle process
+#: (135-145 MB measured) plus the code pages production touches.
 BASE_MB = 160
-#: The least a plan leaves for buffers and threads together.
-_MIN_WORKING_MB = 32
+#: The fixed part of one pipeline thread's working memory (see the module docstring).
+THREAD_FIXED_MB = 48
+#: The least working memory a pipeline thread may get: its fixed part and decoded batches
+#: of the least step (1,024 rows of a wide DLRM row, 2 KB each) ``BATCH_FACTOR`` times.
+MIN_THREAD_MB = 56
+#: Bytes a pipeline thread holds per decoded byte of its read batch.
+BATCH_FACTOR = 10
+#: The least frame buffer budget: a few frames of a 4,096-row DLRM batch (2-4 MB each).
+_MIN_BUFFERS_MB = 16
 _MB = 1 << 20
+
+#: Allocator settings for a worker under a budget, read by each allocator when it starts.
+ALLOCATOR_ENVIRONMENT = {
+    # pyarrow: jemalloc rather than mimalloc, whose freed segments stay resident.
+    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc",
+    "JE_ARROW_MALLOC_CONF": "dirty_decay_ms:50,muzzy_decay_ms:0",
+    # polars' jemalloc (its symbols are prefixed _rjem_).
+    "_RJEM_MALLOC_CONF": "dirty_decay_ms:0,muzzy_decay_ms:0",
+    # glibc: two arenas (per-thread arenas each keep their freed memory).
+    "MALLOC_ARENA_MAX": "2",
+}
+
+
+def prepare_environment(
+    argv: Sequence[str], environ: MutableMapping[str, str] | None = None
+) -> bool:
+    """Sets :data:`ALLOCATOR_ENVIRONMENT` for a ``dpp worker`` command line under a budget.
+
+    Must run before pyarrow and polars load (each allocator reads its settings once, when it
+    starts): ``python -m dpp_server`` calls it first thing. A variable the operator already
+    set is kept. ``argv`` is the command line after the program (``worker --memory-mb 256``);
+    the budget is ``--memory-mb``, else ``DPP_MEMORY_MB``, else :data:`DEFAULT_MEMORY_MB`.
+
+    Returns:
+        Whether the command is a worker under a budget (and the variables were set).
+    """
+    env = os.environ if environ is None else environ
+    command = next((a for a in argv if not a.startswith("-")), "")
+    if command != "worker" or _budget_mb(argv, env) <= 0:
+        return False
+    for name, value in ALLOCATOR_ENVIRONMENT.items():
+        env.setdefault(name, value)
+    return True
+
+
+def _budget_mb(argv: Sequence[str], env: MutableMapping[str, str]) -> int:
+    """The ``--memory-mb`` a worker command line will get (the CLI validates it later)."""
+    raw = env.get("DPP_MEMORY_MB", str(DEFAULT_MEMORY_MB))
+    for i, arg in enumerate(argv):
+        if arg == "--memory-mb" and i + 1 < len(argv):
+            raw = argv[i + 1]
+        elif arg.startswith("--memory-mb="):
+            raw = arg.split("=", 1)[1]
+    try:
+        return int(raw)
+    except ValueError:
+        return DEFAULT_MEMORY_MB  # the CLI refuses it with its own message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,26 +141,48 @@ class MemoryPlan:
         """The plan for a budget; ``max_buffer_bytes`` caps the frame buffers further.
 
         Raises:
-            ValueError: the budget leaves less than 32 MB above the process base (the message
-                names the flag and the least budget that works).
+            ValueError: the budget cannot give each pipeline thread :data:`MIN_THREAD_MB`
+                above the process base and the frame buffers (the message names the flag,
+                the least budget that works for this many threads, and the other ways out).
         """
         if memory_mb <= 0:
             return cls(0, max_buffer_bytes, 0)
-        working_mb = memory_mb - BASE_MB
-        if working_mb < _MIN_WORKING_MB:
-            raise ValueError(
-                f"--memory-mb {memory_mb} leaves {working_mb} MB above the worker's base of "
-                f"{BASE_MB} MB (interpreter and libraries); give at least "
-                f"{BASE_MB + _MIN_WORKING_MB} MB, or 0 for no budget"
+        plan = cls._divide(memory_mb, pipeline_threads, max_buffer_bytes)
+        if plan is None:
+            threads = max(pipeline_threads, 1)
+            least = next(
+                m
+                for m in range(memory_mb + 1, memory_mb + 64 * 1024)
+                if cls._divide(m, threads, max_buffer_bytes) is not None
             )
-        working = working_mb * _MB
-        buffers = min(max_buffer_bytes, working // 4)
-        return cls(memory_mb, buffers, (working - buffers) // max(pipeline_threads, 1))
+            raise ValueError(
+                f"--memory-mb {memory_mb} is too small for {threads} pipeline thread(s): the "
+                f"worker process itself takes {BASE_MB} MB (interpreter, libraries), its frame "
+                f"buffers at least {_MIN_BUFFERS_MB} MB and each thread at least "
+                f"{MIN_THREAD_MB} MB; give at least {least} MB, fewer --pipeline-threads, "
+                "or 0 for no budget"
+            )
+        return plan
+
+    @classmethod
+    def _divide(
+        cls, memory_mb: int, pipeline_threads: int, max_buffer_bytes: int
+    ) -> MemoryPlan | None:
+        """The plan, or None when a thread would get less than :data:`MIN_THREAD_MB`."""
+        working = (memory_mb - BASE_MB) * _MB
+        buffers = min(max_buffer_bytes, max(working // 4, _MIN_BUFFERS_MB * _MB))
+        thread = (working - buffers) // max(pipeline_threads, 1)
+        if thread < MIN_THREAD_MB * _MB:
+            return None
+        return cls(memory_mb, buffers, thread)
 
     @property
     def max_batch_bytes(self) -> int:
-        """Decoded bytes of one read batch (0: unbounded)."""
-        return self.thread_bytes // 8
+        """Decoded bytes of one read batch (0: unbounded): what a thread's share leaves
+        above its fixed part, :data:`BATCH_FACTOR` times over."""
+        if not self.thread_bytes:
+            return 0
+        return max(1, (self.thread_bytes - THREAD_FIXED_MB * _MB) // BATCH_FACTOR)
 
     @property
     def max_row_group_bytes(self) -> int:
@@ -88,29 +190,40 @@ class MemoryPlan:
         return self.thread_bytes // 2
 
 
-def configure_allocators(memory_mb: int) -> str:
-    """Makes freed memory return to the kernel soon, once per worker process.
+#: glibc ``mallopt`` parameters.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
-    Arrow's default pool (mimalloc) and glibc's per-thread arenas keep freed pages for reuse,
-    which a budget cannot see: the worker then peaks far above what it holds. Under a budget,
-    Arrow allocates from jemalloc with its decay set to 0 (freed pages are returned at once)
-    and glibc keeps 2 arenas. Without a budget nothing changes.
+
+def configure_allocators(memory_mb: int) -> str:
+    """Makes freed memory return to the kernel soon, once per worker process, at start.
+
+    Under a budget, Arrow's pool must be jemalloc (set by :func:`prepare_environment` before
+    pyarrow loaded; a worker started in a process that loaded it earlier switches here, with
+    pyarrow's decay setting, which only reaches arenas created later). glibc keeps 2 arenas
+    and serves every block of 1 MB or more (frames, numpy arrays) from its own mapping,
+    returned at ``free``: glibc otherwise raises that threshold to the largest block freed so
+    far, and 2-8 MB frames then stay in its heaps. Without a budget nothing changes.
 
     Returns:
         The Arrow pool's backend name now in use.
     """
+    import pyarrow as pa
+
     if memory_mb <= 0:
         return str(pa.default_memory_pool().backend_name)
-    try:
-        pool = pa.jemalloc_memory_pool()
-        pa.jemalloc_set_decay_ms(0)
-        pa.set_memory_pool(pool)
-    except (NotImplementedError, pa.ArrowException):
-        logger.info("pyarrow has no jemalloc here; keeping %s", pa.default_memory_pool())
+    if pa.default_memory_pool().backend_name != "jemalloc":
+        try:
+            pool = pa.jemalloc_memory_pool()
+            pa.jemalloc_set_decay_ms(50)
+            pa.set_memory_pool(pool)
+        except (NotImplementedError, pa.ArrowException):
+            logger.info("pyarrow has no jemalloc here; keeping %s", pa.default_memory_pool())
     libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        mallopt = getattr(libc, "mallopt", None)
-        if mallopt is not None:
-            mallopt(-8, 2)  # M_ARENA_MAX: glibc's per-thread arenas hold freed memory
+    mallopt = getattr(ctypes.CDLL(libc_name), "mallopt", None) if libc_name else None
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, 2)
+        mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 4 << 20)
     return str(pa.default_memory_pool().backend_name)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from dpp_proto.wire import FrameEncoder, WireOptions
-from dpp_server.budget import MemoryPlan
+from dpp_server.budget import DEFAULT_MEMORY_MB, MemoryPlan
 from dpp_server.cache import SplitCache
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
@@ -54,11 +54,12 @@ class WorkerConfig:
         wire_compression: ``lz4`` or ``zstd`` compresses every frame (Arrow IPC buffer
             compression; empty: none). Pays only when the trainers' link is slower than
             about 1 Gbit/s; costs worker and trainer CPU (docs/benchmarks.md).
-        memory_mb: resident memory budget of the whole worker process, in MB (0: none). The
-            frame buffers and each thread's read sizes are derived from it
+        memory_mb: resident memory budget of the whole worker process (its ``VmRSS``), in
+            MB (0: none). The frame buffers and each thread's read sizes are derived from it
             (:mod:`dpp_server.budget`); a row group that cannot fit fails its split with an
-            error naming the file and the row group's size. Less holds less and reads in
-            smaller pieces (more per-call overhead); below 192 the worker refuses to start.
+            error naming the file and the row group's size. Less holds less and decodes in
+            smaller steps (more per-call overhead); a budget too small for the pipeline
+            threads is refused at start, naming the least that works.
         cache_mb: local disk kept for transformed splits, reused by later epochs and jobs
             over the same splits and features (0: no cache; :mod:`dpp_server.cache`). More
             serves more epochs and jobs from disk; it costs disk and the write on a miss.
@@ -90,7 +91,7 @@ class WorkerConfig:
     read_batch_rows: int = 65_536
     idle_sleep_s: float = 0.05
     wire_compression: str = ""
-    memory_mb: int = 0
+    memory_mb: int = DEFAULT_MEMORY_MB
     cache_mb: int = 0
     cache_dir: str = ""
     consumer_timeout_s: float = 30.0

@@ -16,7 +16,8 @@ coalesced) and decodes ``batch_rows`` rows at a time from them (``ParquetFile.it
 decodes page by page, never the whole row group), on a read-ahead thread that keeps at most
 :data:`_BATCH_READAHEAD` decoded batches ahead of the consumer, so decoding overlaps the
 caller's transform. With ``max_batch_bytes`` the decode step shrinks until a decoded batch
-(estimated from the footer's uncompressed sizes) fits; with ``max_row_group_bytes`` a row
+(estimated from the footer's uncompressed sizes) fits and a local file's column chunks are
+streamed in 256 KB reads instead of pre-buffered; with ``max_row_group_bytes`` a row
 group whose column chunks alone exceed it is refused (:class:`RowGroupTooLargeError`).
 Measured on the DLRM table (16k-row batches, one thread): 3.3 core-s per 1M rows against 4.6
 for the dataset scanner, which decodes whole row groups.
@@ -52,6 +53,9 @@ _BATCH_READAHEAD = 2
 # The smallest decode step ``max_batch_bytes`` may shrink to: below it per-call overhead
 # dominates.
 _MIN_DECODE_ROWS = 1024
+
+# Under a memory budget, a local file's column chunks are read this many bytes at a time.
+_BUDGET_READ_BYTES = 256 << 10
 
 _DEFAULT_READ = ReadOptions()
 
@@ -180,14 +184,22 @@ def _scan(
             # file; in ``prefetch`` mode its ranges are already coming (pre-buffering would
             # copy them again), in ``pre_buffer`` mode pyarrow coalesces them itself.
             file = source.file if source.remote else filesystem.open_input_file(split.path)
-            pre_buffer = not source.remote or options.mode == "pre_buffer"
+            pre_buffer = (not source.remote and not max_batch_bytes) or (
+                source.remote and options.mode == "pre_buffer"
+            )
+            # Under a memory budget a local file's column chunks are streamed in small reads
+            # rather than pre-buffered: pre_buffer held 45 MB more of a 16 MB row group's
+            # chunks at the peak, and saved no CPU on a local disk.
+            buffer_size = _BUDGET_READ_BYTES if max_batch_bytes and not source.remote else 0
             known = None
             if source.remote and options.mode == "pre_buffer":
                 # The dataset scanner reads this mode's row groups (see decode); its footer is
                 # read once, here, and shared with the ParquetFile.
                 whole_file = pads.ParquetFileFormat().make_fragment(source.file)
                 known = whole_file.metadata
-            parquet = pq.ParquetFile(file, pre_buffer=pre_buffer, metadata=known)
+            parquet = pq.ParquetFile(
+                file, pre_buffer=pre_buffer, buffer_size=buffer_size, metadata=known
+            )
             schema = parquet.schema_arrow
             metadata = parquet.metadata
             if split.row_groups and split.row_groups[-1] >= metadata.num_row_groups:
