@@ -38,6 +38,7 @@ class _RssParts:
     def __init__(self, pid: int) -> None:
         self._pid = pid
         self.peak: dict[str, int] = {}
+        self.samples: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -54,6 +55,7 @@ class _RssParts:
                 for k, v in (line.split(":", 1) for line in lines)
                 if k in ("VmRSS", "RssAnon", "RssFile")
             }
+            self.samples.append(parts.get("VmRSS", 0))
             if parts.get("VmRSS", 0) > self.peak.get("VmRSS", 0):
                 self.peak = parts
 
@@ -127,6 +129,10 @@ def run(
         "consumer_sleep_ms": consumer_sleep_ms,
         "worker_idle_rss_mb": round(idle_mb, 1),
         "worker_peak_rss_mb": peak,
+        "worker_median_rss_mb": statistics.median(parts.samples) if parts.samples else 0,
+        "worker_rss_p99_mb": sorted(parts.samples)[int(0.99 * (len(parts.samples) - 1))]
+        if parts.samples
+        else 0,
         "worker_peak_rss_anon_mb": peak_parts.get("RssAnon", 0),
         "worker_peak_rss_file_mb": peak_parts.get("RssFile", 0),
         "worker_core_s_per_1m_rows": round(float(worker["cpu_s"]) / max(delivered, 1) * 1e6, 2),  # type: ignore[arg-type]

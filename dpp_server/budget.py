@@ -62,16 +62,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_MEMORY_MB = 512
 #: What the worker process holds before its pipeline threads' data: the idle process
 #: (135-145 MB measured) plus the code pages production touches.
-BASE_MB = 160
+BASE_MB = 168
 #: The fixed part of one pipeline thread's working memory (see the module docstring).
-THREAD_FIXED_MB = 48
+THREAD_FIXED_MB = 60
 #: The least working memory a pipeline thread may get: its fixed part and decoded batches
 #: of the least step (1,024 rows of a wide DLRM row, 2 KB each) ``BATCH_FACTOR`` times.
-MIN_THREAD_MB = 56
+MIN_THREAD_MB = 64
+#: The frame buffers get this fraction (1/BUFFER_SHARE) of what the base leaves.
+BUFFER_SHARE = 6
 #: Bytes a pipeline thread holds per decoded byte of its read batch.
 BATCH_FACTOR = 10
 #: The least frame buffer budget: a few frames of a 4,096-row DLRM batch (2-4 MB each).
-_MIN_BUFFERS_MB = 16
+_MIN_BUFFERS_MB = 8
 _MB = 1 << 20
 
 #: Allocator settings for a worker under a budget, read by each allocator when it starts.
@@ -170,7 +172,7 @@ class MemoryPlan:
     ) -> MemoryPlan | None:
         """The plan, or None when a thread would get less than :data:`MIN_THREAD_MB`."""
         working = (memory_mb - BASE_MB) * _MB
-        buffers = min(max_buffer_bytes, max(working // 4, _MIN_BUFFERS_MB * _MB))
+        buffers = min(max_buffer_bytes, max(working // BUFFER_SHARE, _MIN_BUFFERS_MB * _MB))
         thread = (working - buffers) // max(pipeline_threads, 1)
         if thread < MIN_THREAD_MB * _MB:
             return None
