@@ -47,10 +47,13 @@ import os
 from collections.abc import MutableMapping, Sequence
 
 __all__ = [
+    "ALLOCATOR_ENVIRONMENT",
     "BASE_MB",
     "BATCH_FACTOR",
+    "BUFFER_SHARE",
     "DEFAULT_MEMORY_MB",
     "MIN_THREAD_MB",
+    "THREAD_FIXED_MB",
     "MemoryPlan",
     "configure_allocators",
     "prepare_environment",
@@ -188,7 +191,9 @@ class MemoryPlan:
 
     @property
     def max_row_group_bytes(self) -> int:
-        """Compressed bytes of one row group's chunks that a thread may hold (0: unbounded)."""
+        """Bytes of one row group's column chunks, decompressed, that a thread may hold (0:
+        unbounded): a column reader keeps its current page decompressed, and a warehouse
+        table's pages are often as large as its column chunks."""
         return self.thread_bytes // 2
 
 
