@@ -1,6 +1,6 @@
 """Worker memory: peak RSS of one worker streaming a table far larger than its budget.
 
-    python -m bench.worker_memory [--rows 4400000] [--budgets 0,256,512,1024]
+    python -m bench.worker_memory [--rows 4400000] [--budgets 0,256,512,1024] [--rounds 2]
 
 The budget is what the whole worker process may hold resident (``VmHWM``: interpreter,
 libraries, gRPC, every pipeline thread's chunks and the frame buffers), not only the frame
@@ -9,8 +9,11 @@ reads (:mod:`dpp_server.budget`); budget 0 is the worker without a budget (``--b
 ``--read-batch-rows`` as given), the reference for throughput. The trainer sleeps
 ``--consumer-sleep-ms`` per batch, about the worker's pace on 2 cores, so frames queue up in
 the worker rather than being taken as soon as they are made. Reported: the table's size on
-disk and decoded (what the job's projection holds in memory), the worker's RSS when idle and
-its peak, and whether the peak stayed under the budget.
+disk and decoded (what the job's projection holds in memory), the worker's RSS when idle, its
+peak (``VmHWM``), median and 99th percentile (sampled every 50 ms), the anonymous and file
+(library code) parts at the peak, the worker's CPU per 1M rows, and whether the peak stayed
+under the budget; with ``--rounds`` the budgets run interleaved and the table shows medians
+and each budget's rows/s against no budget's, measured in the same run.
 """
 
 from __future__ import annotations
@@ -151,24 +154,40 @@ def main() -> None:
     parser.add_argument("--read-batch-rows", type=int, default=16_384)
     parser.add_argument("--consumer-sleep-ms", type=float, default=20.0)
     parser.add_argument("--max-seconds", type=float, default=240.0)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="budgets run interleaved this many times (medians)"
+    )
     args = parser.parse_args()
-    results = []
-    for budget in (int(b) for b in args.budgets.split(",")):
-        result = run(
-            Path(args.table_dir),
-            args.rows,
-            budget or 512,
-            args.buffer_mb,
-            args.read_batch_rows,
-            args.consumer_sleep_ms,
-            args.max_seconds,
-            memory_mb=budget,
+    budgets = [int(b) for b in args.budgets.split(",")]
+    results: dict[int, list[dict[str, Any]]] = {b: [] for b in budgets}
+    for _ in range(args.rounds):
+        for budget in budgets:
+            result = run(
+                Path(args.table_dir),
+                args.rows,
+                budget or 512,
+                args.buffer_mb,
+                args.read_batch_rows,
+                args.consumer_sleep_ms,
+                args.max_seconds,
+                memory_mb=budget,
+            )
+            print(json.dumps(result), flush=True)
+            results[budget].append(result)
+
+    def median(budget: int, key: str) -> float:
+        return float(statistics.median(r[key] for r in results[budget]))
+
+    reference = median(0, "rows_per_s") if 0 in results else 0.0
+    print("memory_mb  peak_rss_mb(max)  median_rss_mb  rows/s(median)  vs_no_budget  core_s/1M")
+    for budget in budgets:
+        peak = max(r["worker_peak_rss_mb"] for r in results[budget])
+        rate = median(budget, "rows_per_s")
+        ratio = f"{rate / reference:.2f}" if reference else "-"
+        print(
+            f"{budget:>9}  {peak:>16.0f}  {median(budget, 'worker_median_rss_mb'):>13.0f}  "
+            f"{rate:>14.0f}  {ratio:>12}  {median(budget, 'worker_core_s_per_1m_rows'):>9.2f}"
         )
-        print(json.dumps(result), flush=True)
-        results.append(result)
-    print("budget_mb  peak_rss_mb  rows/s")
-    for r in results:
-        print(f"{r['memory_mb_flag']:>9}  {r['worker_peak_rss_mb']:>11.0f}  {r['rows_per_s']:>6}")
 
 
 if __name__ == "__main__":

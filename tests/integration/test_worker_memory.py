@@ -32,11 +32,11 @@ _BUDGET_MB = 256
 def _spec(uri: str) -> SessionSpec:
     return SessionSpec(
         table_uri=uri,
-        features=[
+        features=tuple(
             Feature(f"d{i}", "dense", source=f"dense_{i}", ops=(Op("fill_null", {"value": 0.0}),))
             for i in range(_TABLE.dense)
-        ]
-        + [
+        )
+        + tuple(
             Feature(
                 f"s{i}",
                 "sparse",
@@ -47,7 +47,7 @@ def _spec(uri: str) -> SessionSpec:
                 ),
             )
             for i in range(_TABLE.sparse)
-        ],
+        ),
         label="label",
         batch_size=4096,
     )

@@ -68,14 +68,15 @@ def test_read_batches_shrink_to_the_budget_and_a_large_row_group_is_refused(
     split = table.plan_splits(4000).splits[0]
     columns = ["row_id", "dense_0", "sparse_0", "sparse_1"]
 
-    def batches(**limits: int) -> list[int]:
+    def batches(max_batch_bytes: int = 0, max_row_group_bytes: int = 0) -> list[int]:
         scan = scan_split(
             split,
             filesystem=table.filesystem,
             columns=columns,
             row_filter=None,
             batch_rows=2000,
-            **limits,
+            max_batch_bytes=max_batch_bytes,
+            max_row_group_bytes=max_row_group_bytes,
         )
         return [b.num_rows for b in scan]
 
