@@ -374,12 +374,13 @@ class Master:
                 indices = tuple(range(len(plan.splits)))
                 self._record(state.EpochBegun(session_id, 0, 0, indices))
         logger.info(
-            "session %s planned: %d splits, %d files, %d rows in %.2fs",
+            "session %s planned: %d splits, %d files, %d rows in %.2fs%s",
             session_id,
             summary.num_splits,
             summary.num_files,
             summary.num_rows,
             summary.planning_seconds,
+            f" (Iceberg snapshot {summary.snapshot_id})" if summary.snapshot_id else "",
         )
         return self._view(session_id), False
 
