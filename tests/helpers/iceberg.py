@@ -77,3 +77,31 @@ def append(table: Table, data: pa.Table) -> int:
 def renamed(data: pa.Table, names: dict[str, str]) -> pa.Table:
     """``data`` with columns renamed (old -> new), as a writer after a rename sends it."""
     return data.rename_columns([names.get(n, n) for n in data.column_names])
+
+
+def commit_position_delete(table: Table, folder: Path, row: int) -> str:
+    """Commits a v2 position delete file dropping row ``row`` of the table's first data file
+    (pyiceberg writes no delete files itself, but reads and applies them: its own scan then
+    skips the row). Returns the delete file's URI."""
+    import pyarrow.parquet as pq
+    from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
+    from pyiceberg.typedef import Record
+
+    target = min(task.file.file_path for task in table.scan().plan_files())
+    path = folder / "position-delete-0.parquet"
+    pq.write_table(pa.table({"file_path": [target], "pos": pa.array([row], pa.int64())}), path)
+    deletes = DataFile.from_args(
+        content=DataFileContent.POSITION_DELETES,
+        file_path=f"file://{path}",
+        file_format=FileFormat.PARQUET,
+        partition=Record(),
+        record_count=1,
+        file_size_in_bytes=path.stat().st_size,
+    )
+    deletes.spec_id = table.metadata.default_spec_id
+    with (
+        table.transaction() as transaction,
+        transaction.update_snapshot().fast_append() as commit,
+    ):
+        commit.append_data_file(deletes)
+    return f"file://{path}"

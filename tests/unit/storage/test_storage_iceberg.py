@@ -12,7 +12,7 @@ from pyiceberg import expressions as ice
 from pyiceberg.catalog import Catalog
 
 from storage import FilterError, Table, TableNotFoundError, parse_filter, read_split
-from storage.errors import TableUriError
+from storage.errors import TableLayoutError, TableUriError
 from storage.filesystem import resolve
 from storage.iceberg import IcebergTable, iceberg_filter, parse_uri
 from storage.table import Plan, RenamedColumn
@@ -20,6 +20,7 @@ from tests.helpers.iceberg import (
     CATALOG,
     DAYS,
     append,
+    commit_position_delete,
     configure_catalog,
     create_events,
     renamed,
@@ -218,3 +219,19 @@ def test_refusals_name_what_was_wrong(catalog: Catalog) -> None:
         Table.open(URI).plan_splits(
             1000, partition_filter=parse_filter("ds = '2026-01-01'", "partition_filter")
         )
+
+
+def test_delete_files_are_refused_naming_them(catalog: Catalog, tmp_path: Path) -> None:
+    table = catalog.create_table(
+        "db.plain", schema=rows(0, 1).schema, properties={"format-version": "2"}
+    )
+    before = append(table, rows(0, 100))
+    deletes = commit_position_delete(table, tmp_path, row=3)
+    assert table.scan().to_arrow().num_rows == 99  # pyiceberg applies it
+    uri = f"iceberg://{CATALOG}/db.plain"
+    with pytest.raises(TableLayoutError) as info:
+        Table.open(uri).plan_splits(1000)
+    message = str(info.value)
+    assert deletes in message and "delete file" in message and "compact the table" in message
+    # The snapshot before the delete still plans (what the message suggests).
+    assert Table.open(f"{uri}@{before}").plan_splits(1000).num_rows == 100
