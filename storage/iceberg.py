@@ -26,10 +26,11 @@ partitioned by ``ds``, snapshot 42 holding 30 data files over three days):
    ``scan(snapshot_id=42).plan_files()``: pyiceberg reads the manifest list and the
    manifests and drops the 20 files of other days (partition values) and those whose column
    bounds rule out ``price > 10`` (column statistics), without opening a data file.
-3. The 10 surviving files' footers are read concurrently: row groups, row-group statistics
-   pruning as for a Hive table, and each file's columns matched to the table's by field id
-   (a column renamed after the file was written keeps its old name in the file: the split
-   records it, :class:`~storage.table.RenamedColumn`).
+3. The 10 surviving files' footers are read concurrently: each file's columns are matched
+   to the table's by field id (a column renamed after the file was written keeps its old
+   name in the file: the split records it, :class:`~storage.table.RenamedColumn`), and its
+   row groups pruned by statistics as for a Hive table, with the filter's columns under the
+   file's names.
 4. Row groups are packed into splits exactly as for a Hive table
    (:func:`storage.table.splits_of_file`). The session journals the splits and the snapshot
    id: every epoch and every resume reads those files, whatever is committed later.
@@ -54,6 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import sqlglot
@@ -76,7 +78,7 @@ from storage.errors import (
     TableUriError,
 )
 from storage.filesystem import native_s3, resolve
-from storage.filters import Filter, validate_types
+from storage.filters import Filter, parse_filter, validate_types
 from storage.table import (
     ColumnDrift,
     FileInfo,
@@ -461,13 +463,12 @@ class IcebergTable(Table):
                 names[column] = column if column in physical.names else None
             else:
                 names[column] = by_id.get(field_id)
-        if row_filter is not None and all(names.get(c) == c for c in row_filter.columns):
+        pruning = _in_file_names(row_filter, names) if row_filter is not None else None
+        if pruning is not None:
             try:
                 row_groups = [
                     rg
-                    for part in fragment.split_by_row_group(
-                        filter=row_filter.expression, schema=physical
-                    )
+                    for part in fragment.split_by_row_group(filter=pruning, schema=physical)
                     for rg in part.row_groups
                 ]
             except pa.ArrowException as exc:
@@ -523,6 +524,30 @@ class _IcebergFooter:
     renamed: tuple[RenamedColumn, ...]
     types: dict[str, pa.DataType | None]
     partition: str
+
+
+def _in_file_names(row_filter: Filter, names: Mapping[str, str | None]) -> pc.Expression | None:
+    """``row_filter`` over one file's column names (its renamed columns under their old
+    names), to prune that file's row groups by statistics; None when a column it reads is
+    missing from the file or the renamed text does not parse (no pruning: the worker still
+    filters exactly)."""
+    mapping = {column: names.get(column) for column in row_filter.columns}
+    if any(name is None for name in mapping.values()):
+        return None
+    if all(name == column for column, name in mapping.items()):
+        return row_filter.expression
+
+    def rename(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and not node.table and node.name in mapping:
+            return exp.column(mapping[node.name], quoted=True)
+        return node
+
+    try:
+        text = sqlglot.parse_one(row_filter.text).transform(rename).sql()
+        return parse_filter(text, row_filter.field).expression
+    except (sqlglot.errors.SqlglotError, FilterError) as exc:
+        logger.debug("no row-group pruning under renamed columns (%s)", exc)
+        return None
 
 
 def _file_columns_by_id(physical: pa.Schema) -> dict[int, str] | None:

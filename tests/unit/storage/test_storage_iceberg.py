@@ -36,7 +36,7 @@ def catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Catalog:
 
 
 def read_plan(uri: str, plan: Plan, columns: list[str], row_filter: str = "") -> pa.Table:
-    """Every planned split read as a worker reads it, sorted by row_id."""
+    """Every planned split read as a worker reads it, sorted by the first column."""
     filesystem, _ = resolve(uri)
     parsed = parse_filter(row_filter, "row_filter") if row_filter else None
     batches = [
@@ -47,7 +47,7 @@ def read_plan(uri: str, plan: Plan, columns: list[str], row_filter: str = "") ->
         )
     ]
     read = pa.Table.from_batches(batches) if batches else pa.table({c: [] for c in columns})
-    return read.sort_by("row_id")
+    return read.sort_by(columns[0])
 
 
 def test_every_row_once_with_pyiceberg_values(catalog: Catalog) -> None:
@@ -160,6 +160,15 @@ def test_a_filter_on_a_renamed_column_prunes_by_the_current_name(catalog: Catalo
         table.schema(),
     )
     assert expression == ice.LessThan("rid", 100)
+    # Unpinned, the filter names the new column; the first commit's files call it row_id,
+    # and their row groups are still pruned by statistics under that name: row groups of
+    # 250 rows in id order, two of four kept in each of those three files.
+    latest = Table.open(URI).plan_splits(
+        10_000, row_filter=parse_filter("rid >= 2000", "row_filter")
+    )
+    assert latest.num_files == 6 and latest.num_rows == 1500 + 3000
+    got = read_plan(URI, latest, ["rid"], "rid >= 2000")
+    assert got.column("rid").to_pylist() == list(range(2000, 6000))
     plan = pinned.plan_splits(10_000, row_filter=parse_filter("row_id >= 2000", "row_filter"))
     # The pinned snapshot's three files only, and in each the row groups (of 250 rows, in
     # row_id order) whose statistics allow row_id >= 2000: two of four.
