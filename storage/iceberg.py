@@ -531,9 +531,12 @@ def _in_file_names(row_filter: Filter, names: Mapping[str, str | None]) -> pc.Ex
     names), to prune that file's row groups by statistics; None when a column it reads is
     missing from the file or the renamed text does not parse (no pruning: the worker still
     filters exactly)."""
-    mapping = {column: names.get(column) for column in row_filter.columns}
-    if any(name is None for name in mapping.values()):
-        return None
+    mapping: dict[str, str] = {}
+    for column in row_filter.columns:
+        name = names.get(column)
+        if name is None:
+            return None
+        mapping[column] = name
     if all(name == column for column, name in mapping.items()):
         return row_filter.expression
 
