@@ -11,10 +11,18 @@ import pytest
 from pyiceberg import expressions as ice
 from pyiceberg.catalog import Catalog
 
-from storage import FilterError, Table, TableNotFoundError, parse_filter, read_split
+from storage import (
+    FilterError,
+    StorageError,
+    Table,
+    TableNotFoundError,
+    parse_filter,
+    read_split,
+)
 from storage.errors import TableLayoutError, TableUriError
 from storage.filesystem import resolve
 from storage.iceberg import IcebergTable, iceberg_filter, parse_uri
+from storage.rewrite import cluster_table
 from storage.table import Plan, RenamedColumn
 from tests.helpers.iceberg import (
     CATALOG,
@@ -205,7 +213,7 @@ def test_the_row_filter_translates_soundly(
     assert got == expected
 
 
-def test_refusals_name_what_was_wrong(catalog: Catalog) -> None:
+def test_refusals_name_what_was_wrong(catalog: Catalog, tmp_path: Path) -> None:
     table = create_events(catalog)
     with pytest.raises(TableNotFoundError, match="has no snapshot yet"):
         Table.open(URI)
@@ -224,6 +232,8 @@ def test_refusals_name_what_was_wrong(catalog: Catalog) -> None:
         parse_uri(f"iceberg://{CATALOG}/events")
     with pytest.raises(TableUriError, match="is not a snapshot id"):
         parse_uri(f"{URI}@latest")
+    with pytest.raises(StorageError, match="dpp cluster rewrites Hive-partitioned tables"):
+        cluster_table(URI, str(tmp_path / "sorted"), by="row_id")
     with pytest.raises(FilterError, match="hidden partitions"):
         Table.open(URI).plan_splits(
             1000, partition_filter=parse_filter("ds = '2026-01-01'", "partition_filter")
