@@ -10,7 +10,11 @@ import pyarrow as pa
 import pytest
 from pyiceberg import expressions as ice
 from pyiceberg.catalog import Catalog
+from pyiceberg.types import DoubleType
 
+from dpp_proto import spec_pb2
+from dpp_server.errors import SpecError
+from dpp_server.master import Master, MasterConfig
 from storage import (
     FilterError,
     StorageError,
@@ -254,3 +258,29 @@ def test_delete_files_are_refused_naming_them(catalog: Catalog, tmp_path: Path) 
     assert deletes in message and "delete file" in message and "compact the table" in message
     # The snapshot before the delete still plans (what the message suggests).
     assert Table.open(f"{uri}@{before}").plan_splits(1000).num_rows == 100
+
+
+def test_a_column_added_later_is_refused_naming_the_file_that_lacks_it(catalog: Catalog) -> None:
+    table = create_events(catalog)
+    first = append(table, rows(0, 300))
+    with table.update_schema() as update:
+        update.add_column("weight", DoubleType())
+    data = rows(300, 300)
+    second = append(table, data.append_column("weight", pa.array([1.0] * 300)))
+    old_files = {t.file.file_path for t in table.scan(snapshot_id=first).plan_files()}
+    master = Master(MasterConfig())
+
+    def session(passthrough: list[str]) -> spec_pb2.SessionSpec:
+        spec = spec_pb2.SessionSpec(
+            table_uri=URI, batch_size=100, target_split_rows=1000, passthrough=passthrough
+        )
+        spec.features.add(name="p", source="price", kind=spec_pb2.FEATURE_KIND_DENSE)
+        return spec
+
+    with pytest.raises(SpecError) as info:
+        master.create_session(session(["row_id", "weight"]))
+    message = str(info.value)
+    assert "column 'weight' is missing from" in message
+    assert any(path.removeprefix("file://") in message for path in old_files)
+    view, _ = master.create_session(session(["row_id"]))
+    assert view.plan.snapshot_id == second and view.plan.num_rows == 600
