@@ -170,16 +170,14 @@ def _catalog(name: str) -> Catalog:
             f"{name!r} to .pyiceberg.yaml (in $PYICEBERG_HOME or the home folder)"
         )
     try:
-        return load_catalog(name, **{str(k): _as_property(v) for k, v in conf.items()})
+        # Values as configured (a .pyiceberg.yaml may nest them); pyiceberg reads them itself.
+        properties: dict[str, Any] = {str(k): v for k, v in conf.items()}
+        return load_catalog(name, **properties)
     except Exception as exc:  # pyiceberg raises ValueError, ImportError, HTTP and SQL errors
         raise StorageError(
             f"Iceberg catalog {name!r}: loading it failed ({type(exc).__name__}: {exc}); "
             "check its configuration (uri, type, credentials) and that it is reachable"
         ) from exc
-
-
-def _as_property(value: Any) -> str | None:
-    return None if value is None else str(value) if not isinstance(value, str) else value
 
 
 def _load(ref: IcebergUri, uri: str) -> PyIcebergTable:
