@@ -152,10 +152,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
 
     Attributes:
         plan: the session's plan (``SessionPlan``: ``num_splits``, ``num_files``,
-            ``num_row_groups``, ``num_rows``, ``num_partitions``, ``planning_seconds``) once
-            the session is created, joined or resumed (first ``iter()`` or ``len()``); None
-            before. ``num_rows`` counts the rows of the planned row groups, before the row
-            filter and sampling.
+            ``num_row_groups``, ``num_rows``, ``num_partitions``, ``planning_seconds``, and
+            for an Iceberg table the ``snapshot_id`` every epoch reads) once the session is
+            created, joined or resumed (first ``iter()`` or ``len()``); None before.
+            ``num_rows`` counts the rows of the planned row groups, before the row filter and
+            sampling.
         session_id: the session's id once created ("" before).
         epochs: the session's number of epochs, after the first ``iter()``.
         epoch: the epoch being read (None before the first ``iter()``).

@@ -212,10 +212,12 @@ class SessionSpec:
     """What a trainer asks dpp to read and how to preprocess it (mirrors ``spec.proto``).
 
     Attributes:
-        table_uri: path, file://, memory:// or s3:// URI of a Hive-partitioned Parquet table.
-            A relative local path (``data/ctr``, ``file://data/ctr``, ``~/ctr``) is made
-            absolute here, against this process's working folder, because the master runs
-            elsewhere and would resolve it against its own.
+        table_uri: path, file://, memory:// or s3:// URI of a Hive-partitioned Parquet (or
+            ORC) table, or ``iceberg://catalog/namespace.table[@snapshot_id]`` for an Apache
+            Iceberg table (docs/tables.md, "Iceberg"). A relative local path (``data/ctr``,
+            ``file://data/ctr``, ``~/ctr``) is made absolute here, against this process's
+            working folder, because the master runs elsewhere and would resolve it against its
+            own.
         features: output features; dense ones are stacked in this order.
         batch_size: rows per batch. Larger amortises per-batch overhead; smaller lowers
             latency and memory.

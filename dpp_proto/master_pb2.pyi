@@ -132,20 +132,22 @@ class CreateSessionResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., joined: _Optional[bool] = ..., plan: _Optional[_Union[SessionPlan, _Mapping]] = ...) -> None: ...
 
 class SessionPlan(_message.Message):
-    __slots__ = ("num_splits", "num_files", "num_row_groups", "num_rows", "num_partitions", "planning_seconds")
+    __slots__ = ("num_splits", "num_files", "num_row_groups", "num_rows", "num_partitions", "planning_seconds", "snapshot_id")
     NUM_SPLITS_FIELD_NUMBER: _ClassVar[int]
     NUM_FILES_FIELD_NUMBER: _ClassVar[int]
     NUM_ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
     NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     PLANNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     num_splits: int
     num_files: int
     num_row_groups: int
     num_rows: int
     num_partitions: int
     planning_seconds: float
-    def __init__(self, num_splits: _Optional[int] = ..., num_files: _Optional[int] = ..., num_row_groups: _Optional[int] = ..., num_rows: _Optional[int] = ..., num_partitions: _Optional[int] = ..., planning_seconds: _Optional[float] = ...) -> None: ...
+    snapshot_id: int
+    def __init__(self, num_splits: _Optional[int] = ..., num_files: _Optional[int] = ..., num_row_groups: _Optional[int] = ..., num_rows: _Optional[int] = ..., num_partitions: _Optional[int] = ..., planning_seconds: _Optional[float] = ..., snapshot_id: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -318,7 +320,7 @@ class SplitLease(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ...) -> None: ...
 
 class Split(_message.Message):
-    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit")
+    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit", "renamed")
     class PartitionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +336,7 @@ class Split(_message.Message):
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
     ROW_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RENAMED_FIELD_NUMBER: _ClassVar[int]
     split_id: str
     path: str
     file_size: int
@@ -342,7 +345,16 @@ class Split(_message.Message):
     partition: _containers.ScalarMap[str, str]
     row_offset: int
     row_limit: int
-    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ..., row_offset: _Optional[int] = ..., row_limit: _Optional[int] = ...) -> None: ...
+    renamed: _containers.RepeatedCompositeFieldContainer[RenamedColumn]
+    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ..., row_offset: _Optional[int] = ..., row_limit: _Optional[int] = ..., renamed: _Optional[_Iterable[_Union[RenamedColumn, _Mapping]]] = ...) -> None: ...
+
+class RenamedColumn(_message.Message):
+    __slots__ = ("column", "file_column")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    FILE_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    file_column: str
+    def __init__(self, column: _Optional[str] = ..., file_column: _Optional[str] = ...) -> None: ...
 
 class AcquireSplitResponse(_message.Message):
     __slots__ = ("lease", "retry_after_ms")

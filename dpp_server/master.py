@@ -100,6 +100,7 @@ from dpp_server.spec import (
     spec_to_proto,
 )
 from storage import Filter, FilterError, SplitInfo, Table, check_columns, parse_filter
+from storage.filesystem import is_iceberg_uri
 from storage.filters import validate_types
 
 logger = logging.getLogger(__name__)
@@ -345,6 +346,7 @@ class Master:
             num_rows=plan.num_rows,
             num_partitions=plan.num_partitions,
             planning_seconds=plan.planning_seconds,
+            snapshot_id=plan.snapshot_id,
         )
         session_id = "s-" + uuid.uuid4().hex[:12]
         with self._lock:
@@ -372,12 +374,13 @@ class Master:
                 indices = tuple(range(len(plan.splits)))
                 self._record(state.EpochBegun(session_id, 0, 0, indices))
         logger.info(
-            "session %s planned: %d splits, %d files, %d rows in %.2fs",
+            "session %s planned: %d splits, %d files, %d rows in %.2fs%s",
             session_id,
             summary.num_splits,
             summary.num_files,
             summary.num_rows,
             summary.planning_seconds,
+            f" (Iceberg snapshot {summary.snapshot_id})" if summary.snapshot_id else "",
         )
         return self._view(session_id), False
 
@@ -1113,6 +1116,8 @@ def _check_against_table(spec: Spec) -> tuple[Table, Filter | None, Filter | Non
     partition_filter = row_filter = None
     if spec.partition_filter:
         partition_filter = parse_filter(spec.partition_filter, "partition_filter")
+        if is_iceberg_uri(spec.table_uri):
+            table.files(partition_filter)  # refuses it: Iceberg partitions are hidden
         _check_partition_columns(partition_filter, table)
         table.files(partition_filter)  # type-checks it (no I/O): ``ds > 3`` fails here
     if spec.row_filter:

@@ -42,6 +42,9 @@ class PlanSummary:
     num_rows: int
     num_partitions: int
     planning_seconds: float
+    # The Iceberg snapshot planned (0: not an Iceberg table); journaled with the session, so
+    # a restarted master still reports what every epoch reads.
+    snapshot_id: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

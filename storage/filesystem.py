@@ -25,7 +25,7 @@ from storage.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["fsspec_filesystem_of", "native_s3", "resolve"]
+__all__ = ["fsspec_filesystem_of", "is_iceberg_uri", "native_s3", "resolve"]
 
 # Storage options pyarrow's native S3 client understands, and its argument for each; a spec
 # with any other option keeps to fsspec everywhere.
@@ -52,6 +52,11 @@ def _split_protocol(uri: str) -> tuple[str, str]:
         return "", uri
     protocol, rest = uri.split("://", 1)
     return protocol.lower(), rest
+
+
+def is_iceberg_uri(uri: str) -> bool:
+    """Whether ``uri`` names an Iceberg table through a catalog (``iceberg://...``)."""
+    return _split_protocol(uri)[0] == "iceberg"
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -93,7 +98,9 @@ def resolve(
     every split does not open a new S3 client each time.
 
     Args:
-        uri: a plain path, ``file://`` URI, or any fsspec URI (``memory://t``, ``s3://b/k``).
+        uri: a plain path, ``file://`` URI, or any fsspec URI (``memory://t``, ``s3://b/k``);
+            ``iceberg://catalog/namespace.table`` gives the file system of the table's
+            location, asked of its catalog (:func:`storage.iceberg.location_of`).
         storage_options: fsspec options as strings. For ``s3`` these are s3fs options
             (``key``, ``secret``, ``token``, ``anon``, ``endpoint_url``, ``region``, ...);
             ignored for local paths.
@@ -107,6 +114,11 @@ def resolve(
     """
     protocol, rest = _split_protocol(uri)
     options = dict(storage_options or {})
+    if protocol == "iceberg":
+        # Imported here: storage.iceberg imports pyiceberg, which only Iceberg tables need.
+        from storage.iceberg import location_of
+
+        return resolve(location_of(uri), options)
     if protocol in _LOCAL_PROTOCOLS:
         if options:
             logger.debug("ignoring storage options %s for local uri %s", sorted(options), uri)

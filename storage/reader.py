@@ -198,6 +198,11 @@ def _scan(
                 f"row groups {list(split.row_groups)} failed ({exc}); the file may be corrupt "
                 "or rewritten: replan the table"
             ) from exc
+    # Columns the file stores under an older name (an Iceberg rename, matched by field id at
+    # planning) are read under the file's name and handed on under the table's.
+    file_names = {r.column: r.file_column for r in split.renamed}
+    if file_names:
+        schema = _as_table_names(schema, file_names)
     # Partition columns come from the folder name, always as strings, even when the writer
     # also stored them in the file (polars does; planning checked that the copy agrees).
     for name in split.partition:
@@ -218,9 +223,14 @@ def _scan(
         scanned += sorted(c for c in row_filter.columns if c not in scanned)
     from_file = [c for c in scanned if c not in split.partition]
     partition = {k: v for k, v in split.partition.items() if k in scanned}
+    # The names to ask the file for (the same as ``from_file`` but for renamed columns).
+    in_file = [file_names.get(c, c) for c in from_file]
+    to_table = {f: t for t, f in file_names.items() if f in in_file}
 
     def with_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            if to_table:
+                batch = batch.rename_columns([to_table.get(n, n) for n in batch.schema.names])
             if not partition:
                 yield batch
                 continue
@@ -233,7 +243,7 @@ def _scan(
             yield pa.RecordBatch.from_arrays(arrays, names=scanned)
 
     if parquet is None:  # ORC: row_groups are stripes
-        stripes = orc.scan_stripes(filesystem, split.path, split.row_groups, from_file, batch_rows)
+        stripes = orc.scan_stripes(filesystem, split.path, split.row_groups, in_file, batch_rows)
         if split.row_limit:
             stripes = _row_range(stripes, split.row_offset, split.row_limit)
         yield from with_partition(_bounded(stripes, batch_rows, split))
@@ -243,7 +253,7 @@ def _scan(
     # first of them come before the piece.
     first_row, skip = 0, split.row_offset
     for rg in split.row_groups:
-        compressed, uncompressed, rows = _row_group_bytes(metadata, rg, set(from_file))
+        compressed, uncompressed, rows = _row_group_bytes(metadata, rg, set(in_file))
         first_row += rows
         if split.row_limit and (
             first_row <= split.row_offset or first_row - rows >= split.row_offset + split.row_limit
@@ -268,7 +278,7 @@ def _scan(
             # row groups at once: the dataset scanner takes CacheOptions, ParquetFile not.
             fragment = whole_file.subset(row_group_ids=[rg for rg, _ in groups])
             for batch in fragment.to_batches(
-                columns=from_file,
+                columns=in_file,
                 batch_size=batch_rows,
                 use_threads=False,
                 fragment_scan_options=options.scan_options(remote=True),
@@ -287,7 +297,7 @@ def _scan(
                     step = min(batch_rows, max(_MIN_DECODE_ROWS, int(max_batch_bytes / row_bytes)))
             # One row group per call: pre_buffer then holds that row group's chunks only.
             for batch in parquet.iter_batches(
-                batch_size=step, row_groups=[rg], columns=from_file, use_threads=False
+                batch_size=step, row_groups=[rg], columns=in_file, use_threads=False
             ):
                 if batch.num_rows == 0:
                     continue
@@ -295,7 +305,7 @@ def _scan(
                 yield batch
 
     if source.ranges is not None:
-        source.ranges.prefetch(column_chunk_ranges(metadata, [rg for rg, _ in groups], from_file))
+        source.ranges.prefetch(column_chunk_ranges(metadata, [rg for rg, _ in groups], in_file))
     decoded = decode()
     if split.row_limit:
         decoded = _row_range(decoded, skip, split.row_limit)
@@ -305,6 +315,21 @@ def _scan(
         )
     finally:
         parquet.close()
+
+
+def _as_table_names(schema: pa.Schema, file_names: dict[str, str]) -> pa.Schema:
+    """A file's schema under the table's names: each renamed column under the table's name;
+    a file column that only shares a name with a column the file lacks ("" in
+    ``file_names``) is hidden, so it is never read for that column."""
+    table_names = {f: t for t, f in file_names.items() if f}
+    hidden = {t for t, f in file_names.items() if not f}
+    return pa.schema(
+        [
+            field.with_name(table_names[field.name]) if field.name in table_names else field
+            for field in schema
+            if field.name in table_names or field.name not in hidden
+        ]
+    )
 
 
 def _row_range(batches: Iterator[pa.RecordBatch], skip: int, take: int) -> Iterator[pa.RecordBatch]:

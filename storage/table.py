@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from dpp_proto import limits
 from storage import orc
 from storage.errors import CorruptFileError, StorageError, TableLayoutError, TableNotFoundError
-from storage.filesystem import fsspec_filesystem_of, native_s3, resolve
+from storage.filesystem import fsspec_filesystem_of, is_iceberg_uri, native_s3, resolve
 from storage.filters import Filter, validate_types
 from storage.orc import ORC_SUFFIXES
 
@@ -52,11 +52,13 @@ __all__ = [
     "ColumnDrift",
     "FileInfo",
     "Plan",
+    "RenamedColumn",
     "SplitInfo",
     "Table",
     "check_partition_values",
     "partition_expression",
     "split_id_of",
+    "splits_of_file",
 ]
 
 # Files with these suffixes are table data; everything else (README, _SUCCESS, .crc) is not.
@@ -90,6 +92,24 @@ class FileInfo:
 
 
 @dataclass(frozen=True)
+class RenamedColumn:
+    """A column one file stores under another name than the table's.
+
+    Iceberg matches columns by field id, so a column renamed after a file was written keeps
+    its old name in that file; planning (:mod:`storage.iceberg`) records the pair per split,
+    and the reader reads ``file_column`` and hands it on as ``column``.
+
+    Attributes:
+        column: the table's name (what specs and filters say).
+        file_column: the name inside the file; "" when the file lacks the column but holds
+            another one (a dropped column, matched by field id) under the same name.
+    """
+
+    column: str
+    file_column: str
+
+
+@dataclass(frozen=True)
 class SplitInfo:
     """A run of whole, contiguous row groups of one file: the unit a worker reads.
 
@@ -106,6 +126,8 @@ class SplitInfo:
             the row filter. The master cuts the splits at the tail of an epoch into pieces so
             that ranks get equal rows (``dpp_server.state.rank_units``); planning never does.
         row_limit: rows of a piece; 0: the whole split (``row_offset`` is then 0).
+        renamed: columns the file stores under another name (Iceberg renames, matched by
+            field id at planning); empty for a Hive table.
     """
 
     split_id: str
@@ -116,6 +138,7 @@ class SplitInfo:
     partition: Mapping[str, str]
     row_offset: int = 0
     row_limit: int = 0
+    renamed: tuple[RenamedColumn, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,8 @@ class Plan:
         drift: the table's columns whose type differs between the planned files (or that a
             planned file lacks); the caller decides which ones matter (the master checks the
             columns a session reads, at session creation).
+        snapshot_id: the Iceberg snapshot planned (:mod:`storage.iceberg`); 0 for a Hive
+            table.
     """
 
     splits: list[SplitInfo]
@@ -141,6 +166,7 @@ class Plan:
     num_partitions: int
     planning_seconds: float
     drift: tuple[ColumnDrift, ...] = ()
+    snapshot_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +256,11 @@ class Table:
             StorageError: the listing failed, the partition folders are inconsistent, or the
                 first file is not readable Parquet.
         """
+        if is_iceberg_uri(uri):
+            # Imported here: storage.iceberg builds on this module (and imports pyiceberg).
+            from storage.iceberg import IcebergTable
+
+            return IcebergTable.open(uri, storage_options)
         filesystem, root = resolve(uri, storage_options)
         if len(root) > 1:
             root = root.rstrip("/")
@@ -337,7 +368,7 @@ class Table:
             footers = list(pool.map(lambda f: self._footer_of(f, pruning), files))
         splits: list[SplitInfo] = []
         for file, footer in zip(files, footers, strict=True):
-            splits.extend(_splits_of_file(file, footer.row_groups, target_split_rows))
+            splits.extend(splits_of_file(file, footer.row_groups, target_split_rows))
         drift = self._drift(
             [(f.path, footer.schema) for f, footer in zip(files, footers, strict=True)]
         )
@@ -580,7 +611,7 @@ def _min_max_nulls(
     return bounds["min"], bounds["max"], int(values.null_count)
 
 
-def _splits_of_file(
+def splits_of_file(
     file: FileInfo, row_groups: Sequence[tuple[int, int]], target_split_rows: int
 ) -> list[SplitInfo]:
     """Packs a file's surviving row groups greedily into contiguous runs.
