@@ -153,7 +153,7 @@ class MasterConfig:
     heartbeat_interval_s: float = 1.0
     lease_timeout_s: float = 10.0
     acquire_retry_ms: int = 50
-    plan_concurrency: int = 32
+    plan_concurrency: int = 128
     rank_timeout_s: float = 30.0
     session_ttl_s: float = 3600.0
     journal_compact_updates: int = 10_000

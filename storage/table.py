@@ -327,7 +327,7 @@ class Table:
         target_split_rows: int,
         partition_filter: Filter | None = None,
         row_filter: Filter | None = None,
-        max_concurrency: int = 32,
+        max_concurrency: int = 128,
     ) -> Plan:
         """Cuts the table into splits of whole row groups sized toward ``target_split_rows``.
 
