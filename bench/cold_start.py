@@ -214,9 +214,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=32,
         help="footers in flight for --baseline-tree (its MasterConfig default)",
     )
+    parser.add_argument(
+        "--local",
+        default="",
+        help="a folder: time the same table on local disk instead (written there if absent), "
+        "the storage path only, beside --baseline-tree's when given",
+    )
     parser.add_argument("--json", default=str(REPO / "bench/results/cold_start.json"))
     args = parser.parse_args(argv)
     from dpp_server.master import MasterConfig
+
+    if args.local:
+        local_main(args, args.plan_concurrency or MasterConfig.plan_concurrency, argv)
+        return
 
     concurrency = args.plan_concurrency or MasterConfig.plan_concurrency
     results: dict[str, Any] = {
@@ -245,8 +255,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         with DelayProxy(endpoint, args.delay_ms / 1000) as proxy:
             uri = f"s3://{BUCKET}/t"
             options = {"endpoint_url": proxy.endpoint, "key": key, "secret": secret}
+            # Insecure (the trainer here holds no credentials), and allowed this bucket and
+            # endpoint by the data-access policy.
             cluster = None if args.skip_cluster else LocalCluster(
-                workers=1, master_args=[f"--plan-concurrency={concurrency}"]
+                workers=1,
+                master_args=[f"--plan-concurrency={concurrency}"],
+                secure=False,
+                allow_table=f"s3://{BUCKET}/",
+                allow_endpoint=proxy.endpoint,
             )  # fmt: skip
             if cluster is not None:
                 cluster.__enter__()
@@ -289,13 +305,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps(summary(results), indent=2))
 
 
+def local_main(args: argparse.Namespace, concurrency: int, argv: Sequence[str] | None) -> None:
+    """``--local``: the table on local disk, each round in fresh child processes (the
+    baseline tree's first when given), no server or proxy."""
+    root = Path(args.local).resolve()
+    if not root.exists():
+        for index in range(args.files):
+            folder = root / f"ds=2026-01-{1 + index // FILES_PER_DAY:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"part-{index:05d}.parquet").write_bytes(file_bytes(index))
+    trees = [("after", REPO, concurrency)]
+    if args.baseline_tree:
+        trees.insert(0, ("before", Path(args.baseline_tree), args.baseline_concurrency))
+    results: dict[str, Any] = {
+        "command": "python -m bench.cold_start " + " ".join(argv or sys.argv[1:]),
+        "files": args.files,
+        "local": str(root),
+        "storage": [],
+        "cluster": [],
+        "side_by_side": [],
+    }
+    for round_index in range(args.rounds):
+        pair = {name: storage_path_in_child(tree, str(root), {}, n) for name, tree, n in trees}
+        for result in pair.values():
+            result["server_cpu_s"] = result["proxy_cpu_s"] = 0.0
+        results["side_by_side"].append(pair)
+        print(f"  round {round_index} local: {json.dumps(pair)}", flush=True)
+    if not args.baseline_tree:
+        results["storage"] = [pair["after"] for pair in results["side_by_side"]]
+        results["side_by_side"] = []
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(summary(results), indent=2))
+
+
 def summary(results: dict[str, Any]) -> dict[str, float]:
     """Medians over rounds."""
     import statistics
 
     out: dict[str, float] = {}
     for key in ("open_s", "plan_s", "first_batch_read_s", "total_s"):
-        out[f"storage_{key}"] = statistics.median(r[key] for r in results["storage"])
+        if results["storage"]:
+            out[f"storage_{key}"] = statistics.median(r[key] for r in results["storage"])
     pairs = results["side_by_side"]
     for name in ("before", "after") if pairs else ():
         for key in ("open_s", "plan_s", "total_s", "planner_cpu_s", "proxy_cpu_s", "server_cpu_s"):
