@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpp_client import DppLoader, Feature, SessionSpec
+from dpp_proto.auth import Connection
 from dpp_server.local_cluster import LocalCluster
 from storage import Table, read_split
 from storage.filesystem import fsspec_filesystem_of
@@ -168,7 +169,9 @@ def _server_pids(root: Path) -> list[int]:
     return pids
 
 
-def cluster_path(master: str, uri: str, options: dict[str, str]) -> dict[str, float]:
+def cluster_path(
+    master: str, uri: str, options: dict[str, str], connection: Connection | None
+) -> dict[str, float]:
     spec = SessionSpec(
         table_uri=uri,
         storage_options=options,
@@ -178,7 +181,7 @@ def cluster_path(master: str, uri: str, options: dict[str, str]) -> dict[str, fl
     )
     started = time.perf_counter()
     # Planning 10,000 files can outlast the default 30 s deadline of CreateSession here.
-    with DppLoader(master, spec, rpc_timeout_s=600.0) as loader:
+    with DppLoader(master, spec, rpc_timeout_s=600.0, connection=connection) as loader:
         batch = next(iter(loader))
         first = time.perf_counter() - started
         plan = loader.plan
@@ -255,12 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         with DelayProxy(endpoint, args.delay_ms / 1000) as proxy:
             uri = f"s3://{BUCKET}/t"
             options = {"endpoint_url": proxy.endpoint, "key": key, "secret": secret}
-            # Insecure (the trainer here holds no credentials), and allowed this bucket and
-            # endpoint by the data-access policy.
+            # The data-access policy allows exactly this bucket and endpoint (issue 13).
             cluster = None if args.skip_cluster else LocalCluster(
                 workers=1,
                 master_args=[f"--plan-concurrency={concurrency}"],
-                secure=False,
                 allow_table=f"s3://{BUCKET}/",
                 allow_endpoint=proxy.endpoint,
             )  # fmt: skip
@@ -294,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if cluster is not None:
                         proxy.reset()
                         # A fresh session name each time: the master plans it anew.
-                        result = cluster_path(cluster.master_address, uri, options)
+                        result = cluster_path(
+                            cluster.master_address, uri, options, cluster.connection
+                        )
                         result["requests"] = dict(proxy.snapshot().requests)
                         results["cluster"].append(result)
                         print(f"  round {round_index} cluster: {json.dumps(result)}", flush=True)
