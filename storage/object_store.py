@@ -109,6 +109,8 @@ class S3Objects:
         instead (the caller's own, slower path) and its result or error stands.
         """
 
+        fell_back: list[str] = []  # touched on the loop's thread only
+
         async def one(index: int, gate: asyncio.Semaphore) -> T:
             path, size = files[index]
             try:
@@ -117,13 +119,23 @@ class S3Objects:
                 return parse(index, tail)
             except Exception as exc:
                 logger.debug("obstore footer read of %s failed (%s); falling back", path, exc)
+                fell_back.append(f"{path} ({exc})")
                 return await asyncio.get_running_loop().run_in_executor(None, fallback, index, exc)
 
         async def run() -> list[T]:
             gate = asyncio.Semaphore(max(1, concurrency))
             return list(await asyncio.gather(*(one(i, gate) for i in range(len(files)))))
 
-        return _run_on_own_loop(run)
+        try:
+            return _run_on_own_loop(run)
+        finally:
+            if fell_back:
+                logger.info(
+                    "%d of %d footers read again through the slower path; the first: %s",
+                    len(fell_back),
+                    len(files),
+                    fell_back[0],
+                )
 
     async def _footer_bytes(self, path: str, size: int) -> bytes:
         """The bytes from the start of ``path``'s Parquet footer to its end."""
