@@ -235,3 +235,20 @@ def test_obstore_planning_names_an_unreadable_file(moto_options: dict[str, str])
     table = Table.open(f"s3://{PLAIN}/bad", moto_options)
     with pytest.raises(StorageError, match=r"truncated\.parquet"):
         table.plan_splits(1000)
+
+
+def test_obstore_lists_and_reads_keys_as_s3fs_names_them(
+    moto_options: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hive-encoded values (``%20``, ``%2F``), spaces, braces and non-ASCII in keys: obstore
+    must hand back the very paths s3fs uses (workers read through s3fs), and read them."""
+    names = ["city=New%20York/a b.parquet", "city=A%2FB/x#y{z}.parquet", "city=u/é€.parquet"]
+    _put(moto_options, {f"keys/{n}": pa.table({"row_id": [i]}) for i, n in enumerate(names)})
+    caplog.set_level(logging.DEBUG, logger="storage.object_store")
+    fast, slow = _both(f"s3://{PLAIN}/keys", moto_options)
+    assert [(f.path, f.etag) for f in fast.files()] == [(f.path, f.etag) for f in slow.files()]
+    assert sorted(f.partition["city"] for f in fast.files()) == ["A/B", "New York", "u"]
+    plan = fast.plan_splits(1000)
+    assert plan.splits == slow.plan_splits(1000).splits
+    assert _rows(fast, plan, ["row_id"]).column("row_id").to_pylist() == [0, 1, 2]
+    assert not [r.message for r in caplog.records if "falling back" in r.message]
