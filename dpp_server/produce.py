@@ -44,6 +44,7 @@ from dpp_proto import worker_pb2
 from dpp_proto.wire import FrameEncoder, Section, WireOptions, concat_rows
 from dpp_server.cache import SplitCache, output_digest
 from dpp_server.master import LeaseGrant
+from dpp_server.share import ShareClaim, ShareWindow
 from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
@@ -116,6 +117,9 @@ class SessionPipeline:
         cache: the worker's cache of transformed splits (None: none; see
             :mod:`dpp_server.cache`).
         cache_digest: :func:`~dpp_server.cache.output_digest` of ``spec``.
+        share: the worker's share window when the spec sets ``share`` (None otherwise; see
+            :mod:`dpp_server.share`): produced splits are kept there, in memory, for the
+            other sessions of the share group, and looked up there first.
         read_options: how files are fetched from a remote file system (coalesced ranges,
             read-ahead; :class:`storage.remote.ReadOptions`).
     """
@@ -131,6 +135,7 @@ class SessionPipeline:
     cache: SplitCache | None = None
     cache_digest: str = ""
     read_options: ReadOptions = dataclasses.field(default_factory=ReadOptions)
+    share: ShareWindow | None = None
 
     @classmethod
     def compile(
@@ -143,6 +148,7 @@ class SessionPipeline:
         max_row_group_bytes: int = 0,
         cache: SplitCache | None = None,
         read_options: ReadOptions | None = None,
+        share: ShareWindow | None = None,
     ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
 
@@ -156,6 +162,7 @@ class SessionPipeline:
                 (:mod:`dpp_server.budget`; 0: none).
             cache: where transformed splits are kept and found again (None: no cache).
             read_options: see the attribute; the defaults when None.
+            share: the worker's share window; used only when ``spec.share`` is set.
         """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         options = WireOptions(
@@ -173,8 +180,9 @@ class SessionPipeline:
             max_batch_bytes=max_batch_bytes,
             max_row_group_bytes=max_row_group_bytes,
             cache=cache,
-            cache_digest=output_digest(spec) if cache is not None else "",
+            cache_digest=output_digest(spec) if cache is not None or share is not None else "",
             read_options=read_options or ReadOptions(),
+            share=share if spec.share else None,
         )
 
 
@@ -274,8 +282,56 @@ def _batches(
 def _transformed(
     session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
 ) -> Iterator[pa.RecordBatch]:
-    """The split's transformed chunks: from the worker's cache when it holds them (read back
+    """The split's transformed chunks: from the share window when the session shares and the
+    window holds them, else from the worker's cache when it holds them (read back
     memory-mapped, timed as ``read_s``), else produced and written to the cache on the way."""
+    if session.share is not None:
+        yield from _shared(session, session.share, lease, recorder)
+        return
+    yield from _cached(session, lease, recorder)
+
+
+def _shared(
+    session: SessionPipeline, share: ShareWindow, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
+    """A share group's split: read from the window (a hit), or produced whole first, then
+    published for the group's other members (``lease.share_readers`` of them), then yielded.
+
+    Producing the whole split before yielding any of it keeps the producer independent of its
+    own trainer: a member waiting for this split (single flight) waits for production only,
+    never for a slow trainer's full buffer. A split larger than the window is not kept: it
+    is streamed once its size passes the window's.
+    """
+    started = time.perf_counter()
+    key = ShareWindow.key(lease.split.split_id, session.cache_digest)
+    claimed = share.claim(key, SINGLE_FLIGHT_WAIT_S)
+    recorder.add_seconds("read_s", time.perf_counter() - started)
+    if not isinstance(claimed, ShareClaim):
+        yield from claimed
+        return
+    chunks: list[pa.RecordBatch] = []
+    nbytes = 0
+    source = _cached(session, lease, recorder)
+    try:
+        for chunk in source:
+            chunks.append(chunk)
+            nbytes += chunk.nbytes
+            if nbytes > share.max_bytes:
+                claimed.abort()
+                break
+        else:
+            claimed.publish(tuple(chunks), nbytes, lease.share_readers)
+    finally:
+        claimed.abort()  # a no-op once published or aborted
+    yield from chunks
+    yield from source
+
+
+def _cached(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
+    """The split's transformed chunks, from the worker's cache or produced (see
+    :func:`_transformed`)."""
     cache = session.cache
     if cache is None:
         yield from _produce_chunks(session, lease, recorder)
