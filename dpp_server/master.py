@@ -825,35 +825,71 @@ class Master:
             if not candidates:
                 return None
             self._cursor = (self._cursor + 1) % len(candidates)
-            session_id, epoch, rank, pos = candidates[self._cursor]
-            stream = self._ledger.stream(session_id, epoch, rank)
-            spec = self._specs[session_id]
-            limit = (
-                stream.first_open + spec.max_splits_in_flight
-                if spec.deterministic
-                else pos + LOCALITY_WINDOW
-            )
+            session_id, epoch, rank, pos = self._choose(worker_id, candidates)
             session = self._ledger.sessions[session_id]
-            shared = self._share.position(
-                session,
-                stream,
-                worker_id,
-                pos,
-                limit if spec.deterministic else None,
-                self._workers,
-            )
-            if shared is not None:
-                pos = shared
-            else:
-                pos = self._local_position(worker_id, session_id, stream, pos, limit)
+            stream = session.streams[(epoch, rank)]
             split_index = stream.split_indices[pos]
             start_batch = stream.acked.get(split_index, 0)
             self._record(
                 state.SplitLeased(session_id, epoch, rank, split_index, worker_id, start_batch)
             )
             split = session.splits[split_index]
-            readers = self._share.leased(session_id, split.split_id, worker_id)
+            readers = self._share.leased(session_id, split.split_id, worker_id, self._sharing)
             return LeaseGrant(session_id, epoch, rank, split, start_batch, readers)
+
+    def _choose(
+        self, worker_id: str, candidates: Sequence[tuple[str, int, int, int]]
+    ) -> tuple[str, int, int, int]:
+        """The stream (from the round-robin cursor on) and the position in it to lease to
+        ``worker_id``. A share group's stream may prefer a split the worker produced for
+        another member, or defer to the next stream while every split it could take is
+        being served by another worker (:meth:`ShareGroups.position`); when every stream
+        defers, the cursor's takes its usual split. Holds ``_lock``."""
+        n = len(candidates)
+        for k in range(n):
+            session_id, epoch, rank, pos = candidates[(self._cursor + k) % n]
+            session = self._ledger.sessions[session_id]
+            stream = session.streams[(epoch, rank)]
+            spec = self._specs[session_id]
+            limit = stream.first_open + spec.max_splits_in_flight if spec.deterministic else None
+            shared, defer = self._share.position(
+                session, stream, worker_id, pos, limit, self._workers
+            )
+            if shared is not None:
+                return session_id, epoch, rank, shared
+            if not defer:
+                return (
+                    session_id,
+                    epoch,
+                    rank,
+                    self._usual_position(worker_id, session_id, epoch, rank, pos),
+                )
+        session_id, epoch, rank, pos = candidates[self._cursor]
+        return (
+            session_id,
+            epoch,
+            rank,
+            self._usual_position(worker_id, session_id, epoch, rank, pos),
+        )
+
+    def _usual_position(
+        self, worker_id: str, session_id: str, epoch: int, rank: int, pos: int
+    ) -> int:
+        """The position to lease in a stream by the cache's locality. Holds ``_lock``."""
+        stream = self._ledger.sessions[session_id].streams[(epoch, rank)]
+        spec = self._specs[session_id]
+        limit = (
+            stream.first_open + spec.max_splits_in_flight
+            if spec.deterministic
+            else pos + LOCALITY_WINDOW
+        )
+        return self._local_position(worker_id, session_id, stream, pos, limit)
+
+    def _sharing(self, session_id: str) -> bool:
+        """Whether a share group member still counts as a reader: a rank of it called within
+        ``rank_timeout_s`` (a trainer that died is no longer waited for). Holds ``_lock``."""
+        deadline = self._clock() - self.config.rank_timeout_s
+        return self._last_call.get(session_id, self._started) >= deadline
 
     def _local_position(
         self, worker_id: str, session_id: str, stream: state.StreamProgress, pos: int, limit: int

@@ -304,7 +304,7 @@ def _shared(
     """
     started = time.perf_counter()
     key = ShareWindow.key(lease.split.split_id, session.cache_digest)
-    claimed = share.claim(key, SINGLE_FLIGHT_WAIT_S)
+    claimed = share.claim(key, lease.share_readers, SINGLE_FLIGHT_WAIT_S)
     recorder.add_seconds("read_s", time.perf_counter() - started)
     if not isinstance(claimed, ShareClaim):
         yield from claimed

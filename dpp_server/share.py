@@ -20,7 +20,9 @@ The window is bounded, and that bound is what keeps a slow job from stalling a f
   split first), so a member waiting for a split being produced (single flight,
   :meth:`ShareWindow.claim`) waits for production only, never for another job's trainer,
   and at most ``wait_s``.
-- An entry is dropped once ``readers`` leases read it (the group's size, minus the producer).
+- An entry is dropped once no reader is expected: each lease carries the number of the
+  group's other members the master still expects to read the split here
+  (``share_readers``), and each read sets the entry's count to it.
 
 Worked example (window 100 MB, a group of jobs A, B, C on one spec, one worker): A's lease of
 split S0 misses, claims S0 and produces it (30 MB, published). The master steers B's and C's
@@ -92,13 +94,16 @@ class ShareWindow:
     def key(split_id: str, digest: str) -> str:
         return f"{split_id}-{digest}"
 
-    def claim(self, key: str, wait_s: float) -> tuple[pa.RecordBatch, ...] | ShareClaim:
-        """The split's chunks when the window holds them (a hit, counted as one read); else
-        the claim to produce them (a miss). When another thread is producing this key right
+    def claim(
+        self, key: str, readers: int, wait_s: float
+    ) -> tuple[pa.RecordBatch, ...] | ShareClaim:
+        """The split's chunks when the window holds them (a hit; the entry is kept for
+        ``readers`` more leases, the lease's ``share_readers``); else the claim to produce
+        them (a miss). When another thread is producing this key right
         now, waits up to ``wait_s`` for it to publish (single flight), then claims it
         alone: the caller then produces the split a second time rather than wait longer."""
         with self._lock:
-            entry = self._take(key)
+            entry = self._take(key, readers)
             event = None
             if entry is None:
                 event = self._producing.get(key)
@@ -106,7 +111,7 @@ class ShareWindow:
                     self._producing[key] = threading.Event()
         if entry is None and event is not None and event.wait(wait_s):
             with self._lock:
-                entry = self._take(key)
+                entry = self._take(key, readers)
                 if entry is None:
                     self._producing.setdefault(key, threading.Event())
         elif entry is None and event is not None:
@@ -126,11 +131,13 @@ class ShareWindow:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _take(self, key: str) -> _Entry | None:
-        """One read of ``key``'s entry (dropped after its last reader). Holds ``_lock``."""
+    def _take(self, key: str, readers: int) -> _Entry | None:
+        """One read of ``key``'s entry; ``readers`` more are expected (the lease's count, which
+        replaces the entry's: the master knows which members read it already), and it is
+        dropped when none is. Holds ``_lock``."""
         entry = self._entries.get(key)
         if entry is not None:
-            entry.readers -= 1
+            entry.readers = readers
             if entry.readers <= 0:
                 del self._entries[key]
                 self._bytes -= entry.nbytes

@@ -16,14 +16,20 @@ is leased (:meth:`ShareGroups.position`), the common cursor:
 2. else the first pending split (within :data:`LOOK_AHEAD` of the first) that no other live
    worker was leased recently for the group: that split is the group's next new one, and
    the other workers serve what they produced;
-3. else None: the master's usual choice (locality of the disk cache, then the first).
+3. else, when every split rule 2 looked at is being served by another live worker, the
+   master tries the next stream (round-robin) instead of producing one of them a second
+   time; when every stream defers, or otherwise, the master's usual choice (locality of
+   the disk cache, then the first pending split).
 
 So a worker is never left idle while a split is pending. A member that lags further behind
 than the worker's share window finds its entry evicted there and produces the split itself
 (a miss): never a lost or repeated row, only work done twice.
 
 Each lease of a member also says how many other members are still expected to read the
-split (``share_readers``), so the worker drops the entry after its last reader. Memory: at
+split (``share_readers``: the members not yet leased it here, counting only members whose
+trainer called within ``rank_timeout_s``), so the worker drops the entry after its last
+reader; the count on each lease replaces the worker's, so a member re-reading the split in
+a later epoch does not take another member's read. Memory: at
 most :data:`RECENT_SPLITS` split ids per group.
 
 Not thread-safe: the master calls it with its lock held.
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 from dpp_server import state
 
@@ -89,8 +95,9 @@ class ShareGroups:
         pos: int,
         limit: int | None,
         live_workers: Container[str],
-    ) -> int | None:
-        """The position in ``stream`` to lease to ``worker_id`` (rules 1 and 2 above), or None.
+    ) -> tuple[int | None, bool]:
+        """The position in ``stream`` to lease to ``worker_id`` (rules 1 and 2 above), or None,
+        and whether to defer to another stream (rule 3).
 
         Args:
             pos: the stream's first pending position.
@@ -101,21 +108,23 @@ class ShareGroups:
         session_id = session.session_id
         digest = self._digest_of.get(session_id)
         if digest is None or len(self._members.get(digest, ())) < 2:
-            return None
+            return None, False
         recent = self._recent.get(digest)
         if not recent:
-            return None
+            return None, False
         end = len(stream.split_indices) if limit is None else min(limit, len(stream.split_indices))
         for split_id, entry in recent.items():
             if entry.worker_id != worker_id or session_id in entry.sessions:
                 continue
             p = self._pending_position(session, stream, split_id)
             if p is not None and p < end:
-                return p
+                return p, False
+        looked = False
         for p in range(pos, min(end, pos + LOOK_AHEAD)):
             index = stream.split_indices[p]
             if index in stream.done or index in stream.leased:
                 continue
+            looked = True
             held = recent.get(session.splits[index].split_id)
             if (
                 held is None
@@ -123,16 +132,19 @@ class ShareGroups:
                 or held.worker_id == worker_id
                 or session_id in held.sessions
             ):
-                return p
-        return None
+                return p, False
+        return None, looked
 
-    def leased(self, session_id: str, split_id: str, worker_id: str) -> int:
+    def leased(
+        self, session_id: str, split_id: str, worker_id: str, active: Callable[[str], bool]
+    ) -> int:
         """Records that a member's lease of ``split_id`` went to ``worker_id``; returns how many
-        other members are still expected to read it there (the lease's ``share_readers``)."""
+        other members are still expected to read it there (the lease's ``share_readers``),
+        counting only the members ``active`` says still read."""
         digest = self._digest_of.get(session_id)
         if digest is None:
             return 0
-        members = self._members.get(digest, set())
+        members = {m for m in self._members.get(digest, ()) if m == session_id or active(m)}
         if len(members) < 2:
             return 0
         recent = self._recent.setdefault(digest, collections.OrderedDict())
