@@ -10,7 +10,6 @@ import time
 import pyarrow as pa
 import pytest
 
-from dpp_proto import spec_pb2
 from dpp_server.master import LeaseGrant, Master, MasterConfig
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.share import ShareClaim, ShareWindow
@@ -169,7 +168,7 @@ def test_a_worker_is_never_starved_by_splits_another_worker_serves(
 ) -> None:
     """B's every split was produced on w1 for A: w2, asking, defers to no other stream (there
     is none) and takes B's splits anyway, in B's order."""
-    a = _session(master, small_table, share=True)
+    _session(master, small_table, share=True)
     b = _session(master, small_table, share=True)
     w1 = master.register_worker("127.0.0.1:1", 1)
     w2 = master.register_worker("127.0.0.1:2", 1)
