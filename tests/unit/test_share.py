@@ -91,7 +91,7 @@ def test_single_flight_waits_for_the_producer_and_gives_up_after_the_bound() -> 
 
 
 def _pipeline(uri: str, window: ShareWindow | None, **extra: object) -> SessionPipeline:
-    spec = spec_from_proto(make_spec(uri, share=True, **extra))  # type: ignore[arg-type]
+    spec = spec_from_proto(make_spec(uri, share=True, **extra))
     return SessionPipeline.compile(spec, read_batch_rows=700, share=window)
 
 
@@ -118,7 +118,7 @@ def master() -> Master:
 
 
 def _session(master: Master, uri: str, **extra: object) -> str:
-    view, _ = master.create_session(make_spec(uri, **extra))  # type: ignore[arg-type]
+    view, _ = master.create_session(make_spec(uri, **extra))
     master.begin_epoch(view.session_id, 0, 0)
     return view.session_id
 
