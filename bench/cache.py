@@ -162,7 +162,9 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
     results: dict[str, Any] = {"rows": rows, "jobs": jobs}
     sequences: dict[str, Any] = {}
     for label, worker_args in (("uncached", []), ("cached", ["--cache-mb", "8192"])):
-        with LocalCluster(workers=1, pipeline_threads=1, worker_args=worker_args) as cluster:
+        with LocalCluster(
+            workers=1, pipeline_threads=1, worker_args=worker_args, secure=False
+        ) as cluster:
             time.sleep(1.0)
             phases = _Phases(cluster.workers[0].process.pid)
             seen: dict[str, Any] = {}
@@ -223,7 +225,9 @@ def run_share(table_dir: Path, rows: int, jobs: int, rounds: int) -> dict[str, A
     for _ in range(rounds):
         for name, (n, worker_args, share) in configs.items():
             job_spec = dataclasses.replace(spec, share=share)
-            with LocalCluster(workers=1, pipeline_threads=1, worker_args=worker_args) as cluster:
+            with LocalCluster(
+                workers=1, pipeline_threads=1, worker_args=worker_args, secure=False
+            ) as cluster:
                 time.sleep(1.0)
                 pid = cluster.workers[0].process.pid
                 outs: list[list[str]] = [[] for _ in range(n)]
