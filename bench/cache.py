@@ -213,7 +213,9 @@ def run_share(table_dir: Path, rows: int, jobs: int, rounds: int) -> dict[str, A
     """See the module docstring (``--share``)."""
     workload = Workload("dlrm", GenConfig(rows=rows, seed=0), read_dense=13, read_sparse=26)
     uri = workload.ensure_table(table_dir)
-    spec = dataclasses.replace(workload.spec(uri), epochs=1)
+    # 65,536-row splits (about 30 MB transformed): a shared split's first frame waits for
+    # the whole split, and the loader asks for splits again after 10 s without a frame.
+    spec = dataclasses.replace(workload.spec(uri), epochs=1, target_split_rows=65_536)
     configs: dict[str, tuple[int, list[str], bool]] = {
         "one job": (1, [], False),
         f"{jobs} jobs separately": (jobs, [], False),
