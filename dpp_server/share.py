@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import pyarrow as pa
 
@@ -48,7 +49,7 @@ __all__ = ["ShareClaim", "ShareWindow"]
 
 @dataclasses.dataclass
 class _Entry:
-    chunks: tuple[pa.RecordBatch, ...]
+    chunks: tuple[Any, ...]  # transformed chunks (pa.RecordBatch), or encoded frames (bytes)
     nbytes: int
     readers: int  # reads left before the entry is dropped
 
@@ -124,6 +125,35 @@ class ShareWindow:
         self._count("share_misses", 1)
         return ShareClaim(self, key)
 
+    def frames(self, key: str, readers: int) -> tuple[bytes, ...] | None:
+        """A split's encoded frames kept by :meth:`put_frames` (a hit, counted; the entry is
+        kept for ``readers`` more leases), or None. No single flight: a member that misses
+        batches the split's shared rows itself."""
+        with self._lock:
+            entry = self._take(key, readers)
+        if entry is None:
+            return None
+        self._count("share_hits", 1)
+        self._count("share_bytes_read", entry.nbytes)
+        return entry.chunks
+
+    def put_frames(self, key: str, frames: tuple[bytes, ...], readers: int) -> None:
+        """Keeps a split's encoded frames (all of them, batch 0 to the end frame) for the
+        ``readers`` members expected to read them with the same batch size, order and wire
+        options; the rows stay kept for the others."""
+        self._publish(key, frames, sum(len(f) for f in frames), readers)
+
+    def touch(self, key: str, readers: int) -> None:
+        """Sets ``key``'s expected readers to ``readers`` (the lease's count) without reading
+        it: a member read the split through the other entry (rows or frames)."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.readers = readers
+                if readers <= 0:
+                    del self._entries[key]
+                    self._bytes -= entry.nbytes
+
     def stats(self) -> tuple[int, int]:
         """Entries and bytes held."""
         with self._lock:
@@ -143,9 +173,7 @@ class ShareWindow:
                 self._bytes -= entry.nbytes
         return entry
 
-    def _publish(
-        self, key: str, chunks: tuple[pa.RecordBatch, ...], nbytes: int, readers: int
-    ) -> None:
+    def _publish(self, key: str, chunks: tuple[Any, ...], nbytes: int, readers: int) -> None:
         evicted = 0
         with self._lock:
             if readers > 0 and nbytes <= self.max_bytes:

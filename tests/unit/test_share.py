@@ -179,3 +179,28 @@ def test_a_worker_is_never_starved_by_splits_another_worker_serves(
     while (grant := master.acquire_split(w2)) is not None:
         taken.append(grant.split.split_id)
     assert taken == produced  # every split of B, none left pending
+
+
+def test_members_with_equal_batching_share_the_encoded_frames(small_table: str) -> None:
+    """B (same batch size and order as A) gets A's frames readdressed to its own session,
+    epoch and rank, byte-identical to encoding them for B, resuming mid-split too; no split
+    is produced or batched a second time."""
+    counts, window = _counting()
+    split = Table.open(small_table).plan_splits(4000).splits[0]
+    a = _pipeline(small_table, window, shuffle=True, seed=3)
+    b = _pipeline(small_table, window, shuffle=True, seed=3, epochs=4)  # epochs: not in frames
+    lease_a = LeaseGrant("s-aaaaaaaaaaaa", 1, 0, split, 0, share_readers=2)
+    lease_b = LeaseGrant("s-bbbbbbbbbbbb", 1, 0, split, 0, share_readers=1)
+    lease_c = LeaseGrant("s-cccccccccccc", 1, 0, split, 2, share_readers=0)
+    frames_a = list(produce_split(a, lease_a, StageTotals()))
+    totals = StageTotals()
+    frames_b = list(produce_split(b, lease_b, totals))
+    frames_c = list(produce_split(b, lease_c, StageTotals()))
+    assert totals.counts["rows_read"] == 0 and totals.seconds["transform_s"] == 0
+    plain = _pipeline(small_table, None, shuffle=True, seed=3)
+    assert frames_a == list(produce_split(plain, lease_a, StageTotals()))
+    assert frames_b == list(produce_split(plain, lease_b, StageTotals()))
+    assert frames_c == list(produce_split(plain, lease_c, StageTotals()))
+    assert frames_b != frames_a and len(frames_b) > 3
+    assert counts["share_misses"] == 1 and counts["share_hits"] == 2
+    assert window.stats() == (0, 0)  # the last reader (C) dropped both entries
