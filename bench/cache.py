@@ -26,7 +26,11 @@ goal compares with); ``--jobs`` jobs at once on one spec separately (no cache, n
 through the disk cache (``--cache-mb``, no share); and with ``share: true`` (no disk
 cache). Reported per configuration: the worker process's CPU (from /proc) and wall time,
 medians over rounds, their ratios to the separate jobs and to one job, and whether every
-job's batch sequence equals the separate run's.
+job's batch sequence equals the separate run's. Then, in this process, what each member of
+a share group costs the worker's production (``produce_split`` through one share window,
+CPU, summed over the splits): the producer; two members with its batching (its frames
+readdressed); one with twice the batch size and ``shuffle`` (the shared rows batched again).
+The send (gRPC) is per job and only in the cluster figures.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from dpp_server.cache import SplitCache
 from dpp_server.local_cluster import LocalCluster
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
+from dpp_server.share import ShareWindow
 from dpp_server.spec import Spec, spec_from_proto
 from storage import GenConfig, Table, parse_filter
 
@@ -256,6 +261,7 @@ def run_share(table_dir: Path, rows: int, jobs: int, rounds: int) -> dict[str, A
                 sequences[name] = outs
     separate = f"{jobs} jobs separately"
     results: dict[str, Any] = {"rows": rows, "jobs": jobs, "rounds": rounds}
+    results["in process, share members"] = _share_members(uri, spec)
     one = statistics.median(figures["one job"]["cpu"])
     sep = statistics.median(figures[separate]["cpu"])
     for name, f in figures.items():
@@ -269,6 +275,32 @@ def run_share(table_dir: Path, rows: int, jobs: int, rounds: int) -> dict[str, A
             "byte_identical": all(s == sequences[separate][0] for s in sequences[name]),
         }
     return results
+
+
+def _share_members(uri: str, client_spec: Any) -> dict[str, float]:
+    """CPU seconds of each member's ``produce_split`` over every split, one share window."""
+    spec = spec_from_proto(dataclasses.replace(client_spec, share=True).to_proto())
+    row_filter = parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None
+    splits = Table.open(uri).plan_splits(spec.target_split_rows, row_filter=row_filter).splits
+    window = ShareWindow(8 << 30)
+    same = SessionPipeline.compile(spec, read_batch_rows=65_536, share=window)
+    other_spec = dataclasses.replace(spec, batch_size=spec.batch_size * 2, shuffle=True)
+    other = SessionPipeline.compile(other_spec, read_batch_rows=65_536, share=window)
+    members = (
+        ("producer (reads, transforms, batches, encodes)", same, 3),
+        ("member, same batching (frames readdressed)", same, 2),
+        ("member, 2x batch and shuffle (rows batched again)", other, 1),
+        ("member, same batching, last reader", same, 0),
+    )
+    cpu = {name: 0.0 for name, _, _ in members}
+    for split in splits:
+        for i, (name, pipeline, readers) in enumerate(members):
+            lease = LeaseGrant(f"s-{i:012d}", 0, 0, split, 0, share_readers=readers)
+            started = self_cpu_s()
+            for _ in produce_split(pipeline, lease, StageTotals()):
+                pass
+            cpu[name] += self_cpu_s() - started
+    return {name: round(seconds, 2) for name, seconds in cpu.items()}
 
 
 def main() -> None:
