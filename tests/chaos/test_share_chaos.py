@@ -103,7 +103,7 @@ def test_three_sharing_jobs_each_get_every_row_once_across_a_trainer_kill(
     # Shared, jobs 0 and 1 run in step: most of their splits are read once, and the trainer
     # joins them wherever the window still holds a split.
     assert hits >= 12, (hits, rows_read)
-    # Measured: 24-29 hits, 70,000-78,000 rows read.
+    # Measured: 24-30 hits, 68,000-78,000 rows read.
     assert rows_read <= 0.75 * 5 * ROWS, (hits, rows_read)
 
 
