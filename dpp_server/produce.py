@@ -259,6 +259,7 @@ def produce_split(
     keep: list[bytes] | None = None
     if share is not None and lease.start_batch == 0 and lease.share_readers > 0:
         keep = []
+    kept = 0
     seq = 0
     for batch in _batches(session, lease, recorder):
         if seq >= lease.start_batch:
@@ -270,8 +271,11 @@ def produce_split(
             recorder.add_count("rows_out", rows.num_rows)
             recorder.add_count("batches_out", 1)
             recorder.add_count("bytes_out", len(frame))
-            if keep is not None:
+            if keep is not None and share is not None:
                 keep.append(frame)
+                kept += len(frame)
+                if kept > share.max_bytes // 2:
+                    keep = None  # would not be kept: do not hold the frames meanwhile
             yield frame
         seq += 1
     end = FrameEncoder.encode_empty(frame_header(lease, seq, last=True))
