@@ -244,7 +244,7 @@ class StageSeconds(_message.Message):
     def __init__(self, read_s: _Optional[float] = ..., filter_s: _Optional[float] = ..., transform_s: _Optional[float] = ..., batch_s: _Optional[float] = ..., serialize_s: _Optional[float] = ..., wait_consumer_s: _Optional[float] = ..., idle_s: _Optional[float] = ...) -> None: ...
 
 class WorkerCounters(_message.Message):
-    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done", "cache_hits", "cache_misses")
+    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done", "cache_hits", "cache_misses", "share_hits", "share_misses")
     ROWS_READ_FIELD_NUMBER: _ClassVar[int]
     ROWS_OUT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,8 @@ class WorkerCounters(_message.Message):
     SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    SHARE_HITS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_MISSES_FIELD_NUMBER: _ClassVar[int]
     rows_read: int
     rows_out: int
     batches_out: int
@@ -259,7 +261,9 @@ class WorkerCounters(_message.Message):
     splits_done: int
     cache_hits: int
     cache_misses: int
-    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
+    share_hits: int
+    share_misses: int
+    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., share_hits: _Optional[int] = ..., share_misses: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "stage_seconds", "counters", "cached", "cached_unchanged")
@@ -306,18 +310,20 @@ class StreamKey(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class SplitLease(_message.Message):
-    __slots__ = ("session_id", "epoch", "rank", "split", "start_batch")
+    __slots__ = ("session_id", "epoch", "rank", "split", "start_batch", "share_readers")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     START_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SHARE_READERS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     epoch: int
     rank: int
     split: Split
     start_batch: int
-    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ...) -> None: ...
+    share_readers: int
+    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ..., share_readers: _Optional[int] = ...) -> None: ...
 
 class Split(_message.Message):
     __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit", "renamed")

@@ -92,6 +92,7 @@ from dpp_server.errors import (
     UnavailableError,
 )
 from dpp_server.records import StageSeconds, WorkerCounters
+from dpp_server.share_groups import ShareGroups
 from dpp_server.spec import (
     Spec,
     check_against_schema,
@@ -185,6 +186,9 @@ class LeaseGrant:
     rank: int
     split: SplitInfo
     start_batch: int
+    #: Share group members still expected to read this split on this worker (spec ``share``;
+    #: :mod:`dpp_server.share_groups`): how long the worker keeps it in its share window.
+    share_readers: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +274,12 @@ class Master:
         # Round-robin cursor over (session, epoch, rank) streams, so that no stream starves.
         self._cursor = 0
         self._digests: dict[str, str] = {}  # session id -> output digest (locality)
+        # Sessions with spec ``share``, grouped by output digest (volatile: derived from the
+        # specs; the recently leased splits are only a preference, lost in a restart).
+        self._share = ShareGroups()
+        for sid, spec in self._specs.items():
+            if spec.share and spec.stats is None:
+                self._share.join(sid, self._output_digest(sid))
         # Batches each rank received per (session, epoch): volatile, re-reported with acks.
         # Merged stats of finished stats sessions (MergedStats), derived from the ledger.
         self._merged: dict[str, Any] = {}
@@ -370,6 +380,8 @@ class Master:
             )
             self._specs[session_id] = spec
             self._last_call[session_id] = self._clock()
+            if spec.share and spec.stats is None:
+                self._share.join(session_id, self._output_digest(session_id))
             if spec.stats is not None:
                 # A stats session has one consumer, the master: its one stream opens now.
                 indices = tuple(range(len(plan.splits)))
@@ -741,6 +753,7 @@ class Master:
     def _forget(self, session_id: str) -> None:
         """Drops the volatile records of a session that expired."""
         self._specs.pop(session_id, None)
+        self._share.leave(session_id)
         self._last_call.pop(session_id, None)
         self._merged.pop(session_id, None)
         self._failures.pop(session_id, None)
@@ -781,7 +794,9 @@ class Master:
         stream splits go in the epoch's order. A deterministic session leases only within
         ``max_splits_in_flight`` of the first split its rank has not consumed. ``skip`` names
         (session_id, rank) streams the worker cannot buffer more of right now. A split resumes
-        after the batches its trainer already acknowledged.
+        after the batches its trainer already acknowledged. Within a stream the master may
+        prefer another pending split: one the worker already produced for another member of
+        the session's share group (:mod:`dpp_server.share_groups`), else one its cache holds.
 
         Raises:
             NotFoundError: the worker is unknown (it must register again).
@@ -814,22 +829,71 @@ class Master:
             if not candidates:
                 return None
             self._cursor = (self._cursor + 1) % len(candidates)
-            session_id, epoch, rank, pos = candidates[self._cursor]
-            stream = self._ledger.stream(session_id, epoch, rank)
-            spec = self._specs[session_id]
-            limit = (
-                stream.first_open + spec.max_splits_in_flight
-                if spec.deterministic
-                else pos + LOCALITY_WINDOW
-            )
-            pos = self._local_position(worker_id, session_id, stream, pos, limit)
+            session_id, epoch, rank, pos = self._choose(worker_id, candidates)
+            session = self._ledger.sessions[session_id]
+            stream = session.streams[(epoch, rank)]
             split_index = stream.split_indices[pos]
             start_batch = stream.acked.get(split_index, 0)
             self._record(
                 state.SplitLeased(session_id, epoch, rank, split_index, worker_id, start_batch)
             )
-            split = self._ledger.sessions[session_id].splits[split_index]
-            return LeaseGrant(session_id, epoch, rank, split, start_batch)
+            split = session.splits[split_index]
+            readers = self._share.leased(session_id, split.split_id, worker_id, self._sharing)
+            return LeaseGrant(session_id, epoch, rank, split, start_batch, readers)
+
+    def _choose(
+        self, worker_id: str, candidates: Sequence[tuple[str, int, int, int]]
+    ) -> tuple[str, int, int, int]:
+        """The stream (from the round-robin cursor on) and the position in it to lease to
+        ``worker_id``. A share group's stream may prefer a split the worker produced for
+        another member, or defer to the next stream while every split it could take is
+        being served by another worker (:meth:`ShareGroups.position`); when every stream
+        defers, the cursor's takes its usual split. Holds ``_lock``."""
+        n = len(candidates)
+        for k in range(n):
+            session_id, epoch, rank, pos = candidates[(self._cursor + k) % n]
+            session = self._ledger.sessions[session_id]
+            stream = session.streams[(epoch, rank)]
+            spec = self._specs[session_id]
+            limit = stream.first_open + spec.max_splits_in_flight if spec.deterministic else None
+            shared, defer = self._share.position(
+                session, stream, worker_id, pos, limit, self._workers
+            )
+            if shared is not None:
+                return session_id, epoch, rank, shared
+            if not defer:
+                return (
+                    session_id,
+                    epoch,
+                    rank,
+                    self._usual_position(worker_id, session_id, epoch, rank, pos),
+                )
+        session_id, epoch, rank, pos = candidates[self._cursor]
+        return (
+            session_id,
+            epoch,
+            rank,
+            self._usual_position(worker_id, session_id, epoch, rank, pos),
+        )
+
+    def _usual_position(
+        self, worker_id: str, session_id: str, epoch: int, rank: int, pos: int
+    ) -> int:
+        """The position to lease in a stream by the cache's locality. Holds ``_lock``."""
+        stream = self._ledger.sessions[session_id].streams[(epoch, rank)]
+        spec = self._specs[session_id]
+        limit = (
+            stream.first_open + spec.max_splits_in_flight
+            if spec.deterministic
+            else pos + LOCALITY_WINDOW
+        )
+        return self._local_position(worker_id, session_id, stream, pos, limit)
+
+    def _sharing(self, session_id: str) -> bool:
+        """Whether a share group member still counts as a reader: a rank of it called within
+        ``rank_timeout_s`` (a trainer that died is no longer waited for). Holds ``_lock``."""
+        deadline = self._clock() - self.config.rank_timeout_s
+        return self._last_call.get(session_id, self._started) >= deadline
 
     def _local_position(
         self, worker_id: str, session_id: str, stream: state.StreamProgress, pos: int, limit: int

@@ -204,6 +204,7 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
                 rank=grant.rank,
                 split=split_to_proto(grant.split),
                 start_batch=grant.start_batch,
+                share_readers=grant.share_readers,
             )
         )
 

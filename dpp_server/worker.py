@@ -29,6 +29,7 @@ from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.produce_stats import StatsPipeline, sketch_split
 from dpp_server.records import StageSeconds, WorkerCounters
+from dpp_server.share import ShareWindow
 from dpp_server.spec import Spec
 from storage.remote import ReadOptions
 
@@ -64,6 +65,10 @@ class WorkerConfig:
             serves more epochs and jobs from disk; it costs disk and the write on a miss.
         cache_dir: the cache's folder (empty: a new temporary folder per process). Name one
             to keep the cache across worker restarts; never share one between workers.
+        share_window_mb: memory kept for splits produced for a share group (sessions whose
+            spec sets ``share``; :mod:`dpp_server.share`) until the group's other sessions
+            read them (0: none: each session produces its own). More lets jobs further
+            apart share; a session that falls further behind than it produces its own.
         consumer_timeout_s: a (session, rank) whose client took no frame (and had no stream
             open while its buffer was empty) for this long is abandoned: its frames are
             dropped, its pipeline threads released and its splits handed back to the master
@@ -93,6 +98,7 @@ class WorkerConfig:
     memory_mb: int = 0
     cache_mb: int = 0
     cache_dir: str = ""
+    share_window_mb: int = 256
     consumer_timeout_s: float = 30.0
     max_streams: int = 512
     remote_read: str = ReadOptions.mode
@@ -435,6 +441,9 @@ class Worker:
         if self.config.cache_mb > 0:
             directory = self.config.cache_dir or tempfile.mkdtemp(prefix="dpp-cache-")
             self.cache = SplitCache(directory, self.config.cache_mb << 20, self._stats.add_count)
+        self.share: ShareWindow | None = None
+        if self.config.share_window_mb > 0:
+            self.share = ShareWindow(self.config.share_window_mb << 20, self._stats.add_count)
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._active = _ActiveSplits()
@@ -768,6 +777,7 @@ class Worker:
             max_row_group_bytes=self.memory.max_row_group_bytes,
             cache=self.cache,
             read_options=self.config.read_options(),
+            share=self.share,
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

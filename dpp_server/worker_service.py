@@ -133,6 +133,7 @@ class GrpcMasterLink:
             rank=lease.rank,
             split=split_from_proto(lease.split),
             start_batch=lease.start_batch,
+            share_readers=lease.share_readers,
         )
 
     def report_split_progress(
