@@ -13,8 +13,8 @@ Each pass is the worker's own code: ``--threads`` pipeline threads (as
 the worker does. Two jobs: ``all`` reads every feature (the dlrm job), ``narrow`` 4 dense and
 4 id-list features of 39 (projection: what coalescing fetches matters).
 
-Variants of :class:`storage.remote.ReadOptions` run interleaved (round r runs every variant
-once, in a rotated order) and each S3 figure is divided by the local figure of the same round;
+Variants (:class:`Variant`: read options, splits read ahead, footer cache) run interleaved
+(round r runs every variant once, in a rotated order) and each S3 figure is divided by the local figure of the same round;
 the report gives medians. Per S3 variant: rows/s, the ratio to local, GET (and HEAD) requests
 per split, bytes fetched per row (what the endpoint sent back, headers included, over the rows
 read) beside the table's bytes per row on disk.
@@ -25,6 +25,7 @@ Writes ``bench/results/remote_storage.json`` and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import queue
@@ -44,27 +45,59 @@ from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import Spec, spec_from_proto
 from storage import Table, parse_filter
 from storage.filesystem import fsspec_filesystem_of, resolve
-from storage.remote import ReadOptions
+from storage.readahead import ReadAhead
+from storage.remote import FooterCache, ReadOptions
 from tests.helpers.delay_proxy import DelayProxy, s3_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "dpp-bench"
 
-#: The variants measured: name -> (read options, or None for the local table).
-VARIANTS: dict[str, ReadOptions | None] = {
-    "local disk": None,
-    # The default: the split's projected column chunks coalesced (1 MiB holes, 32 MiB ranges)
-    # and requested concurrently ahead of decoding.
-    "prefetch (default)": ReadOptions(),
-    "prefetch, 8 KiB holes": ReadOptions(hole_size_limit_bytes=8 << 10),
-    # pyarrow's pre_buffer over an uncached fsspec file (reads serialized by PythonFile).
-    "pre_buffer, eager, 1 MiB holes": ReadOptions(mode="pre_buffer"),
-    "pre_buffer, arrow's CacheOptions (8 KiB holes, 32 MiB ranges, lazy)": ReadOptions(
-        mode="pre_buffer", hole_size_limit_bytes=8 << 10, lazy=True
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One way of reading the table.
+
+    Attributes:
+        read: the read options; None for the local table.
+        lookahead: splits each pipeline thread takes ahead and opens early (as
+            ``WorkerConfig.remote_lookahead_splits``; :mod:`storage.readahead`).
+        footer_cache: whether the splits of a file share its footer (one GET per file); the
+            cache starts empty at each pass, as in a new worker.
+    """
+
+    read: ReadOptions | None
+    lookahead: int = 0
+    footer_cache: bool = False
+
+
+#: The variants measured.
+VARIANTS: dict[str, Variant] = {
+    "local disk": Variant(None),
+    # What the worker does by default: one split ahead per thread, footers cached per file.
+    "prefetch + 1 split ahead + footer cache (default)": Variant(ReadOptions(), 1, True),
+    "prefetch + 1 split ahead + footer cache, 8 KiB holes": Variant(
+        ReadOptions(hole_size_limit_bytes=8 << 10), 1, True
     ),
-    "fsspec readahead 8 MiB blocks": ReadOptions(mode="readahead"),
-    "fsspec readahead 50 MiB blocks (s3fs's default)": ReadOptions(
-        mode="readahead", block_size_bytes=50 << 20
+    "prefetch + 1 split ahead + footer cache, 64 KiB holes": Variant(
+        ReadOptions(hole_size_limit_bytes=64 << 10), 1, True
+    ),
+    "prefetch + 2 splits ahead + footer cache": Variant(ReadOptions(), 2, True),
+    "prefetch + 1 split ahead": Variant(ReadOptions(), 1),
+    "prefetch + footer cache": Variant(ReadOptions(), 0, True),
+    # The split's projected column chunks coalesced (1 MiB holes, 32 MiB ranges) and
+    # requested concurrently ahead of decoding, once the split starts (last round's default).
+    "prefetch, no read-ahead across splits": Variant(ReadOptions()),
+    "prefetch, 8 KiB holes, no read-ahead across splits": Variant(
+        ReadOptions(hole_size_limit_bytes=8 << 10)
+    ),
+    # pyarrow's pre_buffer over an uncached fsspec file (reads serialized by PythonFile).
+    "pre_buffer, eager, 1 MiB holes": Variant(ReadOptions(mode="pre_buffer")),
+    "pre_buffer, arrow's CacheOptions (8 KiB holes, 32 MiB ranges, lazy)": Variant(
+        ReadOptions(mode="pre_buffer", hole_size_limit_bytes=8 << 10, lazy=True)
+    ),
+    "fsspec readahead 8 MiB blocks": Variant(ReadOptions(mode="readahead")),
+    "fsspec readahead 50 MiB blocks (s3fs's default)": Variant(
+        ReadOptions(mode="readahead", block_size_bytes=50 << 20)
     ),
 }
 
@@ -84,10 +117,13 @@ def narrow_spec(table_uri: str) -> SessionSpec:
     )  # fmt: skip
 
 
-def run_worker(spec: Spec, options: ReadOptions | None, threads: int) -> tuple[int, float, int]:
+def run_worker(spec: Spec, variant: Variant, threads: int) -> tuple[int, float, int]:
     """One pass of the worker's pipeline threads over every split: (rows, seconds, splits).
 
-    Planning is outside the timed section (the master plans; a worker only reads).
+    Each thread takes a split, then (``variant.lookahead``) the next ones, which it opens
+    ahead (:meth:`~dpp_server.produce.SessionPipeline.read_ahead_split`) before producing
+    the first, as the worker's lease loop does. Planning is outside the timed section (the
+    master plans; a worker only reads).
     """
     table = Table.open(spec.table_uri, spec.storage_options)
     row_filter = parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None
@@ -96,22 +132,35 @@ def run_worker(spec: Spec, options: ReadOptions | None, threads: int) -> tuple[i
     inner = fsspec_filesystem_of(filesystem)
     if inner is not None:
         inner.invalidate_cache()  # a worker process has not listed the table
-    session = SessionPipeline.compile(spec, 65_536, read_options=options)
+    footers = FooterCache(max_bytes=(64 << 20) if variant.footer_cache else 0)
+    read_ahead = ReadAhead(footers, max_entries=4 * threads + 2, threads=max(1, threads))
+    session = SessionPipeline.compile(
+        spec, 65_536, read_options=variant.read, read_ahead=read_ahead
+    )
     todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
     for split in plan.splits:
         todo.put(split)
     rows = [0] * threads
     errors: list[BaseException] = []
 
+    def next_lease() -> LeaseGrant | None:
+        try:
+            split = todo.get_nowait()
+        except queue.Empty:
+            return None
+        return LeaseGrant(session_id="s", epoch=0, rank=0, split=split, start_batch=0)
+
     def pipeline_thread(index: int) -> None:
         recorder = StageTotals()
+        ahead: collections.deque[LeaseGrant] = collections.deque()
         try:
             while True:
-                try:
-                    split = todo.get_nowait()
-                except queue.Empty:
+                lease = ahead.popleft() if ahead else next_lease()
+                if lease is None:
                     break
-                lease = LeaseGrant(session_id="s", epoch=0, rank=0, split=split, start_batch=0)
+                while len(ahead) < variant.lookahead and (following := next_lease()):
+                    ahead.append(following)
+                    session.read_ahead_split(following)
                 for _frame in produce_split(session, lease, recorder):
                     pass
             rows[index] = recorder.counts["rows_out"]
@@ -125,6 +174,7 @@ def run_worker(spec: Spec, options: ReadOptions | None, threads: int) -> tuple[i
     for w in workers:
         w.join()
     seconds = time.perf_counter() - started
+    read_ahead.close()
     if errors:
         raise errors[0]
     return sum(rows), seconds, len(plan.splits)
@@ -147,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     workload = workloads(args.quick)["dlrm"]
     local = workload.ensure_table(Path(args.table_dir))
     chosen = {
-        name: options
-        for name, options in VARIANTS.items()
-        if options is None
+        name: variant
+        for name, variant in VARIANTS.items()
+        if variant.read is None
         or not args.variants
         or any(name.startswith(p) for p in args.variants.split(","))
     }
@@ -182,16 +232,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                     client = workload.spec(uri) if job == "all" else narrow_spec(uri)
                     client = dataclasses.replace(client, storage_options=storage)
                     specs[where] = spec_from_proto(client.to_proto())
-                run_worker(specs["local"], None, args.threads)  # warm page cache and imports
+                # Warm the page cache and imports.
+                run_worker(specs["local"], VARIANTS["local disk"], args.threads)
                 samples: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
                 names = list(chosen)
                 for round_index in range(args.rounds):
                     shift = round_index % len(names)
                     for name in names[shift:] + names[:shift]:
-                        read = chosen[name]
+                        variant = chosen[name]
                         proxy.reset()
                         rows, seconds, splits = run_worker(
-                            specs["local" if read is None else "s3"], read, args.threads
+                            specs["local" if variant.read is None else "s3"], variant, args.threads
                         )
                         stats = proxy.snapshot()
                         samples[name].append(
