@@ -117,8 +117,9 @@ def narrow_spec(table_uri: str) -> SessionSpec:
     )  # fmt: skip
 
 
-def run_worker(spec: Spec, variant: Variant, threads: int) -> tuple[int, float, int]:
-    """One pass of the worker's pipeline threads over every split: (rows, seconds, splits).
+def run_worker(spec: Spec, variant: Variant, threads: int) -> tuple[int, float, int, float]:
+    """One pass of the worker's pipeline threads over every split: (rows, seconds, splits,
+    the worker process's CPU seconds).
 
     Each thread takes a split, then (``variant.lookahead``) the next ones, which it opens
     ahead (:meth:`~dpp_server.produce.SessionPipeline.read_ahead_split`) before producing
@@ -168,16 +169,18 @@ def run_worker(spec: Spec, variant: Variant, threads: int) -> tuple[int, float, 
             errors.append(exc)
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     workers = [threading.Thread(target=pipeline_thread, args=(i,)) for i in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     seconds = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
     read_ahead.close()
     if errors:
         raise errors[0]
-    return sum(rows), seconds, len(plan.splits)
+    return sum(rows), seconds, len(plan.splits), cpu_s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -191,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="the S3 server behind the proxy (radosgw: Ceph's, C++; moto: Python, "
                         "itself ~50 ms per request)")  # fmt: skip
     parser.add_argument("--variants", default="", help="comma list of variant name prefixes")
+    parser.add_argument("--split-rows", type=int, default=0,
+                        help="target_split_rows of both jobs (0: the jobs' own)")  # fmt: skip
     parser.add_argument("--table-dir", default=str(Path(tempfile.gettempdir()) / "dpp-bench"))
     parser.add_argument("--json", default=str(REPO / "bench/results/remote_storage.json"))
     args = parser.parse_args(argv)
@@ -231,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                                     options)):  # fmt: skip
                     client = workload.spec(uri) if job == "all" else narrow_spec(uri)
                     client = dataclasses.replace(client, storage_options=storage)
+                    if args.split_rows:
+                        client = dataclasses.replace(client, target_split_rows=args.split_rows)
                     specs[where] = spec_from_proto(client.to_proto())
                 # Warm the page cache and imports.
                 run_worker(specs["local"], VARIANTS["local disk"], args.threads)
@@ -241,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for name in names[shift:] + names[:shift]:
                         variant = chosen[name]
                         proxy.reset()
-                        rows, seconds, splits = run_worker(
+                        rows, seconds, splits, cpu_s = run_worker(
                             specs["local" if variant.read is None else "s3"], variant, args.threads
                         )
                         stats = proxy.snapshot()
@@ -249,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                             {
                                 "rows": rows,
                                 "rows_per_s": rows / seconds,
+                                "worker_core_s_per_1m_rows": cpu_s / rows * 1e6,
                                 "gets_per_split": stats.requests["GET"] / splits,
                                 "max_gets_per_file": max(stats.gets_by_path.values(), default=0),
                                 "heads_per_split": stats.requests["HEAD"] / splits,
@@ -271,7 +279,13 @@ def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
         ratios = [r["rows_per_s"] / lr["rows_per_s"] for r, lr in zip(runs, local, strict=True)]
         out[name] = {
             key: statistics.median(r[key] for r in runs)
-            for key in ("rows_per_s", "gets_per_split", "heads_per_split", "bytes_per_row")
+            for key in (
+                "rows_per_s",
+                "worker_core_s_per_1m_rows",
+                "gets_per_split",
+                "heads_per_split",
+                "bytes_per_row",
+            )
         }
         out[name]["max_gets_per_file"] = max(r["max_gets_per_file"] for r in runs)
         out[name]["splits"] = runs[0]["splits"]
@@ -286,18 +300,20 @@ def markdown(results: dict[str, Any]) -> str:
         "on disk "
         f"{results['disk_bytes_per_row']:.0f} B/row. `{results['command']}`",
         "",
-        "| job | read path | rows/s | vs local disk | GETs per split | bytes fetched per row |",
-        "|---|---|---|---|---|---|",
+        "| job | read path | rows/s | vs local disk | worker core-s per 1M rows "
+        "| GETs per split | bytes fetched per row |",
+        "|---|---|---|---|---|---|---|",
     ]
     for job, variants in results["jobs"].items():
         for name, r in variants.items():
             remote = name != "local disk"
             lines.append(
                 f"| {job} | {name} | {r['rows_per_s']:,.0f} | "
-                f"{r['ratio_to_local']:.0%} | "
+                f"{r['ratio_to_local']:.0%} | {r['worker_core_s_per_1m_rows']:.2f} | "
                 f"{r['gets_per_split']:.1f} (+{r['heads_per_split']:.1f} HEAD) | "
                 if remote
-                else f"| {job} | {name} | {r['rows_per_s']:,.0f} | 100% | - | "
+                else f"| {job} | {name} | {r['rows_per_s']:,.0f} | 100% | "
+                f"{r['worker_core_s_per_1m_rows']:.2f} | - | "
             )
             lines[-1] += f"{r['bytes_per_row']:.0f} |" if remote else "- |"
     return "\n".join(lines)

@@ -75,6 +75,7 @@ def read_split(
     row_filter: Filter | None,
     batch_rows: int,
     read_options: ReadOptions | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows that pass ``row_filter``, ``columns`` only, in file order.
 
@@ -87,6 +88,8 @@ def read_split(
             never yielded.
         read_options: how the file is fetched (coalesced ranges, fsspec cache); the
             defaults of :class:`storage.remote.ReadOptions` when None.
+        read_ahead: where the split may have been opened ahead, and the footer cache
+            (:mod:`storage.readahead`); None: opened here, footer fetched.
 
     Raises:
         SplitChangedError: the file is gone or its size differs from planning time.
@@ -101,6 +104,7 @@ def read_split(
         row_filter=row_filter,
         batch_rows=batch_rows,
         read_options=read_options,
+        read_ahead=read_ahead,
     )
     for batch in scan:
         kept = filter_rows(batch, row_filter, columns)
@@ -208,6 +212,8 @@ def open_split(
         _check_unchanged(split, filesystem, source)
         return source
     source = _open(split, filesystem, options, footers)
+    # Without a cached footer this opening reserved it (FooterCache.reserve): put or release.
+    reserved = footers is not None and source.ranges is not None and source.ranges.footer is None
     try:
         cached = source.ranges.footer if source.ranges is not None else None
         if cached is not None:
@@ -230,9 +236,13 @@ def open_split(
                 ) from exc
             if footers is not None and identity is not None:
                 footers.put(source.ranges.filesystem, split.path, identity, metadata)
+            elif footers is not None:
+                footers.release(source.ranges.filesystem, split.path)
             source.metadata = metadata
             _announce(split, source, metadata, from_file)
     except BaseException:
+        if reserved and footers is not None and source.ranges is not None:
+            footers.release(source.ranges.filesystem, split.path)
         source.close()
         raise
     source.identity = identity

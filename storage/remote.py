@@ -169,7 +169,9 @@ def open_source(
 
     A native (local) file system gets the path itself. An fsspec one gets a file opened with
     ``size`` (no HEAD request): in ``prefetch`` mode a :class:`RangeFile` whose footer fetch
-    (unless ``footers`` holds the footer) and identity check (a HEAD) have already started;
+    (unless ``footers`` holds the footer, or another split's opening is fetching it: then
+    that is awaited) and identity check (a HEAD) have already started; without a footer from
+    ``footers``, the caller must :meth:`FooterCache.put` or :meth:`FooterCache.release` it;
     otherwise an fsspec file with the cache ``options.mode`` names. The caller closes the
     source.
     """
@@ -177,7 +179,7 @@ def open_source(
     if inner is None:
         return Source(path)
     if options.mode == "prefetch":
-        cached = footers.get(inner, path, size) if footers is not None else None
+        cached = footers.reserve(inner, path, size) if footers is not None else None
         ranges = RangeFile(inner, path, size, options, footer=cached)
         return Source(pa.PythonFile(ranges, mode="r"), ranges, cached.metadata if cached else None)
     kwargs: dict[str, Any] = {"size": size, "cache_type": "none"}
@@ -223,6 +225,10 @@ class FooterCache:
     """Parsed Parquet footers of remote files, so that the splits of one file fetch its footer
     once (one GET per file, not per split) and can request their column chunks at once.
 
+    The splits of a file tend to open together (each pipeline thread and the splits it reads
+    ahead): :meth:`reserve` makes the first opener of a file the one that fetches its footer
+    and the others wait for it (single flight) instead of each fetching it.
+
     An entry is keyed by the fsspec file system's token (its endpoint and credentials) and the
     path, and served only for the size the split was planned with; the reader then checks the
     file's :class:`FileIdentity` (the HEAD it makes anyway) against the entry's before using a
@@ -237,6 +243,7 @@ class FooterCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, str, str], CachedFooter] = OrderedDict()
+        self._loading: dict[tuple[str, str, str], threading.Event] = {}
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -259,6 +266,32 @@ class FooterCache:
             self.hits += 1
             return entry
 
+    def reserve(
+        self, fs: fsspec.AbstractFileSystem, path: str, size: int, wait_s: float = 10.0
+    ) -> CachedFooter | None:
+        """:meth:`get`, waiting up to ``wait_s`` for a footer another caller is fetching. On
+        a miss the caller becomes the one fetching it and must :meth:`put` it or
+        :meth:`release` the reservation (when it cannot)."""
+        key = self._key(fs, path)
+        with self._lock:
+            loading = self._loading.get(key)
+            if loading is None:
+                entry = self._entries.get(key)
+                if entry is None or entry.identity.size != size:
+                    self._loading[key] = threading.Event()
+                    self.misses += 1
+                    return None
+        if loading is not None:
+            loading.wait(wait_s)
+        return self.get(fs, path, size)
+
+    def release(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+        """Ends a :meth:`reserve` that will not :meth:`put`: those waiting go on."""
+        with self._lock:
+            loading = self._loading.pop(self._key(fs, path), None)
+        if loading is not None:
+            loading.set()
+
     def put(
         self,
         fs: fsspec.AbstractFileSystem,
@@ -267,12 +300,17 @@ class FooterCache:
         metadata: pq.FileMetaData,
     ) -> None:
         """Keeps ``metadata``, read from the file ``identity`` names (not kept without a
-        version tag: a rewrite of the same size could not be told apart)."""
+        version tag: a rewrite of the same size could not be told apart), and ends the
+        caller's :meth:`reserve`."""
         nbytes = int(metadata.serialized_size)
         if not identity.tag or nbytes > self.max_bytes:
+            self.release(fs, path)
             return
         with self._lock:
             key = self._key(fs, path)
+            loading = self._loading.pop(key, None)
+            if loading is not None:
+                loading.set()
             old = self._entries.pop(key, None)
             if old is not None:
                 self._bytes -= old.nbytes
@@ -396,7 +434,11 @@ class RangeFile(io.RawIOBase):
         self._info: concurrent.futures.Future[dict[str, Any]] | None = None
         loop = self._loop()
         if loop is not None:
-            self._info = asyncio.run_coroutine_threadsafe(self._fs._info(path), loop)
+            try:  # the store's answer, not a listing cached in this process (s3fs: refresh)
+                info = self._fs._info(path, refresh=True)
+            except TypeError:
+                info = self._fs._info(path)
+            self._info = asyncio.run_coroutine_threadsafe(info, loop)
 
     @property
     def filesystem(self) -> fsspec.AbstractFileSystem:
@@ -408,7 +450,11 @@ class RangeFile(io.RawIOBase):
         Raises:
             FileNotFoundError: the file is gone.
         """
-        info = self._info.result() if self._info is not None else self._fs.info(self._path)
+        if self._info is not None:
+            info = self._info.result()
+        else:
+            self._fs.invalidate_cache(self._path)  # the store's answer, not a cached listing
+            info = self._fs.info(self._path)
         if info.get("type", "file") != "file":
             raise FileNotFoundError(self._path)
         return FileIdentity.of(info)
