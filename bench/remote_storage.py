@@ -14,10 +14,12 @@ the worker does. Two jobs: ``all`` reads every feature (the dlrm job), ``narrow`
 4 id-list features of 39 (projection: what coalescing fetches matters).
 
 Variants (:class:`Variant`: read options, splits read ahead, footer cache) run interleaved
-(round r runs every variant once, in a rotated order) and each S3 figure is divided by the local figure of the same round;
-the report gives medians. Per S3 variant: rows/s, the ratio to local, GET (and HEAD) requests
-per split, bytes fetched per row (what the endpoint sent back, headers included, over the rows
-read) beside the table's bytes per row on disk.
+(round r runs every variant once, in a rotated order), each beside a pass over the local table
+(before it in even rounds, after it in odd ones), and each S3 figure is divided by the local
+figure of its pair; the report gives medians. Per S3 variant: rows/s, the ratio to local,
+the worker process's CPU per row, GET (and HEAD) requests per split, bytes fetched per row
+(what the endpoint sent back, headers included, over the rows read) beside the table's bytes
+per row on disk.
 
 Writes ``bench/results/remote_storage.json`` and prints a Markdown table.
 """
@@ -183,6 +185,23 @@ def run_worker(spec: Spec, variant: Variant, threads: int) -> tuple[int, float, 
     return sum(rows), seconds, len(plan.splits), cpu_s
 
 
+def measure(spec: Spec, variant: Variant, threads: int, proxy: DelayProxy) -> dict[str, float]:
+    """One pass (:func:`run_worker`) and what the proxy saw."""
+    proxy.reset()
+    rows, seconds, splits, cpu_s = run_worker(spec, variant, threads)
+    stats = proxy.snapshot()
+    return {
+        "rows": rows,
+        "rows_per_s": rows / seconds,
+        "worker_core_s_per_1m_rows": cpu_s / rows * 1e6,
+        "gets_per_split": stats.requests["GET"] / splits,
+        "max_gets_per_file": max(stats.gets_by_path.values(), default=0),
+        "heads_per_split": stats.requests["HEAD"] / splits,
+        "bytes_per_row": stats.bytes_down / rows,
+        "splits": splits,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300k rows (default 1M)")
@@ -242,41 +261,38 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # Warm the page cache and imports.
                 run_worker(specs["local"], VARIANTS["local disk"], args.threads)
                 samples: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
-                names = list(chosen)
+                remote = [name for name in chosen if chosen[name].read is not None]
                 for round_index in range(args.rounds):
-                    shift = round_index % len(names)
-                    for name in names[shift:] + names[:shift]:
-                        variant = chosen[name]
-                        proxy.reset()
-                        rows, seconds, splits, cpu_s = run_worker(
-                            specs["local" if variant.read is None else "s3"], variant, args.threads
-                        )
-                        stats = proxy.snapshot()
-                        samples[name].append(
-                            {
-                                "rows": rows,
-                                "rows_per_s": rows / seconds,
-                                "worker_core_s_per_1m_rows": cpu_s / rows * 1e6,
-                                "gets_per_split": stats.requests["GET"] / splits,
-                                "max_gets_per_file": max(stats.gets_by_path.values(), default=0),
-                                "heads_per_split": stats.requests["HEAD"] / splits,
-                                "bytes_per_row": stats.bytes_down / rows,
-                                "splits": splits,
-                            }
-                        )
-                        print(f"  {job} round {round_index} {name}: {rows / seconds:,.0f} rows/s",
-                              flush=True)  # fmt: skip
+                    shift = round_index % len(remote)
+                    for name in remote[shift:] + remote[:shift]:
+                        # Each remote pass beside a local pass, in alternating order: on this
+                        # shared machine the load moves within seconds.
+                        pair = [VARIANTS["local disk"], chosen[name]]
+                        if round_index % 2:
+                            pair.reverse()
+                        got = {
+                            v.read is None: measure(
+                                specs["local" if v.read is None else "s3"], v, args.threads, proxy
+                            )
+                            for v in pair
+                        }
+                        got[False]["paired_local_rows_per_s"] = got[True]["rows_per_s"]
+                        samples["local disk"].append(got[True])
+                        samples[name].append(got[False])
+                        print(f"  {job} round {round_index} {name}: "
+                              f"{got[False]['rows_per_s']:,.0f} rows/s, local "
+                              f"{got[True]['rows_per_s']:,.0f}", flush=True)  # fmt: skip
                 results["jobs"][job] = summarize(samples)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
 
 
 def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Medians per variant; ``ratio`` is the median over rounds of rows/s over local's."""
-    local = samples["local disk"]
+    """Medians per variant; ``ratio`` is the median over passes of rows/s over the rows/s of
+    the local pass run beside it."""
     out: dict[str, dict[str, float]] = {}
     for name, runs in samples.items():
-        ratios = [r["rows_per_s"] / lr["rows_per_s"] for r, lr in zip(runs, local, strict=True)]
+        ratios = [r["rows_per_s"] / r.get("paired_local_rows_per_s", r["rows_per_s"]) for r in runs]
         out[name] = {
             key: statistics.median(r[key] for r in runs)
             for key in (
