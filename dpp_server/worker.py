@@ -83,7 +83,7 @@ class WorkerConfig:
             request, the gap included. More means fewer requests, more unread bytes fetched.
         remote_readahead_bytes: bytes a split's reader requests ahead of decoding
             (``prefetch``). More hides more latency; it bounds the memory each pipeline
-            thread holds in fetched ranges (twice over with ``remote_lookahead_splits``).
+            thread holds in fetched ranges (per split: the one decoding and each read ahead).
         remote_lookahead_splits: leases each pipeline thread takes ahead of the split it is
             producing, while that split reads from an object store in ``prefetch`` mode; the
             next split's footer and column chunks are fetched while the current one decodes
