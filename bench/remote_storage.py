@@ -77,6 +77,8 @@ VARIANTS: dict[str, Variant] = {
     "local disk": Variant(None),
     # What the worker does by default: one split ahead per thread, footers cached per file.
     "prefetch + 1 split ahead + footer cache (default)": Variant(ReadOptions(), 1, True),
+    "prefetch + 1 split ahead, no footer cache": Variant(ReadOptions(), 1),
+    "prefetch + footer cache, no read-ahead across splits": Variant(ReadOptions(), 0, True),
     "prefetch + 1 split ahead + footer cache, 8 KiB holes": Variant(
         ReadOptions(hole_size_limit_bytes=8 << 10), 1, True
     ),
@@ -84,8 +86,6 @@ VARIANTS: dict[str, Variant] = {
         ReadOptions(hole_size_limit_bytes=64 << 10), 1, True
     ),
     "prefetch + 2 splits ahead + footer cache": Variant(ReadOptions(), 2, True),
-    "prefetch + 1 split ahead": Variant(ReadOptions(), 1),
-    "prefetch + footer cache": Variant(ReadOptions(), 0, True),
     # The split's projected column chunks coalesced (1 MiB holes, 32 MiB ranges) and
     # requested concurrently ahead of decoding, once the split starts (last round's default).
     "prefetch, no read-ahead across splits": Variant(ReadOptions()),
@@ -306,6 +306,7 @@ def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
         out[name]["max_gets_per_file"] = max(r["max_gets_per_file"] for r in runs)
         out[name]["splits"] = runs[0]["splits"]
         out[name]["ratio_to_local"] = statistics.median(ratios)
+        out[name]["ratio_min"], out[name]["ratio_max"] = min(ratios), max(ratios)
     return out
 
 
@@ -316,7 +317,7 @@ def markdown(results: dict[str, Any]) -> str:
         "on disk "
         f"{results['disk_bytes_per_row']:.0f} B/row. `{results['command']}`",
         "",
-        "| job | read path | rows/s | vs local disk | worker core-s per 1M rows "
+        "| job | read path | rows/s | vs local disk (range) | worker core-s per 1M rows "
         "| GETs per split | bytes fetched per row |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -325,7 +326,8 @@ def markdown(results: dict[str, Any]) -> str:
             remote = name != "local disk"
             lines.append(
                 f"| {job} | {name} | {r['rows_per_s']:,.0f} | "
-                f"{r['ratio_to_local']:.0%} | {r['worker_core_s_per_1m_rows']:.2f} | "
+                f"{r['ratio_to_local']:.0%} ({r['ratio_min']:.0%}-{r['ratio_max']:.0%}) | "
+                f"{r['worker_core_s_per_1m_rows']:.2f} | "
                 f"{r['gets_per_split']:.1f} (+{r['heads_per_split']:.1f} HEAD) | "
                 if remote
                 else f"| {job} | {name} | {r['rows_per_s']:,.0f} | 100% | "
