@@ -30,6 +30,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import os
 import queue
 import statistics
 import sys
@@ -48,7 +49,7 @@ from dpp_server.spec import Spec, spec_from_proto
 from storage import Table, parse_filter
 from storage.filesystem import fsspec_filesystem_of, resolve
 from storage.readahead import ReadAhead
-from storage.remote import FooterCache, ReadOptions
+from storage.remote import READ_WAITS, FooterCache, ReadOptions
 from tests.helpers.delay_proxy import DelayProxy, s3_endpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,15 +186,45 @@ def run_worker(spec: Spec, variant: Variant, threads: int) -> tuple[int, float, 
     return sum(rows), seconds, len(plan.splits), cpu_s
 
 
+def servers_cpu_s() -> float:
+    """CPU seconds used so far by this process's descendants: the S3 server (radosgw and its
+    Ceph daemons, or moto) and the delaying proxy, which share this machine's cores with the
+    worker (over a real network they would not)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children[int(fields[1])].append(int(entry))
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])  # utime + stime
+    total, todo = 0, list(children[os.getpid()])
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo.extend(children[pid])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def measure(spec: Spec, variant: Variant, threads: int, proxy: DelayProxy) -> dict[str, float]:
     """One pass (:func:`run_worker`) and what the proxy saw."""
     proxy.reset()
+    servers = servers_cpu_s()
+    READ_WAITS.take()
     rows, seconds, splits, cpu_s = run_worker(spec, variant, threads)
+    waited_s = READ_WAITS.take()
+    servers = servers_cpu_s() - servers
     stats = proxy.snapshot()
     return {
         "rows": rows,
         "rows_per_s": rows / seconds,
         "worker_core_s_per_1m_rows": cpu_s / rows * 1e6,
+        "servers_core_s_per_1m_rows": servers / rows * 1e6,
+        "waited_ms_per_split": waited_s / splits * 1e3,
         "gets_per_split": stats.requests["GET"] / splits,
         "max_gets_per_file": max(stats.gets_by_path.values(), default=0),
         "heads_per_split": stats.requests["HEAD"] / splits,
@@ -212,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--endpoint", choices=("radosgw", "moto"), default="radosgw",
                         help="the S3 server behind the proxy (radosgw: Ceph's, C++; moto: Python, "
                         "itself ~50 ms per request)")  # fmt: skip
-    parser.add_argument("--variants", default="", help="comma list of variant name prefixes")
+    parser.add_argument("--variants", default="",
+                        help="';'-separated variant name prefixes (names hold commas)")  # fmt: skip
     parser.add_argument("--split-rows", type=int, default=0,
                         help="target_split_rows of both jobs (0: the jobs' own)")  # fmt: skip
     parser.add_argument("--table-dir", default=str(Path(tempfile.gettempdir()) / "dpp-bench"))
@@ -225,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, variant in VARIANTS.items()
         if variant.read is None
         or not args.variants
-        or any(name.startswith(p) for p in args.variants.split(","))
+        or any(name.startswith(p) for p in args.variants.split(";") if p)
     }
     disk_bytes = sum(p.stat().st_size for p in Path(local).rglob("*.parquet"))
     results: dict[str, Any] = {
@@ -298,6 +330,8 @@ def summarize(samples: dict[str, list[dict[str, float]]]) -> dict[str, dict[str,
             for key in (
                 "rows_per_s",
                 "worker_core_s_per_1m_rows",
+                "servers_core_s_per_1m_rows",
+                "waited_ms_per_split",
                 "gets_per_split",
                 "heads_per_split",
                 "bytes_per_row",
@@ -318,8 +352,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['disk_bytes_per_row']:.0f} B/row. `{results['command']}`",
         "",
         "| job | read path | rows/s | vs local disk (range) | worker core-s per 1M rows "
-        "| GETs per split | bytes fetched per row |",
-        "|---|---|---|---|---|---|---|",
+        "| S3 server + proxy core-s per 1M rows | waited on bytes per split | GETs per split "
+        "| bytes fetched per row |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for job, variants in results["jobs"].items():
         for name, r in variants.items():
@@ -327,11 +362,12 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {job} | {name} | {r['rows_per_s']:,.0f} | "
                 f"{r['ratio_to_local']:.0%} ({r['ratio_min']:.0%}-{r['ratio_max']:.0%}) | "
-                f"{r['worker_core_s_per_1m_rows']:.2f} | "
+                f"{r['worker_core_s_per_1m_rows']:.2f} | {r['servers_core_s_per_1m_rows']:.2f} | "
+                f"{r['waited_ms_per_split']:.0f} ms | "
                 f"{r['gets_per_split']:.1f} (+{r['heads_per_split']:.1f} HEAD) | "
                 if remote
                 else f"| {job} | {name} | {r['rows_per_s']:,.0f} | 100% | "
-                f"{r['worker_core_s_per_1m_rows']:.2f} | - | "
+                f"{r['worker_core_s_per_1m_rows']:.2f} | - | - | - | "
             )
             lines[-1] += f"{r['bytes_per_row']:.0f} |" if remote else "- |"
     return "\n".join(lines)

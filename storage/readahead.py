@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 
 from storage import orc
 from storage.filesystem import fsspec_filesystem_of
-from storage.remote import FooterCache, ReadOptions, Source
+from storage.remote import READ_WAITS, FooterCache, ReadOptions, Source
 from storage.table import SplitInfo
 
 __all__ = ["ReadAhead"]
@@ -127,7 +127,7 @@ class ReadAhead:
             _close_when_done(future)
             return None
         try:
-            source = future.result()
+            source: Source = READ_WAITS.wait(future)
         except Exception as exc:  # the reader opens the file again and reports it properly
             logger.debug("reading split %s ahead failed: %s", split.split_id, exc)
             return None
@@ -164,7 +164,8 @@ class ReadAhead:
     ) -> Source:
         from storage.reader import open_split
 
-        return open_split(split, filesystem, file_columns, options, self.footers)
+        with READ_WAITS.in_background():
+            return open_split(split, filesystem, file_columns, options, self.footers)
 
 
 def _close_when_done(future: concurrent.futures.Future[Source]) -> None:

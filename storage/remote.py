@@ -33,11 +33,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -50,11 +52,13 @@ from storage.filesystem import fsspec_filesystem_of
 
 __all__ = [
     "READ_MODES",
+    "READ_WAITS",
     "FileIdentity",
     "FooterCache",
     "RangeFile",
     "ReadOptions",
     "Source",
+    "WaitClock",
     "coalesce",
     "column_chunk_ranges",
     "open_source",
@@ -127,6 +131,54 @@ class ReadOptions:
                 prefetch_limit=self.prefetch_limit,
             ),
         )
+
+
+class WaitClock:
+    """Seconds the threads that produce splits spent blocked on object-store bytes not yet
+    arrived (a range in flight, a footer, a HEAD, a split still being opened ahead): the
+    latency that read-ahead did not hide. Waits on a read-ahead thread (:func:`in_background`)
+    block nobody and are not counted. Thread-safe: ``_lock`` guards the total."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds = 0.0
+        self._local = threading.local()
+
+    def add(self, seconds: float) -> None:
+        if getattr(self._local, "background", False):
+            return
+        with self._lock:
+            self._seconds += seconds
+
+    def wait(self, future: concurrent.futures.Future[Any]) -> Any:
+        """``future.result()``, timed when it has to wait."""
+        if future.done():
+            return future.result()
+        started = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self.add(time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def in_background(self) -> Iterator[None]:
+        """Waits of this thread within the block are not counted (nobody waits on them)."""
+        self._local.background = True
+        try:
+            yield
+        finally:
+            self._local.background = False
+
+    def take(self) -> float:
+        """The seconds counted since the last call."""
+        with self._lock:
+            seconds, self._seconds = self._seconds, 0.0
+            return seconds
+
+
+#: Every remote read of this process counts its waits here (bench/remote_storage.py reports
+#: them per split).
+READ_WAITS = WaitClock()
 
 
 @dataclasses.dataclass
@@ -451,10 +503,12 @@ class RangeFile(io.RawIOBase):
             FileNotFoundError: the file is gone.
         """
         if self._info is not None:
-            info = self._info.result()
+            info = READ_WAITS.wait(self._info)
         else:
+            started = time.perf_counter()
             self._fs.invalidate_cache(self._path)  # the store's answer, not a cached listing
             info = self._fs.info(self._path)
+            READ_WAITS.add(time.perf_counter() - started)
         if info.get("type", "file") != "file":
             raise FileNotFoundError(self._path)
         return FileIdentity.of(info)
@@ -570,7 +624,7 @@ class RangeFile(io.RawIOBase):
             future = part.future
         if future is None:
             raise RuntimeError(f"bytes {part.start}-{part.end} of {self._path!r} never requested")
-        data = future.result()
+        data: bytes = READ_WAITS.wait(future)
         if len(data) != part.end - part.start:
             raise OSError(
                 f"{self._path!r}: asked for bytes {part.start}-{part.end} and got "
@@ -582,7 +636,9 @@ class RangeFile(io.RawIOBase):
         return data
 
     def _fetch_now(self, start: int, end: int) -> bytes:
+        started = time.perf_counter()
         data: bytes = self._fs.cat_file(self._path, start=start, end=end)
+        READ_WAITS.add(time.perf_counter() - started)
         return data
 
     def _insert(self, part: _Part) -> None:
