@@ -48,7 +48,9 @@ from dpp_server.share import ShareClaim, ShareWindow
 from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
-from storage.reader import filter_rows, scan_split
+from storage.filesystem import fsspec_filesystem_of
+from storage.readahead import ReadAhead
+from storage.reader import file_columns, filter_rows, scan_split
 from storage.remote import ReadOptions
 
 __all__ = [
@@ -126,6 +128,9 @@ class SessionPipeline:
             of a split in an epoch (only their headers are rewritten).
         read_options: how files are fetched from a remote file system (coalesced ranges,
             read-ahead; :class:`storage.remote.ReadOptions`).
+        read_ahead: where splits opened ahead of their lease's start are found, with the
+            footer cache of remote files (None: each split's file is opened when it starts;
+            :mod:`storage.readahead`). One per worker, shared by its sessions.
     """
 
     spec: Spec
@@ -141,6 +146,7 @@ class SessionPipeline:
     read_options: ReadOptions = dataclasses.field(default_factory=ReadOptions)
     share: ShareWindow | None = None
     frames_digest: str = ""
+    read_ahead: ReadAhead | None = None
 
     @classmethod
     def compile(
@@ -154,6 +160,7 @@ class SessionPipeline:
         cache: SplitCache | None = None,
         read_options: ReadOptions | None = None,
         share: ShareWindow | None = None,
+        read_ahead: ReadAhead | None = None,
     ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
 
@@ -168,6 +175,7 @@ class SessionPipeline:
             cache: where transformed splits are kept and found again (None: no cache).
             read_options: see the attribute; the defaults when None.
             share: the worker's share window; used only when ``spec.share`` is set.
+            read_ahead: see the attribute.
         """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         options = WireOptions(
@@ -189,7 +197,28 @@ class SessionPipeline:
             read_options=read_options or ReadOptions(),
             share=share if spec.share else None,
             frames_digest=_frames_digest(spec, options) if spec.share else "",
+            read_ahead=read_ahead,
         )
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether the splits of this session can be read ahead (remote ``prefetch`` reads
+        with a :class:`~storage.readahead.ReadAhead`)."""
+        return (
+            self.read_ahead is not None
+            and self.read_options.mode == "prefetch"
+            and fsspec_filesystem_of(self.filesystem) is not None
+        )
+
+    def read_ahead_split(self, lease: LeaseGrant) -> bool:
+        """Starts fetching a leased split's footer and column chunks before its production
+        starts (remote ``prefetch`` reads only); returns whether it did. Whoever holds the
+        lease then produces it (the read is claimed) or discards the read
+        (:meth:`storage.readahead.ReadAhead.discard`)."""
+        if self.read_ahead is None:
+            return False
+        columns = file_columns(lease.split, self.pipeline.input_columns, self.row_filter)
+        return self.read_ahead.warm(lease.split, self.filesystem, columns, self.read_options)
 
 
 #: Spec fields that never change a split's frames (they choose splits, ranks or delivery).
@@ -503,6 +532,7 @@ def _produce_chunks(
         max_batch_bytes=session.max_batch_bytes,
         max_row_group_bytes=session.max_row_group_bytes,
         read_options=session.read_options,
+        read_ahead=session.read_ahead,
     )
     while True:
         started = time.perf_counter()
