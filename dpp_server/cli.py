@@ -115,6 +115,9 @@ class WorkerProcess:
         master: host:port of the master.
         host: address to bind; 0.0.0.0 serves other machines.
         port: the worker's gRPC port (0: any free port).
+        data_port: the data plane's port (StreamBatches over TCP, TLS unless --insecure;
+            cheaper for the trainer than gRPC): 0: any free port; -1: none, trainers stream
+            over gRPC.
         advertise_host: host clients dial (empty: the bound host).
         drain_timeout_s: on SIGTERM: time to finish splits in hand and hand frames to clients.
         metrics_port: serve Prometheus /metrics on this port (0: any free port, announced in
@@ -125,6 +128,7 @@ class WorkerProcess:
     master: str = DEFAULT_MASTER
     host: str = "127.0.0.1"
     port: int = 0
+    data_port: int = 0
     advertise_host: str = ""
     drain_timeout_s: float = 30.0
     metrics_port: int = 0
@@ -412,6 +416,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host,
         observe=obs.observe,
         security=security,
+        data_port=args.data_port,
     )
     obs.bind(server.worker)
     server.start()
