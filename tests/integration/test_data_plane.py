@@ -131,12 +131,8 @@ def test_token_and_tenant_refusals_match_grpc(planes: Planes) -> None:
     }
     for case, (connection, session) in cases.items():
         planes.worker.buffer(session, 0).put(b"secret")
-        over_grpc = _refusal(
-            GrpcStream(planes.grpc_address, _request(session), connection), case
-        )
-        over_data = _refusal(
-            SocketStream(planes.data_address, _request(session), connection), case
-        )
+        over_grpc = _refusal(GrpcStream(planes.grpc_address, _request(session), connection), case)
+        over_data = _refusal(SocketStream(planes.data_address, _request(session), connection), case)
         assert type(over_data) is type(over_grpc), case
         assert (over_data.code, over_data.reason) == (over_grpc.code, over_grpc.reason), case
         assert str(over_data) == str(over_grpc), case
