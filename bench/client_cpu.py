@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing
@@ -59,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -436,6 +437,7 @@ def run(
     transports: tuple[str, ...] = TRANSPORTS,
     ingest_layouts: tuple[str, ...] = ("before", "after"),
     stream_counts: tuple[int, ...] = (1, 2, 4),
+    progress: str = "",
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"table": table_uri, "frames": frames, "repeats": repeats}
     if "layouts" in only:
@@ -455,8 +457,14 @@ def run(
                 for layout in ingest_layouts:
                     for transport in transports:
                         args = (table_uri, quick, frames, layout, 4096)
-                        got = measure_ingest(transport, args, streams, repeat=max(1, 4 // streams))
+                        got = _retried(
+                            functools.partial(
+                                measure_ingest, transport, args, streams, max(1, 4 // streams)
+                            )
+                        )
                         ingest.append({"layout": layout, "transport": transport, **got})
+                        if progress:
+                            Path(progress).write_text(json.dumps(ingest, indent=1) + "\n")
         out["ingest"] = _group(ingest, ("layout", "transport", "streams"))
     if "batch_size" in only:
         sizes: list[dict[str, Any]] = []
@@ -479,6 +487,18 @@ def run(
     if "shaped" in only:
         out["shaped"] = measure_shaped(table_uri, quick, frames, repeats)
     return out
+
+
+def _retried(measure: Callable[[], dict[str, float]], attempts: int = 3) -> dict[str, float]:
+    """A measurement, tried again when the loaded machine made a connection time out."""
+    for attempt in range(attempts):
+        try:
+            return measure()
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise
+            print(f"measurement failed ({exc!r:.200}); again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def _group(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -547,6 +567,7 @@ def main() -> None:
         tuple(args.transports.split(",")),
         tuple(args.ingest_layouts.split(",")),
         tuple(int(n) for n in args.streams.split(",")),
+        progress=args.out + ".partial" if args.out else "",
     )
     text = json.dumps(result, indent=2)
     print(text)

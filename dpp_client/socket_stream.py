@@ -21,6 +21,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
+from typing import cast
 
 import grpc
 import pyarrow as pa
@@ -88,14 +89,17 @@ class SocketStream:
         self._connection = connection
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._tls: _TlsReader | None = None
         self._cancelled = False
 
     def __iter__(self) -> Iterator[pa.Buffer]:
         sock = self._connect()
+        # The receiving half: the socket itself, or TLS decrypted from large socket reads.
+        sock_or_tls: socket.socket | _TlsReader = sock if self._tls is None else self._tls
         head = bytearray(RECORD.size)
         head_view = memoryview(head)
         while True:
-            self._read(sock, head_view)
+            self._read(sock_or_tls, head_view)
             (word,) = RECORD.unpack(head)
             if word & STATUS_FLAG:
                 size = word & ~STATUS_FLAG
@@ -106,7 +110,7 @@ class SocketStream:
                         f"{MAX_STATUS_BYTES}): not a dpp data port of this version?",
                     )
                 body = bytearray(size)
-                self._read(sock, memoryview(body))
+                self._read(sock_or_tls, memoryview(body))
                 status = parse_status(bytes(body))
                 if status.code() == grpc.StatusCode.OK:
                     return  # the worker ended the stream (superseded, stopping)
@@ -120,7 +124,7 @@ class SocketStream:
             # Uninitialized (no zero fill) and wrapped by Arrow as is: the batch decoded from
             # it keeps it alive, no copy.
             frame = pa.allocate_buffer(word)
-            self._read(sock, memoryview(frame))
+            self._read(sock_or_tls, memoryview(frame))
             yield frame
 
     def _connect(self) -> socket.socket:
@@ -135,14 +139,14 @@ class SocketStream:
             ) from exc
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
         conn = self._connection
-        token = ""
         try:
-            if conn is not None and not conn.insecure:
-                context = _CONTEXTS.of(conn)
-                sock = context.wrap_socket(sock, server_hostname=conn.server_name or host)
-                token = conn.token
             sock.settimeout(None)
-            sock.sendall(encode_hello(token, self._request.SerializeToString()))
+            if conn is not None and not conn.insecure:
+                tls = _TlsReader(sock, _CONTEXTS.of(conn), conn.server_name or host)
+                tls.send(encode_hello(conn.token, self._request.SerializeToString()))
+                self._tls = tls
+            else:
+                sock.sendall(encode_hello("", self._request.SerializeToString()))
         except (OSError, ssl.SSLError) as exc:
             sock.close()
             # gRPC answers a failed handshake UNAVAILABLE too: the fan-in re-dials.
@@ -159,11 +163,11 @@ class SocketStream:
             self._sock = sock
         return sock
 
-    def _read(self, sock: socket.socket, view: memoryview) -> None:
-        """Fills ``view`` from the socket; a closed or broken connection ends the call."""
+    def _read(self, source: socket.socket | _TlsReader, view: memoryview) -> None:
+        """Fills ``view``; a closed or broken connection ends the call."""
         while len(view):
             try:
-                got = sock.recv_into(view)
+                got = source.recv_into(view)
             except (OSError, ValueError) as exc:  # ValueError: closed by cancel meanwhile
                 raise self._lost(str(exc)) from exc
             if got == 0:
@@ -196,3 +200,56 @@ class SocketStream:
             sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class _TlsReader:
+    """TLS over a blocking socket through memory BIOs: the socket is read in large chunks
+    (``_CHUNK_BYTES``) and OpenSSL decrypts from memory. An ``SSLSocket`` reads each 16 KiB
+    TLS record with two system calls of its own (header, then body); on the trainer this
+    costs about a third less CPU per byte (``docs/benchmarks.md``). One thread uses it."""
+
+    _CHUNK_BYTES = 1 << 20
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_name: str) -> None:
+        self._sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_name)
+        self._chunk = memoryview(bytearray(self._CHUNK_BYTES))
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    raise ssl.SSLEOFError("the worker closed the connection during TLS") from None
+        self._flush()
+
+    def send(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._flush()
+
+    def recv_into(self, view: memoryview) -> int:
+        """Up to ``len(view)`` decrypted bytes (at most one TLS record); 0 at the end."""
+        while True:
+            try:
+                # With a buffer, read() returns the count (typeshed says bytes).
+                return cast(int, self._tls.read(len(view), view))
+            except ssl.SSLWantReadError:
+                self._flush()  # e.g. a TLS 1.3 key update's answer
+                if not self._fill():
+                    return 0
+            except ssl.SSLZeroReturnError:
+                return 0
+
+    def _fill(self) -> bool:
+        got = self._sock.recv_into(self._chunk)
+        if got == 0:
+            return False
+        self._incoming.write(self._chunk[:got])
+        return True
+
+    def _flush(self) -> None:
+        if self._outgoing.pending:
+            self._sock.sendall(self._outgoing.read())

@@ -281,7 +281,11 @@ def _wait_for_signal() -> int:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    event.wait()
+    # Waits in slices: the kernel may deliver the signal to any thread, and Python runs the
+    # handler only when the main thread wakes; a lock wait without a timeout might never wake
+    # (seen as a worker that ignored SIGTERM while its data port's threads were busy).
+    while not event.wait(0.2):
+        pass
     return received[0]
 
 
