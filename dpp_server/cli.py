@@ -424,7 +424,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     obs.bind(server.worker)
     server.start()
-    print(f"dpp worker {server.worker.worker_id} listening on {server.address}", flush=True)
+    data = f", data plane at {server.data_address}" if server.data_address else ""
+    print(f"dpp worker {server.worker.worker_id} listening on {server.address}{data}", flush=True)
     if args.ready_file:
         write_ready_file(args.ready_file, server.address, **obs.ready_extra())
     signum = _wait_for_signal()
