@@ -132,7 +132,8 @@ class FrameServer:
             except OSError:
                 if self._stopped.is_set():
                     return
-                logger.exception("data port accept failed")
+                logger.exception("data port accept failed")  # e.g. out of file descriptors
+                self._stopped.wait(_ACCEPT_POLL_S)
                 continue
             threading.Thread(
                 target=self._serve,
