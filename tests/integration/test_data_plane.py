@@ -7,6 +7,7 @@ same client errors; no plaintext or certificate-less client gets through."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from dpp_client import DppLoader, Feature, SessionSpec
 from dpp_client.errors import DppAccessError, DppClientError, DppUnavailableError, error_from_rpc
 from dpp_client.fan_in import GrpcStream, StreamCall
 from dpp_client.socket_stream import SocketStream
@@ -26,7 +28,7 @@ from dpp_proto.auth import Connection, token_sha256
 from dpp_server.auth import AuthInterceptor, SecuritySettings, bind, guard_of
 from dpp_server.errors import NotFoundError
 from dpp_server.frame_server import FrameServer
-from dpp_server.local_cluster import CREDENTIALS_ENV
+from dpp_server.local_cluster import CREDENTIALS_ENV, LocalCluster
 from dpp_server.worker import Worker
 from dpp_server.worker_service import GRPC_OPTIONS, WorkerServicer
 
@@ -183,3 +185,23 @@ def test_a_newer_stream_of_the_same_rank_supersedes_the_older(planes: Planes) ->
     assert got == [b"two"]
     assert list(iterator) == []  # the worker ended the superseded stream (status OK)
     first.close()
+
+
+def test_an_insecure_cluster_streams_plaintext_on_the_data_plane(
+    small_table: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = SessionSpec(
+        table_uri=small_table,
+        features=(Feature("d0", "dense", source="dense_0"),),
+        passthrough=("row_id",),
+        batch_size=1000,
+    )
+    with (
+        LocalCluster(workers=1, pipeline_threads=1, secure=False) as cluster,
+        caplog.at_level(logging.INFO, logger="dpp_client.fan_in"),
+        DppLoader(cluster.master_address, spec, connection=Connection(insecure=True)) as loader,
+    ):
+        rows = sorted(r for b in loader for r in b.extras["row_id"].tolist())
+    assert rows == list(range(len(rows))) and len(rows) > 0
+    planes = [r.getMessage() for r in caplog.records if "streaming from worker" in r.getMessage()]
+    assert planes and all(m.endswith("(data plane)") for m in planes), planes
