@@ -208,12 +208,14 @@ class BeginEpochResponse(_message.Message):
     def __init__(self, split_ids: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("address", "pipeline_threads")
+    __slots__ = ("address", "pipeline_threads", "data_address")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     address: str
     pipeline_threads: int
-    def __init__(self, address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ...) -> None: ...
+    data_address: str
+    def __init__(self, address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("worker_id", "heartbeat_interval_s", "lease_timeout_s")
@@ -401,20 +403,22 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "address", "seconds_since_heartbeat", "stage_seconds", "counters", "pipeline_threads")
+    __slots__ = ("worker_id", "address", "seconds_since_heartbeat", "stage_seconds", "counters", "pipeline_threads", "data_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     seconds_since_heartbeat: float
     stage_seconds: StageSeconds
     counters: WorkerCounters
     pipeline_threads: int
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., seconds_since_heartbeat: _Optional[float] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ..., pipeline_threads: _Optional[int] = ...) -> None: ...
+    data_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., seconds_since_heartbeat: _Optional[float] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ..., pipeline_threads: _Optional[int] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)

@@ -175,6 +175,8 @@ class WorkerRecord:
     counters: WorkerCounters = dataclasses.field(default_factory=WorkerCounters)
     # Split ids its cache of produced work holds, per output digest (from its heartbeats).
     cached: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    # host:port of its data plane (dpp_proto/data_plane.py); empty: gRPC only.
+    data_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +270,9 @@ class Master:
         grace = max(self.config.lease_timeout_s, RECOVERY_GRACE_S) - self.config.lease_timeout_s
         recovered = self._clock() + grace
         self._workers: dict[str, WorkerRecord] = {
-            w.worker_id: WorkerRecord(w.worker_id, w.address, w.pipeline_threads, recovered)
+            w.worker_id: WorkerRecord(
+                w.worker_id, w.address, w.pipeline_threads, recovered, data_address=w.data_address
+            )
             for w in self._ledger.workers.values()
         }
         # Round-robin cursor over (session, epoch, rank) streams, so that no stream starves.
@@ -627,17 +631,22 @@ class Master:
 
     # -- workers --------------------------------------------------------------------------
 
-    def register_worker(self, address: str, pipeline_threads: int) -> str:
+    def register_worker(self, address: str, pipeline_threads: int, data_address: str = "") -> str:
         """Adds a worker (journaled, so a restarted master still knows it) and returns its id.
 
+        Args:
+            data_address: where trainers stream its frames over the data plane (empty: over
+                gRPC at ``address``).
+
         Raises:
-            InvalidArgumentError: the address or thread count is over its limit.
+            InvalidArgumentError: an address or the thread count is over its limit.
         """
-        if len(address) > limits.MAX_ADDRESS_CHARS:
-            raise InvalidArgumentError(
-                "address",
-                limits.over_limit("", len(address), limits.MAX_ADDRESS_CHARS, "characters"),
-            )
+        for field, value in (("address", address), ("data_address", data_address)):
+            if len(value) > limits.MAX_ADDRESS_CHARS:
+                raise InvalidArgumentError(
+                    field,
+                    limits.over_limit("", len(value), limits.MAX_ADDRESS_CHARS, "characters"),
+                )
         if not 0 < pipeline_threads <= limits.MAX_PIPELINE_THREADS:
             raise InvalidArgumentError(
                 "pipeline_threads",
@@ -646,9 +655,13 @@ class Master:
             )
         with self._lock:
             worker_id = f"w-{uuid.uuid4().hex[:10]}"
-            self._record(state.WorkerRegistered(worker_id, address, pipeline_threads))
+            self._record(state.WorkerRegistered(worker_id, address, pipeline_threads, data_address))
             self._workers[worker_id] = WorkerRecord(
-                worker_id, address, pipeline_threads, last_heartbeat=self._clock()
+                worker_id,
+                address,
+                pipeline_threads,
+                last_heartbeat=self._clock(),
+                data_address=data_address,
             )
         logger.info("worker %s registered at %s", worker_id, address)
         return worker_id
