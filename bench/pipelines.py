@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainer_cpu_s_per_m_rows=timer.cpu_s / rows * 1e6 if rows else float("nan"),
         trainer_peak_rss_mb=round(peak_rss_mb(), 1),
         processes=processes,
-        other_cpu_s=sum(float(p["cpu_s"]) for p in processes),  # type: ignore[arg-type]
+        other_cpu_s=sum(float(p["cpu_s"]) for p in processes),  # type: ignore[arg-type,misc]
     )
     if "children_cpu_s" in result:
         # Exact for joined children; /proc sampling misses a worker's last interval.

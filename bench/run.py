@@ -562,7 +562,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.from_json:
-        suite = json.loads(Path(args.json).read_text())
+        suite: dict[str, Any] = json.loads(Path(args.json).read_text())
         suite["targets"] = targets(suite)
         has_chart = chart(suite, Path(args.chart))
         chart_name = Path(args.chart).name if has_chart else None
@@ -575,7 +575,7 @@ def main() -> None:
     started = time.time()
     chosen = {k: w for k, w in workloads(args.quick).items() if k in args.workloads.split(",")}
     pipelines = [p for p in args.pipelines.split(",") if p]
-    suite: dict[str, Any] = {
+    suite = {
         "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "quick": args.quick,
         "repeats": repeats,

@@ -249,7 +249,7 @@ def run(records: str, workers: int, max_rows: int) -> dict[str, Any]:
                 p.kill()
     client = (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)
     roles = ["tf.data dispatcher"] + ["tf.data worker"] * workers
-    processes = [
+    processes: list[dict[str, Any]] = [
         {"pid": p.pid, "role": role, "peak_rss_mb": round(r, 1), "cpu_s": round(b - a, 3)}
         for p, role, r, a, b in zip(servers, roles, rss, servers0, servers1, strict=True)
     ]
@@ -258,7 +258,7 @@ def run(records: str, workers: int, max_rows: int) -> dict[str, Any]:
         "bytes": nbytes,
         "tf_seconds": wall,
         "tf_client_cpu_s": client,
-        "tf_other_cpu_s": sum(float(p["cpu_s"]) for p in processes),  # type: ignore[arg-type]
+        "tf_other_cpu_s": sum(float(p["cpu_s"]) for p in processes),
         "tf_processes": processes,
         "tf_client_peak_rss_mb": round(peak_rss_mb(), 1),
         "tf_version": tf.__version__,
