@@ -13,7 +13,8 @@ and whether every frame of the cached runs equals the uncached one's.
 
 With ``--cluster`` the same through a real local cluster (1 master, 1 worker of 1 pipeline
 thread, gRPC, a ``DppLoader``): with ``--cache-mb`` and without, one after the other: job A
-epoch 0 and epoch 1, job B (another batch size, shuffled: both after the cache), each
+epoch 0 and epoch 1, job B (another batch size, shuffled: both after the cache), job C (a
+new job on job A's spec, as a sweep's next trial runs), each
 timed by wall clock and the worker process's CPU (from /proc); then ``--jobs`` jobs on one
 spec run at once, the worker's total CPU with the cache beside without (the cache-backed
 form of sharing production across jobs, ``docs/worker-efficiency.md``). Every job's batch
@@ -159,6 +160,7 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
     uri = workload.ensure_table(table_dir)
     job_a = dataclasses.replace(workload.spec(uri), epochs=2)
     job_b = dataclasses.replace(job_a, epochs=1, batch_size=job_a.batch_size * 2, shuffle=True)
+    job_c = dataclasses.replace(job_a, epochs=1)
     features = list(job_a.features)
     features[-1] = dataclasses.replace(
         features[-1], ops=(Op("first_x", {"x": 19}), *features[-1].ops[1:])
@@ -177,6 +179,9 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
                 seen["job A"] = _epochs(loader, 2, phases, "job A")
             with DppLoader(cluster.master_address, job_b) as loader:
                 seen["job B"] = _epochs(loader, 1, phases, "job B (shuffled, 2x batch)")
+            # A sweep's next trial: a new job (its own session) on job A's spec.
+            with DppLoader(cluster.master_address, job_c) as loader:
+                seen["job C"] = _epochs(loader, 1, phases, "job C (job A's spec, a new job)")
             # A sweep: N jobs at once on one spec whose rows nobody cached yet (another
             # first_x: another digest). Separate sessions, each its own epochs and acks.
             outs: list[Any] = [None] * jobs
