@@ -2,6 +2,7 @@
 
     python -m bench.cache [--rows 300000] [--repeats 3]
     python -m bench.cache --cluster [--rows 300000] [--jobs 3]
+    python -m bench.cache --share [--rows 200000] [--jobs 3] [--rounds 2]
 
 Runs the worker's own production (:func:`dpp_server.produce.produce_split`, frames encoded)
 over every split of the DLRM job in this process, one thread, with a fresh cache per repeat:
@@ -12,11 +13,25 @@ and whether every frame of the cached runs equals the uncached one's.
 
 With ``--cluster`` the same through a real local cluster (1 master, 1 worker of 1 pipeline
 thread, gRPC, a ``DppLoader``): with ``--cache-mb`` and without, one after the other: job A
-epoch 0 and epoch 1, job B (another batch size, shuffled: both after the cache), each
+epoch 0 and epoch 1, job B (another batch size, shuffled: both after the cache), job C (a
+new job on job A's spec, as a sweep's next trial runs), each
 timed by wall clock and the worker process's CPU (from /proc); then ``--jobs`` jobs on one
 spec run at once, the worker's total CPU with the cache beside without (the cache-backed
 form of sharing production across jobs, ``docs/worker-efficiency.md``). Every job's batch
 sequence is compared with the uncached cluster's.
+
+With ``--share``: shared production across jobs (spec ``share``, ``docs/worker-efficiency.md``)
+beside its alternatives, each in a fresh cluster (1 master, 1 worker of 1 pipeline thread),
+one after the other, ``--rounds`` times: one job alone (the "one job's preprocessing" the
+goal compares with); ``--jobs`` jobs at once on one spec separately (no cache, no share);
+through the disk cache (``--cache-mb``, no share); and with ``share: true`` (no disk
+cache). Reported per configuration: the worker process's CPU (from /proc) and wall time,
+medians over rounds, their ratios to the separate jobs and to one job, and whether every
+job's batch sequence equals the separate run's. Then, in this process, what each member of
+a share group costs the worker's production (``produce_split`` through one share window,
+CPU, summed over the splits): the producer; two members with its batching (its frames
+readdressed); one with twice the batch size and ``shuffle`` (the shared rows batched again).
+The send (gRPC) is per job and only in the cluster figures.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from dpp_server.cache import SplitCache
 from dpp_server.local_cluster import LocalCluster
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_split
+from dpp_server.share import ShareWindow
 from dpp_server.spec import Spec, spec_from_proto
 from storage import GenConfig, Table, parse_filter
 
@@ -144,6 +160,7 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
     uri = workload.ensure_table(table_dir)
     job_a = dataclasses.replace(workload.spec(uri), epochs=2)
     job_b = dataclasses.replace(job_a, epochs=1, batch_size=job_a.batch_size * 2, shuffle=True)
+    job_c = dataclasses.replace(job_a, epochs=1)
     features = list(job_a.features)
     features[-1] = dataclasses.replace(
         features[-1], ops=(Op("first_x", {"x": 19}), *features[-1].ops[1:])
@@ -152,7 +169,9 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
     results: dict[str, Any] = {"rows": rows, "jobs": jobs}
     sequences: dict[str, Any] = {}
     for label, worker_args in (("uncached", []), ("cached", ["--cache-mb", "8192"])):
-        with LocalCluster(workers=1, pipeline_threads=1, worker_args=worker_args) as cluster:
+        with LocalCluster(
+            workers=1, pipeline_threads=1, worker_args=worker_args, secure=False
+        ) as cluster:
             time.sleep(1.0)
             phases = _Phases(cluster.workers[0].process.pid)
             seen: dict[str, Any] = {}
@@ -160,6 +179,9 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
                 seen["job A"] = _epochs(loader, 2, phases, "job A")
             with DppLoader(cluster.master_address, job_b) as loader:
                 seen["job B"] = _epochs(loader, 1, phases, "job B (shuffled, 2x batch)")
+            # A sweep's next trial: a new job (its own session) on job A's spec.
+            with DppLoader(cluster.master_address, job_c) as loader:
+                seen["job C"] = _epochs(loader, 1, phases, "job C (job A's spec, a new job)")
             # A sweep: N jobs at once on one spec whose rows nobody cached yet (another
             # first_x: another digest). Separate sessions, each its own epochs and acks.
             outs: list[Any] = [None] * jobs
@@ -197,14 +219,109 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
     return results
 
 
+def run_share(table_dir: Path, rows: int, jobs: int, rounds: int) -> dict[str, Any]:
+    """See the module docstring (``--share``)."""
+    workload = Workload("dlrm", GenConfig(rows=rows, seed=0), read_dense=13, read_sparse=26)
+    uri = workload.ensure_table(table_dir)
+    # 65,536-row splits (about 30 MB transformed): a shared split's first frame waits for
+    # the whole split, and the loader asks for splits again after 10 s without a frame.
+    spec = dataclasses.replace(workload.spec(uri), epochs=1, target_split_rows=65_536)
+    configs: dict[str, tuple[int, list[str], bool]] = {
+        "one job": (1, [], False),
+        f"{jobs} jobs separately": (jobs, [], False),
+        f"{jobs} jobs, disk cache": (jobs, ["--cache-mb", "8192"], False),
+        f"{jobs} jobs, share: true": (jobs, [], True),
+    }
+    figures: dict[str, dict[str, list[float]]] = {n: {"cpu": [], "wall": []} for n in configs}
+    sequences: dict[str, list[list[str]]] = {}
+    for _ in range(rounds):
+        for name, (n, worker_args, share) in configs.items():
+            job_spec = dataclasses.replace(spec, share=share)
+            with LocalCluster(
+                workers=1, pipeline_threads=1, worker_args=worker_args, secure=False
+            ) as cluster:
+                time.sleep(1.0)
+                pid = cluster.workers[0].process.pid
+                outs: list[list[str]] = [[] for _ in range(n)]
+
+                def job(
+                    i: int,
+                    outs: list[list[str]] = outs,
+                    master: str = cluster.master_address,
+                    job_spec: Any = job_spec,
+                ) -> None:
+                    # No re-production requests: on this loaded 2-core machine one pipeline
+                    # thread serving 3 jobs leaves gaps past the default 10 s.
+                    with DppLoader(master, job_spec, reproduce_after_s=120) as loader:
+                        outs[i] = [_digest(batch) for batch in loader]
+
+                cpu0, wall0 = cpu_s(pid), time.perf_counter()
+                threads = [threading.Thread(target=job, args=(i,)) for i in range(n)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                figures[name]["cpu"].append(cpu_s(pid) - cpu0)
+                figures[name]["wall"].append(time.perf_counter() - wall0)
+                sequences[name] = outs
+    separate = f"{jobs} jobs separately"
+    results: dict[str, Any] = {"rows": rows, "jobs": jobs, "rounds": rounds}
+    results["in process, share members"] = _share_members(uri, spec)
+    one = statistics.median(figures["one job"]["cpu"])
+    sep = statistics.median(figures[separate]["cpu"])
+    for name, f in figures.items():
+        cpu = statistics.median(f["cpu"])
+        results[name] = {
+            "worker_cpu_s": round(cpu, 2),
+            "worker_cpu_s_rounds": [round(c, 2) for c in f["cpu"]],
+            "wall_s": round(statistics.median(f["wall"]), 2),
+            "over_separate": round(cpu / sep, 2),
+            "over_one_job": round(cpu / one, 2),
+            "byte_identical": all(s == sequences[separate][0] for s in sequences[name]),
+        }
+    return results
+
+
+def _share_members(uri: str, client_spec: Any) -> dict[str, float]:
+    """CPU seconds of each member's ``produce_split`` over every split, one share window."""
+    spec = spec_from_proto(dataclasses.replace(client_spec, share=True).to_proto())
+    row_filter = parse_filter(spec.row_filter, "row_filter") if spec.row_filter else None
+    splits = Table.open(uri).plan_splits(spec.target_split_rows, row_filter=row_filter).splits
+    window = ShareWindow(8 << 30)
+    same = SessionPipeline.compile(spec, read_batch_rows=65_536, share=window)
+    other_spec = dataclasses.replace(spec, batch_size=spec.batch_size * 2, shuffle=True)
+    other = SessionPipeline.compile(other_spec, read_batch_rows=65_536, share=window)
+    members = (
+        ("producer (reads, transforms, batches, encodes)", same, 3),
+        ("member, same batching (frames readdressed)", same, 2),
+        ("member, 2x batch and shuffle (rows batched again)", other, 1),
+        ("member, same batching, last reader", same, 0),
+    )
+    cpu = {name: 0.0 for name, _, _ in members}
+    for split in splits:
+        for i, (name, pipeline, readers) in enumerate(members):
+            lease = LeaseGrant(f"s-{i:012d}", 0, 0, split, 0, share_readers=readers)
+            started = self_cpu_s()
+            for _ in produce_split(pipeline, lease, StageTotals()):
+                pass
+            cpu[name] += self_cpu_s() - started
+    return {name: round(seconds, 2) for name, seconds in cpu.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--table-dir", default="/tmp/dpp-bench")
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cluster", action="store_true", help="through a real local cluster")
-    parser.add_argument("--jobs", type=int, default=3, help="--cluster: jobs at once")
+    parser.add_argument("--jobs", type=int, default=3, help="--cluster, --share: jobs at once")
+    parser.add_argument("--share", action="store_true", help="shared production across jobs")
+    parser.add_argument("--rounds", type=int, default=2, help="--share: rounds")
     args = parser.parse_args()
+    if args.share:
+        rows = args.rows if args.rows != parser.get_default("rows") else 200_000
+        print(json.dumps(run_share(Path(args.table_dir), rows, args.jobs, args.rounds), indent=2))
+        return
     if args.cluster:
         print(json.dumps(run_cluster(Path(args.table_dir), args.rows, args.jobs), indent=2))
         return

@@ -16,10 +16,22 @@ Measures (CPU is this process's ``getrusage``, every thread; medians of ``--repe
 * ``decode``: ``decode_frame`` + ``batch_from_arrow`` in a loop, no network.
 * ``ingest``: the trainer's whole path: a server child process streams the frames; each of
   1, 2 or 4 concurrent streams is read by its own thread that decodes and converts every frame
-  (what ``dpp_client.fan_in`` does). Transports: ``grpc`` (grpcio raw-bytes unary-stream, dpp's
-  StreamBatches), ``flight`` (Arrow Flight ``do_get``; each frame one ``binary`` cell, so the
-  frame contract is unchanged; the C++ client reads without the GIL) and ``socket`` (the
-  stdlib's TCP socket, length-prefixed frames read with ``recv_into``: the floor, no RPC).
+  (what ``dpp_client.fan_in`` does). Transports:
+
+  - ``grpc`` / ``grpc+tls``: dpp's own StreamBatches: the worker's ``WorkerServicer`` (and,
+    with TLS, its ``AuthInterceptor`` with a real token file, mTLS with the cluster's
+    certificates from :func:`dpp_server.pki.make_credentials`) and the client's
+    ``GrpcStream``;
+  - ``socket`` / ``socket+tls``: dpp's data plane (:mod:`dpp_proto.data_plane`): the worker's
+    ``FrameServer`` (hello, the same guard, TLS) and the client's ``SocketStream``
+    (``recv_into`` into an uninitialized Arrow buffer per frame);
+  - ``flight``: Arrow Flight ``do_get``, plaintext; each frame one ``binary`` cell, so the
+    frame contract is unchanged; the C++ client reads without the GIL (a bench server, not
+    dpp code: the candidate not chosen).
+
+  Both dpp servers drain a real :class:`~dpp_server.worker.FrameBuffer` fed by a thread (the
+  frames are made before, outside the measurement) through a stand-in for the worker. The
+  server child's own CPU over the run is ``worker_cpu_s_per_m_rows``: the worker's send cost.
 * ``batch_size``: the ``after`` layout over grpc at 4096, 16384 and 65536 rows; the per-batch
   fixed cost is the intercept of trainer CPU per frame against rows per frame.
 * ``fixed_cost``: the per-batch fixed cost measured over many frames of 256 to 65536 rows
@@ -35,11 +47,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import multiprocessing
 import os
-import socket
+import pickle
 import statistics
 import struct
 import subprocess
@@ -51,7 +64,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.measure import self_cpu_s
+from bench.measure import cpu_s, self_cpu_s
 from bench.workloads import workloads
 from dpp_client.batch import batch_from_arrow
 from dpp_client.frames import decode_frame
@@ -61,10 +74,8 @@ from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import Spec, int32_features, spec_from_proto
 from storage import Table, parse_filter
 
-_METHOD = "/bench.Frames/Stream"
-_LENGTH = struct.Struct("<Q")
 LAYOUTS = ("before", "packed64", "after", "after+lz4", "after+zstd")
-TRANSPORTS = ("grpc", "flight", "socket")
+TRANSPORTS = ("grpc", "grpc+tls", "flight", "socket", "socket+tls")
 
 
 def wire_options(layout: str, spec: Spec) -> WireOptions:
@@ -103,38 +114,87 @@ def make_frames(
 # -- servers (child processes) ------------------------------------------------------------------
 
 
-def _serve(transport: str, args: tuple[Any, ...], repeat: int, port_file: str) -> None:
+def _serve(transport: str, frames_file: str, repeat: int, port_file: str, creds: str) -> None:
     """Child process: streams the frames ``repeat`` times to each caller."""
-    frames = make_frames(*args)
-    if transport == "grpc":
-        _serve_grpc(frames, repeat, port_file)
-    elif transport == "flight":
+    frames: list[bytes] = pickle.loads(Path(frames_file).read_bytes())
+    if transport == "flight":
         _serve_flight(frames, repeat, port_file)
     else:
-        _serve_socket(frames, repeat, port_file)
+        _serve_dpp(transport, frames, repeat, port_file, creds)
 
 
-def _serve_grpc(frames: list[bytes], repeat: int, port_file: str) -> None:
+class _BenchWorker:
+    """What the worker's stream servers use of a :class:`~dpp_server.worker.Worker`: a
+    frame buffer per (session, rank), fed ``repeat`` times with the frames by a thread."""
+
+    stopping = False
+
+    def __init__(self, frames: list[bytes], repeat: int) -> None:
+        from dpp_server.worker import FrameBuffer, _ActiveSplits
+
+        self._frames = frames
+        self._repeat = repeat
+        self._make = lambda: FrameBuffer(64 << 20)
+        self._buffers: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()
+        self.streams = _ActiveSplits()
+
+    def buffer(self, session_id: str, rank: int) -> Any:
+        with self._lock:
+            key = (session_id, rank)
+            if key not in self._buffers:
+                buffer = self._buffers[key] = self._make()
+
+                def feed() -> None:
+                    for _ in range(self._repeat):
+                        for frame in self._frames:
+                            buffer.put(frame)
+
+                threading.Thread(target=feed, daemon=True).start()
+            return self._buffers[key]
+
+
+def _serve_dpp(
+    transport: str, frames: list[bytes], repeat: int, port_file: str, creds: str
+) -> None:
+    """dpp's StreamBatches servers (gRPC or the data plane), with TLS and tokens or not."""
     from concurrent import futures
 
     import grpc
 
-    def stream(request: bytes, context: Any) -> Iterator[bytes]:
-        for _ in range(repeat):
-            yield from frames
+    from dpp_server.auth import AuthInterceptor, SecuritySettings, bind, guard_of
+    from dpp_server.frame_server import FrameServer
+    from dpp_server.pki import Credentials
+    from dpp_server.worker_service import GRPC_OPTIONS, WorkerServicer
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Frames", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
-    )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(8),
-        options=[("grpc.max_send_message_length", 512 << 20)],
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    if transport.endswith("+tls"):
+        files = Credentials.at(Path(creds))
+        settings = SecuritySettings(
+            tls_cert=str(files.server_cert),
+            tls_key=str(files.server_key),
+            tls_ca=str(files.ca),
+            token_file=str(files.token_file),
+        )
+    else:
+        settings = SecuritySettings(insecure=True)
+    tenant = "" if settings.insecure else "local"  # the user's tenant of make_credentials
+    guard = guard_of(settings, lambda session_id: tenant)
+    worker = _BenchWorker(frames, repeat)
+    if transport.startswith("grpc"):
+        server = grpc.server(
+            futures.ThreadPoolExecutor(8),
+            options=GRPC_OPTIONS,
+            interceptors=[AuthInterceptor(guard)],
+        )
+        server.add_generic_rpc_handlers([WorkerServicer(worker).handler()])  # type: ignore[arg-type]
+        port = bind(server, "127.0.0.1:0", settings)
+        server.start()
+    else:
+        frame_server = FrameServer(worker, guard, settings)  # type: ignore[arg-type]
+        frame_server.start()
+        port = frame_server.port
     Path(port_file).write_text(f"127.0.0.1:{port}")
-    server.wait_for_termination(timeout=600)
+    time.sleep(600)
 
 
 def _serve_flight(frames: list[bytes], repeat: int, port_file: str) -> None:
@@ -153,36 +213,30 @@ def _serve_flight(frames: list[bytes], repeat: int, port_file: str) -> None:
     server.serve()
 
 
-def _serve_socket(frames: list[bytes], repeat: int, port_file: str) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    Path(port_file).write_text(f"127.0.0.1:{listener.getsockname()[1]}")
-
-    def send(conn: socket.socket) -> None:
-        with conn:
-            for _ in range(repeat):
-                for frame in frames:
-                    conn.sendall(_LENGTH.pack(len(frame)))
-                    conn.sendall(frame)
-            conn.sendall(_LENGTH.pack(0))
-
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=send, args=(conn,), daemon=True).start()
-
-
 # -- clients: each yields the frames of one stream as bytes-like objects --------------------------
 
 
-def _grpc_frames(address: str) -> Iterator[Any]:
-    import grpc
+def _dpp_frames(transport: str, address: str, stream: int, total: int, creds: str) -> Iterator[Any]:
+    """The frames of one dpp stream (``stream`` is its rank), cancelled after ``total``."""
+    from dpp_client.fan_in import GrpcStream
+    from dpp_client.socket_stream import SocketStream
+    from dpp_proto import worker_pb2
+    from dpp_proto.auth import load_connection
 
-    channel = grpc.insecure_channel(
-        address, options=[("grpc.max_receive_message_length", 512 << 20)]
-    )
+    connection = None
+    if transport.endswith("+tls"):
+        connection = load_connection(Path(creds) / "connection.json")
+    request = worker_pb2.StreamBatchesRequest(session_id="bench", rank=stream)
+    dial = GrpcStream if transport.startswith("grpc") else SocketStream
+    call = dial(address, request, connection)
     try:
-        yield from channel.unary_stream(_METHOD, response_deserializer=None)(b"")
+        for count, raw in enumerate(call, 1):
+            yield raw
+            if count == total:
+                call.cancel()
+                return
     finally:
-        channel.close()
+        call.close()
 
 
 def _flight_frames(address: str) -> Iterator[Any]:
@@ -205,33 +259,28 @@ def _flight_frames(address: str) -> Iterator[Any]:
         client.close()
 
 
-def _socket_frames(address: str) -> Iterator[Any]:
-    host, port = address.rsplit(":", 1)
-    with socket.create_connection((host, int(port))) as conn:
-        head = bytearray(_LENGTH.size)
-        while True:
-            _read_exactly(conn, memoryview(head))
-            (size,) = _LENGTH.unpack(head)
-            if size == 0:
-                return
-            frame = bytearray(size)
-            _read_exactly(conn, memoryview(frame))
-            yield frame
+_SCRATCH = tempfile.TemporaryDirectory(prefix="dpp-client-cpu-")
+_FRAME_FILES: dict[tuple[Any, ...], str] = {}
 
 
-def _read_exactly(conn: socket.socket, view: memoryview) -> None:
-    while len(view):
-        got = conn.recv_into(view)
-        if got == 0:
-            raise ConnectionError("the frame server closed the stream mid-frame")
-        view = view[got:]
+def _frames_file(frame_args: tuple[Any, ...]) -> str:
+    """The frames of ``frame_args``, made once per run and pickled for the server children."""
+    path = _FRAME_FILES.get(frame_args)
+    if path is None:
+        path = os.path.join(_SCRATCH.name, f"frames-{len(_FRAME_FILES)}.pickle")
+        Path(path).write_bytes(pickle.dumps(make_frames(*frame_args)))
+        _FRAME_FILES[frame_args] = path
+    return path
 
 
-_CLIENTS: dict[str, Callable[[str], Iterator[Any]]] = {
-    "grpc": _grpc_frames,
-    "flight": _flight_frames,
-    "socket": _socket_frames,
-}
+def _credentials() -> str:
+    """A secured cluster's files (CA, server and client certificates, tokens), made once."""
+    from dpp_server.pki import make_credentials
+
+    folder = os.path.join(_SCRATCH.name, "creds")
+    if not os.path.exists(folder):
+        make_credentials(folder)
+    return folder
 
 
 def measure_ingest(
@@ -239,10 +288,13 @@ def measure_ingest(
 ) -> dict[str, float]:
     """The trainer's whole path over ``streams`` concurrent streams of one server child."""
     ctx = multiprocessing.get_context("spawn")
+    frames_file = _frames_file(frame_args)
+    creds = _credentials()
+    total = repeat * frame_args[2] if transport != "flight" else 0
     with tempfile.TemporaryDirectory() as tmp:
         port_file = os.path.join(tmp, "port")
         child = ctx.Process(
-            target=_serve, args=(transport, frame_args, repeat, port_file), daemon=True
+            target=_serve, args=(transport, frames_file, repeat, port_file, creds), daemon=True
         )
         child.start()
         try:
@@ -257,10 +309,14 @@ def measure_ingest(
             lock = threading.Lock()
             errors: list[BaseException] = []
 
-            def run() -> None:
+            def run(stream: int) -> None:
                 rows = size = frames = 0
                 try:
-                    for raw in _CLIENTS[transport](address):
+                    if transport == "flight":
+                        source = _flight_frames(address)
+                    else:
+                        source = _dpp_frames(transport, address, stream, total, creds)
+                    for raw in source:
                         header, rb = decode_frame(raw)
                         if rb is not None:
                             batch_from_arrow(rb)
@@ -274,13 +330,15 @@ def measure_ingest(
                     totals["bytes"] += size
                     totals["frames"] += frames
 
-            threads = [threading.Thread(target=run) for _ in range(streams)]
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(streams)]
+            server0 = cpu_s(child.pid)
             cpu0, wall0 = self_cpu_s(), time.perf_counter()
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
             cpu, wall = self_cpu_s() - cpu0, time.perf_counter() - wall0
+            server_cpu = cpu_s(child.pid) - server0
             if errors:
                 raise errors[0]
         finally:
@@ -294,6 +352,7 @@ def measure_ingest(
         "gb_per_s": totals["bytes"] / wall / 1e9,
         "cpu_s_per_m_rows": cpu / rows * 1e6,
         "cpu_ms_per_frame": cpu / totals["frames"] * 1e3,
+        "worker_cpu_s_per_m_rows": server_cpu / rows * 1e6,
     }
 
 
@@ -369,7 +428,17 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def run(table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]) -> dict[str, Any]:
+def run(
+    table_uri: str,
+    quick: bool,
+    frames: int,
+    repeats: int,
+    only: set[str],
+    transports: tuple[str, ...] = TRANSPORTS,
+    ingest_layouts: tuple[str, ...] = ("before", "after"),
+    stream_counts: tuple[int, ...] = (1, 2, 4),
+    progress: str = "",
+) -> dict[str, Any]:
     out: dict[str, Any] = {"table": table_uri, "frames": frames, "repeats": repeats}
     if "layouts" in only:
         layouts: dict[str, Any] = {}
@@ -383,13 +452,19 @@ def run(table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]) 
         out["layouts"] = layouts
     if "ingest" in only:
         ingest: list[dict[str, Any]] = []
-        for streams in (1, 2, 4):
+        for streams in stream_counts:
             for _ in range(repeats):  # alternate layouts and transports within each repeat
-                for layout in ("before", "after"):
-                    for transport in TRANSPORTS:
+                for layout in ingest_layouts:
+                    for transport in transports:
                         args = (table_uri, quick, frames, layout, 4096)
-                        got = measure_ingest(transport, args, streams, repeat=max(1, 4 // streams))
+                        got = _retried(
+                            functools.partial(
+                                measure_ingest, transport, args, streams, max(1, 4 // streams)
+                            )
+                        )
                         ingest.append({"layout": layout, "transport": transport, **got})
+                        if progress:
+                            Path(progress).write_text(json.dumps(ingest, indent=1) + "\n")
         out["ingest"] = _group(ingest, ("layout", "transport", "streams"))
     if "batch_size" in only:
         sizes: list[dict[str, Any]] = []
@@ -412,6 +487,18 @@ def run(table_uri: str, quick: bool, frames: int, repeats: int, only: set[str]) 
     if "shaped" in only:
         out["shaped"] = measure_shaped(table_uri, quick, frames, repeats)
     return out
+
+
+def _retried(measure: Callable[[], dict[str, float]], attempts: int = 3) -> dict[str, float]:
+    """A measurement, tried again when the loaded machine made a connection time out."""
+    for attempt in range(attempts):
+        try:
+            return measure()
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise
+            print(f"measurement failed ({exc!r:.200}); again", file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def _group(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -462,13 +549,26 @@ def main() -> None:
         default="layouts,ingest,batch_size,shaped",
         help="comma-separated parts: layouts, ingest, batch_size, fixed_cost, shaped",
     )
+    parser.add_argument("--transports", default=",".join(TRANSPORTS), help="ingest: which")
+    parser.add_argument("--ingest-layouts", default="before,after", help="ingest: which")
+    parser.add_argument("--streams", default="1,2,4", help="ingest: concurrent stream counts")
     parser.add_argument("--out", default="", help="also write the JSON here")
     parser.add_argument("--inner-shaped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner_shaped:
         print(json.dumps(inner_shaped(args.table, args.quick, args.frames, args.repeats)))
         return
-    result = run(args.table, args.quick, args.frames, args.repeats, set(args.only.split(",")))
+    result = run(
+        args.table,
+        args.quick,
+        args.frames,
+        args.repeats,
+        set(args.only.split(",")),
+        tuple(args.transports.split(",")),
+        tuple(args.ingest_layouts.split(",")),
+        tuple(int(n) for n in args.streams.split(",")),
+        progress=args.out + ".partial" if args.out else "",
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -2,6 +2,7 @@
 20 ms away, to the first batch.
 
     python -m bench.cold_start [--files 10000] [--delay-ms 20] [--endpoint radosgw|moto]
+                               [--baseline-tree DIR]
 
 The table (``--files`` small files under ``ds=.../`` folders, 100 rows each) is uploaded
 straight to a local S3 server (Ceph's radosgw by default); every read then goes through the
@@ -16,6 +17,14 @@ process state (fsspec's listing cache cleared):
   the clock): from ``DppLoader(...)`` (CreateSession, planning on the master) to the first
   batch in the trainer's hands.
 
+With ``--baseline-tree DIR`` (another checkout, e.g. ``git archive <commit> | tar -x -C
+DIR``), each round also runs the ``storage`` measurement with that tree's code and with this
+one's, each in a fresh child process, one after the other against the same server: a before
+and after side by side. Each of those reports the CPU seconds spent while it ran by the
+planner process, the delaying proxy and the S3 server's own processes (radosgw and Ceph's
+mon and osd): on this 2-core machine the three share the cores, which bounds how fast any
+planner that reads every footer can be.
+
 Requests are counted by the proxy. Writes ``bench/results/cold_start.json``.
 """
 
@@ -24,6 +33,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dpp_client import DppLoader, Feature, SessionSpec
+from dpp_proto.auth import Connection
 from dpp_server.local_cluster import LocalCluster
 from storage import Table, read_split
 from storage.filesystem import fsspec_filesystem_of
@@ -101,7 +113,65 @@ def storage_path(uri: str, options: dict[str, str], concurrency: int) -> dict[st
     }
 
 
-def cluster_path(master: str, uri: str, options: dict[str, str]) -> dict[str, float]:
+_CHILD = (
+    "import json, sys, time\n"
+    "from bench.cold_start import storage_path\n"
+    "started = time.process_time()\n"
+    "result = storage_path(*json.loads(sys.argv[1]))\n"
+    "result['planner_cpu_s'] = time.process_time() - started\n"
+    "print(json.dumps(result))\n"
+)
+
+
+def storage_path_in_child(
+    tree: Path, uri: str, options: dict[str, str], concurrency: int
+) -> dict[str, float]:
+    """:func:`storage_path` with ``tree``'s code (its own ``bench.cold_start`` and
+    ``storage``), in a fresh process: no client, connection or listing cache carried over."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps([uri, options, concurrency])],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the storage path under {tree} failed:\n{done.stderr[-4000:]}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of the processes ``pids`` so far (from /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _server_pids(root: Path) -> list[int]:
+    """The S3 server's processes: the pid files radosgw's mon, osd and gateway write under
+    ``root`` (none for moto, which runs inside the proxy's parent)."""
+    pids = []
+    for pid_file in root.rglob("*.pid"):
+        try:
+            pids.append(int(pid_file.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def cluster_path(
+    master: str, uri: str, options: dict[str, str], connection: Connection | None
+) -> dict[str, float]:
     spec = SessionSpec(
         table_uri=uri,
         storage_options=options,
@@ -111,7 +181,7 @@ def cluster_path(master: str, uri: str, options: dict[str, str]) -> dict[str, fl
     )
     started = time.perf_counter()
     # Planning 10,000 files can outlast the default 30 s deadline of CreateSession here.
-    with DppLoader(master, spec, rpc_timeout_s=600.0) as loader:
+    with DppLoader(master, spec, rpc_timeout_s=600.0, connection=connection) as loader:
         batch = next(iter(loader))
         first = time.perf_counter() - started
         plan = loader.plan
@@ -136,9 +206,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--plan-concurrency", type=int, default=0, help="0: MasterConfig's")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument(
+        "--baseline-tree",
+        default="",
+        help="another checkout: also time its storage path beside this one's, each round",
+    )
+    parser.add_argument(
+        "--baseline-concurrency",
+        type=int,
+        default=32,
+        help="footers in flight for --baseline-tree (its MasterConfig default)",
+    )
+    parser.add_argument(
+        "--local",
+        default="",
+        help="a folder: time the same table on local disk instead (written there if absent), "
+        "the storage path only, beside --baseline-tree's when given",
+    )
     parser.add_argument("--json", default=str(REPO / "bench/results/cold_start.json"))
     args = parser.parse_args(argv)
     from dpp_server.master import MasterConfig
+
+    if args.local:
+        local_main(args, args.plan_concurrency or MasterConfig.plan_concurrency, argv)
+        return
 
     concurrency = args.plan_concurrency or MasterConfig.plan_concurrency
     results: dict[str, Any] = {
@@ -149,8 +240,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "plan_concurrency": concurrency,
         "storage": [],
         "cluster": [],
+        "side_by_side": [],
     }
-    with s3_endpoint(args.endpoint, Path(tempfile.mkdtemp(prefix="dpp-s3-"))) as (
+    server_root = Path(tempfile.mkdtemp(prefix="dpp-s3-"))
+    with s3_endpoint(args.endpoint, server_root) as (
         endpoint,
         key,
         secret,
@@ -165,13 +258,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         with DelayProxy(endpoint, args.delay_ms / 1000) as proxy:
             uri = f"s3://{BUCKET}/t"
             options = {"endpoint_url": proxy.endpoint, "key": key, "secret": secret}
+            # The data-access policy allows exactly this bucket and endpoint (issue 13).
             cluster = None if args.skip_cluster else LocalCluster(
-                workers=1, master_args=[f"--plan-concurrency={concurrency}"]
+                workers=1,
+                master_args=[f"--plan-concurrency={concurrency}"],
+                allow_table=f"s3://{BUCKET}/",
+                allow_endpoint=proxy.endpoint,
             )  # fmt: skip
             if cluster is not None:
                 cluster.__enter__()
+            processes = [*_server_pids(server_root)], [proxy.pid]
             try:
                 for round_index in range(args.rounds):
+                    if args.baseline_tree:
+                        pair = {}
+                        for name, tree, in_flight in (
+                            ("before", Path(args.baseline_tree), args.baseline_concurrency),
+                            ("after", REPO, concurrency),
+                        ):
+                            proxy.reset()
+                            server_cpu, proxy_cpu = (_cpu_seconds(p) for p in processes)
+                            result = storage_path_in_child(tree, uri, options, in_flight)
+                            result["server_cpu_s"] = _cpu_seconds(processes[0]) - server_cpu
+                            result["proxy_cpu_s"] = _cpu_seconds(processes[1]) - proxy_cpu
+                            result["requests"] = dict(proxy.snapshot().requests)
+                            pair[name] = result
+                        results["side_by_side"].append(pair)
+                        print(f"  round {round_index} side by side: {json.dumps(pair)}", flush=True)
                     _clear_listing_cache(uri, options)
                     proxy.reset()
                     result = storage_path(uri, options, concurrency)
@@ -182,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if cluster is not None:
                         proxy.reset()
                         # A fresh session name each time: the master plans it anew.
-                        result = cluster_path(cluster.master_address, uri, options)
+                        result = cluster_path(
+                            cluster.master_address, uri, options, cluster.connection
+                        )
                         result["requests"] = dict(proxy.snapshot().requests)
                         results["cluster"].append(result)
                         print(f"  round {round_index} cluster: {json.dumps(result)}", flush=True)
@@ -193,13 +308,55 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(json.dumps(summary(results), indent=2))
 
 
+def local_main(args: argparse.Namespace, concurrency: int, argv: Sequence[str] | None) -> None:
+    """``--local``: the table on local disk, each round in fresh child processes (the
+    baseline tree's first when given), no server or proxy."""
+    root = Path(args.local).resolve()
+    if not root.exists():
+        for index in range(args.files):
+            folder = root / f"ds=2026-01-{1 + index // FILES_PER_DAY:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"part-{index:05d}.parquet").write_bytes(file_bytes(index))
+    trees = [("after", REPO, concurrency)]
+    if args.baseline_tree:
+        trees.insert(0, ("before", Path(args.baseline_tree), args.baseline_concurrency))
+    results: dict[str, Any] = {
+        "command": "python -m bench.cold_start " + " ".join(argv or sys.argv[1:]),
+        "files": args.files,
+        "local": str(root),
+        "storage": [],
+        "cluster": [],
+        "side_by_side": [],
+    }
+    for round_index in range(args.rounds):
+        pair = {name: storage_path_in_child(tree, str(root), {}, n) for name, tree, n in trees}
+        for result in pair.values():
+            result["server_cpu_s"] = result["proxy_cpu_s"] = 0.0
+        results["side_by_side"].append(pair)
+        print(f"  round {round_index} local: {json.dumps(pair)}", flush=True)
+    if not args.baseline_tree:
+        results["storage"] = [pair["after"] for pair in results["side_by_side"]]
+        results["side_by_side"] = []
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(summary(results), indent=2))
+
+
 def summary(results: dict[str, Any]) -> dict[str, float]:
     """Medians over rounds."""
     import statistics
 
     out: dict[str, float] = {}
     for key in ("open_s", "plan_s", "first_batch_read_s", "total_s"):
-        out[f"storage_{key}"] = statistics.median(r[key] for r in results["storage"])
+        if results["storage"]:
+            out[f"storage_{key}"] = statistics.median(r[key] for r in results["storage"])
+    pairs = results["side_by_side"]
+    for name in ("before", "after") if pairs else ():
+        for key in ("open_s", "plan_s", "total_s", "planner_cpu_s", "proxy_cpu_s", "server_cpu_s"):
+            out[f"{name}_{key}"] = statistics.median(p[name][key] for p in pairs)
+    if pairs:
+        out["before_over_after_total"] = statistics.median(
+            p["before"]["total_s"] / p["after"]["total_s"] for p in pairs
+        )
     if results["cluster"]:
         out["cluster_first_batch_s"] = statistics.median(
             r["first_batch_s"] for r in results["cluster"]

@@ -4,8 +4,8 @@
 
 One real master and one real worker (processes on 127.0.0.1, ``--max-streams`` above
 ``--idle``). Each round reads one epoch of a generated table with a real ``DppLoader``
-twice, side by side: alone, and with ``--idle`` open StreamBatches calls of sessions nobody
-produces for (each holds a worker server thread). Reported: rows/s of each (median over
+twice, side by side: alone, and with ``--idle`` open StreamBatches calls of a session nobody
+consumes (each holds a worker server thread). Reported: rows/s of each (median over
 rounds) and their ratio, plus how long a stream past the worker's capacity waits for its
 answer (RESOURCE_EXHAUSTED at once, instead of queueing unserved).
 """
@@ -21,12 +21,14 @@ import time
 import grpc
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
-from dpp_proto import worker_pb2
+from dpp_proto import master_pb2, master_pb2_grpc, worker_pb2
+from dpp_proto.auth import Connection, open_channel
 from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
+from tests.helpers.server import make_spec
 
 
-def _epoch_rows_per_s(master: str, table: str) -> float:
+def _epoch_rows_per_s(master: str, table: str, connection: Connection | None) -> float:
     spec = SessionSpec(
         table_uri=table,
         features=(
@@ -36,7 +38,7 @@ def _epoch_rows_per_s(master: str, table: str) -> float:
         batch_size=1024,
         epochs=1,
     )
-    with DppLoader(master, spec) as loader:
+    with DppLoader(master, spec, connection=connection) as loader:
         started = time.perf_counter()
         rows = sum(batch.num_rows for batch in loader)
         return rows / (time.perf_counter() - started)
@@ -54,7 +56,15 @@ def main() -> None:
         with LocalCluster(
             workers=1, pipeline_threads=2, worker_args=["--max-streams", str(args.idle)]
         ) as cluster:
-            channel = grpc.insecure_channel(cluster.workers[0].address)
+            # The idle streams belong to a real session (the worker asks its master who owns a
+            # session before it serves a stream) with a rank each that nobody ever consumes.
+            master = master_pb2_grpc.MasterServiceStub(
+                open_channel(cluster.master_address, cluster.connection)
+            )
+            idle_session = master.CreateSession(
+                master_pb2.CreateSessionRequest(spec=make_spec(table, world_size=args.idle + 9))
+            ).session_id
+            channel = open_channel(cluster.workers[0].address, cluster.connection)
             stream = channel.unary_stream(
                 "/dpp.v1.WorkerService/StreamBatches",
                 request_serializer=worker_pb2.StreamBatchesRequest.SerializeToString,
@@ -62,25 +72,27 @@ def main() -> None:
             )
             alone, crowded = [], []
             for _ in range(args.rounds):
-                alone.append(_epoch_rows_per_s(cluster.master_address, table))
+                alone.append(_epoch_rows_per_s(cluster.master_address, table, cluster.connection))
                 idle = [
-                    stream(worker_pb2.StreamBatchesRequest(session_id=f"idle-{i}", rank=0))
+                    stream(worker_pb2.StreamBatchesRequest(session_id=idle_session, rank=i))
                     for i in range(args.idle)
                 ]
                 time.sleep(1.0)
-                crowded.append(_epoch_rows_per_s(cluster.master_address, table))
+                crowded.append(_epoch_rows_per_s(cluster.master_address, table, cluster.connection))
                 for call in idle:
                     call.cancel()
                 time.sleep(1.0)
             # Capacity: max_streams + 8 spare; one more is answered at once.
             idle = [
-                stream(worker_pb2.StreamBatchesRequest(session_id=f"idle-{i}", rank=0))
+                stream(worker_pb2.StreamBatchesRequest(session_id=idle_session, rank=i))
                 for i in range(args.idle + 8)
             ]
             time.sleep(2.0)
             started = time.perf_counter()
             try:
-                next(iter(stream(worker_pb2.StreamBatchesRequest(session_id="x"), timeout=60)))
+                last = args.idle + 8
+                request = worker_pb2.StreamBatchesRequest(session_id=idle_session, rank=last)
+                next(iter(stream(request, timeout=60)))
                 refused = "served"
             except grpc.RpcError as exc:
                 refused = exc.code().name  # type: ignore[attr-defined]

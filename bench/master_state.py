@@ -32,6 +32,7 @@ from typing import Any
 import grpc
 
 from dpp_proto import master_pb2, master_pb2_grpc
+from dpp_proto.auth import Connection, open_channel
 from dpp_server.local_cluster import LocalCluster
 from storage import GenConfig, generate_table
 from tests.helpers.server import make_spec
@@ -67,8 +68,8 @@ def folder_bytes(path: Path) -> int:
 class Driver:
     """Sessions driven through one master, as a trainer's loader would (without workers)."""
 
-    def __init__(self, address: str, table: str) -> None:
-        self.stub = master_pb2_grpc.MasterServiceStub(grpc.insecure_channel(address))
+    def __init__(self, address: str, table: str, connection: Connection | None) -> None:
+        self.stub = master_pb2_grpc.MasterServiceStub(open_channel(address, connection))
         self.spec = make_spec(table, world_size=WORLD_SIZE, target_split_rows=1000)
         self.count = 0
 
@@ -150,7 +151,9 @@ def main() -> None:
             for name, flags in configs.items()
         }
         try:
-            drivers = {n: Driver(c.master_address, table) for n, c in clusters.items()}
+            drivers = {
+                n: Driver(c.master_address, table, c.connection) for n, c in clusters.items()
+            }
             seconds = dict.fromkeys(clusters, 0.0)
             while drivers["flat"].count < args.sessions:
                 for name, driver in drivers.items():

@@ -14,6 +14,13 @@ batches of 4096 and hand the trainer torch tensors. Only where and how the work 
 * ``torch``: a ``torch.utils.data.DataLoader`` with ``num_workers=2`` over an IterableDataset
   that reads row groups with pyarrow and transforms each sample in Python, as most users write
   it; collate builds the same jagged tensors.
+* ``torch-vec``: the careful user's DataLoader (:mod:`bench.peers.torch_vectorized`):
+  ``num_workers=2`` processes each read whole row groups (sharded by worker id), transform
+  whole columns with pyarrow/numpy (golden-equal to dpp's) and yield ready batches
+  (``batch_size=None``). Its workers' CPU is read with ``getrusage(RUSAGE_CHILDREN)`` once they
+  are joined.
+* ``tfdata``: tf.data service in its own venv and network namespace
+  (:mod:`bench.peers.tfdata`; skipped when ``.venv-tf`` is absent).
 * ``ray``: Ray Data ``read_parquet -> map_batches -> iter_torch_batches``, ``num_cpus=2``, the
   transform being dpp's vectorized one (so Ray is measured as an engine, not on its ops).
 
@@ -50,7 +57,7 @@ from dpp_server.transforms import FeaturePipeline
 from dpp_server.transforms.hashing import sigrid_hash_values
 from storage import Table, parse_filter, read_split
 
-PIPELINES = ("ceiling", "inprocess", "dpp", "torch", "ray")
+PIPELINES = ("ceiling", "inprocess", "dpp", "torch", "torch-vec", "tfdata", "ray")
 
 
 class Skip(Exception):
@@ -126,9 +133,11 @@ def run_inprocess(spec: SessionSpec, max_rows: int) -> tuple[int, int]:
 # -- dpp ------------------------------------------------------------------------------------
 
 
-def run_dpp(master: str, spec: SessionSpec, max_rows: int) -> tuple[int, int, dict[str, float]]:
+def run_dpp(
+    master: str, spec: SessionSpec, max_rows: int, connection: Any = None
+) -> tuple[int, int, dict[str, float]]:
     rows = nbytes = 0
-    with DppLoader(master, spec) as loader:
+    with DppLoader(master, spec, connection=connection) as loader:
         for batch in loader:
             rows += batch.num_rows
             nbytes += batch_nbytes(batch)
@@ -312,8 +321,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.pipeline == "dpp":
             from dpp_server.local_cluster import LocalCluster
 
-            cluster = LocalCluster(workers=args.workers, pipeline_threads=args.threads).start()
-            result["pipeline"] = f"dpp-{args.workers}w"
+            # Secure (mTLS + tokens) as shipped, unless --insecure: the peers use no TLS.
+            cluster = LocalCluster(
+                workers=args.workers, pipeline_threads=args.threads, secure=not args.insecure
+            ).start()
+            result["pipeline"] = f"dpp-{args.workers}w" + ("-insecure" if args.insecure else "")
         if args.pipeline == "ray":
             ray_init()
         time.sleep(0.2)
@@ -325,10 +337,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows, nbytes = run_inprocess(spec, args.max_rows)
             elif args.pipeline == "dpp":
                 assert cluster is not None
-                rows, nbytes, extra = run_dpp(cluster.master_address, spec, args.max_rows)
+                rows, nbytes, extra = run_dpp(
+                    cluster.master_address, spec, args.max_rows, cluster.connection
+                )
                 result.update(extra)
             elif args.pipeline == "torch":
                 rows, nbytes = run_torch(spec, args.max_rows)
+            elif args.pipeline == "torch-vec":
+                from bench.peers.torch_vectorized import children_cpu_s, run_torch_vec
+
+                children0 = children_cpu_s()
+                rows, nbytes = run_torch_vec(spec, args.max_rows, workers=args.workers)
+                result["children_cpu_s"] = children_cpu_s() - children0
+            elif args.pipeline == "tfdata":
+                from bench.peers.tfdata_launch import TfSkip, run_tfdata
+
+                if args.workload != "dlrm":
+                    raise Skip("the tf.data peer implements the DLRM job only")
+                try:
+                    rows, nbytes, extra = run_tfdata(args)
+                except TfSkip as exc:
+                    raise Skip(str(exc)) from exc
+                result.update(extra)
             elif args.pipeline == "ray":
                 rows, nbytes = run_ray(spec, args.max_rows)
             else:
@@ -350,9 +380,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         trainer_cpu_s_per_m_rows=timer.cpu_s / rows * 1e6 if rows else float("nan"),
         trainer_peak_rss_mb=round(peak_rss_mb(), 1),
         processes=processes,
-        other_cpu_s=sum(float(p["cpu_s"]) for p in processes),  # type: ignore[arg-type]
+        other_cpu_s=sum(float(p["cpu_s"]) for p in processes),  # type: ignore[arg-type,misc]
     )
+    if "children_cpu_s" in result:
+        # Exact for joined children; /proc sampling misses a worker's last interval.
+        result["other_cpu_s"] = max(result["other_cpu_s"], result["children_cpu_s"])
+    if "tf_other_cpu_s" in result:
+        # tf.data's processes report their own CPU of the timed section (their start and
+        # TensorFlow's import, outside it, are not counted).
+        result["other_cpu_s"] = result["tf_other_cpu_s"]
+        result["seconds"] = wall = result["tf_seconds"]
+        result["rows_per_s"] = rows / wall
+        result["mb_per_s"] = nbytes / wall / 1e6
+        result["trainer_cpu_s"] = result["tf_client_cpu_s"]
+        result["trainer_cpu_s_per_m_rows"] = result["tf_client_cpu_s"] / rows * 1e6
+        result["processes"] = result.pop("tf_processes")
+    result["preprocess_cpu_s"] = preprocess_cpu_s(args.pipeline, result)
     return result
+
+
+def preprocess_cpu_s(pipeline: str, result: dict[str, Any]) -> float:
+    """CPU seconds of the processes doing the preprocessing (read, transform, batch): dpp's
+    workers, the DataLoader's workers, tf.data's workers, Ray's processes; the trainer itself
+    where the pipeline runs in it (ceiling, in-process). The master, tf.data's dispatcher and
+    the trainer's receiving side are left out: this is the figure operators pay per worker."""
+    if pipeline in ("ceiling", "inprocess"):
+        return float(result["trainer_cpu_s"])
+    processes: list[dict[str, Any]] = result["processes"]
+    if pipeline.startswith("dpp"):
+        return sum(float(p["cpu_s"]) for p in processes if "worker" in str(p["role"]))
+    if pipeline == "tfdata":
+        return sum(float(p["cpu_s"]) for p in processes if p["role"] == "tf.data worker")
+    return float(result["other_cpu_s"])
 
 
 def main() -> None:
@@ -361,9 +420,12 @@ def main() -> None:
     parser.add_argument("--workload", default="dlrm")
     parser.add_argument("--table", required=True)
     parser.add_argument("--quick", action="store_true", help="the quick tables' workload")
-    parser.add_argument("--workers", type=int, default=2, help="dpp workers")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="dpp, torch-vec or tf.data service workers"
+    )
     parser.add_argument("--threads", type=int, default=2, help="pipeline threads per worker")
     parser.add_argument("--max-rows", type=int, default=sys.maxsize)
+    parser.add_argument("--insecure", action="store_true", help="dpp: a cluster without TLS")
     args = parser.parse_args()
     print(json.dumps(run(args)), flush=True)
 

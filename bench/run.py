@@ -33,16 +33,41 @@ from bench import client_cpu, master_rate, worker_memory
 from bench.workloads import workloads
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_PIPELINES = ("ceiling", "inprocess", "dpp-1w", "dpp-2w", "torch", "ray")
+ALL_PIPELINES = (
+    "ceiling",
+    "inprocess",
+    "dpp-1w",
+    "dpp-2w",
+    "dpp-1w-insecure",
+    "torch",
+    "torch-vec",
+    "tfdata",
+    "ray",
+)
 LABELS = {
     "ceiling": "pyarrow scan (ceiling)",
     "inprocess": "in-process pyarrow + polars",
     "dpp-1w": "dpp, 1 worker",
     "dpp-2w": "dpp, 2 workers",
+    "dpp-1w-insecure": "dpp, 1 worker, no TLS",
     "torch": "torch DataLoader, per-sample",
+    "torch-vec": "torch DataLoader, vectorized row groups",
+    "tfdata": "tf.data service (TFRecord copy)",
     "ray": "Ray Data",
 }
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+#: The peers' comparison: where each pipeline's preprocessing CPU is read (bench.pipelines'
+#: ``preprocess_cpu_s``), for the "CPU per row" table.
+WHERE = {
+    "ceiling": "the trainer (all of it)",
+    "inprocess": "the trainer (all of it)",
+    "dpp-1w": "the dpp worker",
+    "dpp-2w": "the 2 dpp workers",
+    "dpp-1w-insecure": "the dpp worker",
+    "torch": "the 2 DataLoader workers",
+    "torch-vec": "the 2 DataLoader workers",
+    "tfdata": "the 2 tf.data workers",
+    "ray": "Ray's processes",
+}
 
 
 def machine() -> dict[str, Any]:
@@ -81,7 +106,10 @@ def run_pipeline(
 ) -> dict[str, Any]:
     args = [sys.executable, "-m", "bench.pipelines"]
     if name.startswith("dpp-"):
-        args += ["dpp", "--workers", name[4:-1], "--threads", str(threads)]
+        workers, _, mode = name[4:].partition("w")
+        args += ["dpp", "--workers", workers, "--threads", str(threads)]
+        if mode == "-insecure":
+            args.append("--insecure")
     else:
         args += [name]
     args += ["--workload", workload, "--table", table]
@@ -104,6 +132,32 @@ def run_pipeline(
     result["pipeline"] = name
     result["loadavg_before"] = load
     return result
+
+
+def check_peers(pipelines: list[str], workload: str, spec: Any) -> dict[str, str]:
+    """Untimed, before the runs: the vectorized peers' outputs against dpp's (an unequal one
+    stops the suite), and tf.data's one-time TFRecord copy of the table."""
+    checked: dict[str, str] = {}
+    if "torch-vec" in pipelines:
+        from bench.peers.torch_vectorized import check_golden
+
+        got = check_golden(spec)
+        checked["torch-vec"] = (
+            f"{got['rows']:,} rows, {got['ids']:,} ids of the first split, dense, ids, "
+            "lengths and labels equal"
+        )
+    if "tfdata" in pipelines and workload == "dlrm":
+        from bench.peers import tfdata_launch
+
+        try:
+            got = tfdata_launch.check_golden(spec.table_uri, spec)
+            checked["tfdata"] = (
+                f"{got['rows']:,} rows, {got['ids']:,} ids of the first row group, dense, ids, "
+                "offsets and labels equal to the torch-vec peer's"
+            )
+        except tfdata_launch.TfSkip as exc:
+            checked["tfdata"] = f"not checked: {exc}"
+    return checked
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -135,6 +189,12 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "other_cpu_s_per_m_rows": statistics.median(
             float(r["other_cpu_s"]) / r["rows"] * 1e6 for r in ok
         ),
+        "preprocess_cpu_s_per_m_rows": statistics.median(
+            float(r.get("preprocess_cpu_s", "nan")) / r["rows"] * 1e6 for r in ok
+        ),
+        "total_cpu_s_per_m_rows": statistics.median(
+            (float(r["trainer_cpu_s"]) + float(r["other_cpu_s"])) / r["rows"] * 1e6 for r in ok
+        ),
         "trainer_peak_rss_mb": max(float(r["trainer_peak_rss_mb"]) for r in ok),
         "other_processes": roles,
         "stall_share": med("stall_share") if "stall_share" in ok[0] else None,
@@ -161,6 +221,16 @@ def paired_ratio(suite: dict[str, Any], workload: str, a: str, b: str) -> float 
     return statistics.median(pairs) if pairs else None
 
 
+def paired_cpu_ratio(suite: dict[str, Any], workload: str, a: str, b: str) -> list[float]:
+    """Per repeat, a's preprocessing CPU per row over b's (runs minutes apart in one repeat)."""
+    raw = suite.get("raw", {}).get(workload, {})
+    return [
+        (float(x["preprocess_cpu_s"]) / x["rows"]) / (float(y["preprocess_cpu_s"]) / y["rows"])
+        for x, y in zip(raw.get(a, []), raw.get(b, []), strict=False)
+        if "preprocess_cpu_s" in x and "preprocess_cpu_s" in y
+    ]
+
+
 def targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
     dlrm = suite["pipelines"].get("dlrm", {})
     best = max(("dpp-1w", "dpp-2w"), key=lambda n: dlrm.get(n, {}).get("rows_per_s", 0.0))
@@ -178,6 +248,18 @@ def targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
             r,
             None if r is None else r >= goal,
             f"DLRM job, best dpp = {best}; median of per-repeat ratios {_fmt(paired)}",
+        )
+    cpu = lowest_cpu(dlrm)
+    if cpu is not None:
+        pairs = paired_cpu_ratio(suite, "dlrm", cpu["name"], cpu["peer"])
+        add(
+            "dpp worker CPU per row / the lowest peer's preprocessing CPU per row",
+            "<= 1.0x",
+            cpu["ratio"],
+            cpu["ratio"] <= 1.0,
+            f"DLRM job; {cpu['name']} worker {cpu['dpp']:.2f} core-s / 1M rows, lowest peer "
+            f"{LABELS[cpu['peer']]} {cpu['lowest']:.2f}; per repeat "
+            + ", ".join(f"{x:.2f}" for x in pairs),
         )
     client = suite.get("client_cpu", {})
     if client and "ingest" in client:
@@ -219,6 +301,30 @@ def targets(suite: dict[str, Any]) -> list[dict[str, Any]]:
             f"{mem['table_disk_mb']} MB table",
         )
     return rows
+
+
+def lowest_cpu(results: dict[str, Any]) -> dict[str, Any] | None:
+    """dpp's one worker's preprocessing CPU per row beside the lowest of the peers' (the
+    pipelines that do the whole job: in-process, the DataLoaders, tf.data, Ray)."""
+    # Like for like: the peers use no TLS, so dpp without it where measured.
+    name = "dpp-1w-insecure" if "dpp-1w-insecure" in results else "dpp-1w"
+    dpp = results.get(name, {}).get("preprocess_cpu_s_per_m_rows")
+    peers = {
+        p: results[p]["preprocess_cpu_s_per_m_rows"]
+        for p in ("inprocess", "torch", "torch-vec", "tfdata", "ray")
+        if "preprocess_cpu_s_per_m_rows" in results.get(p, {})
+    }
+    if dpp is None or not peers:
+        return None
+    peer = min(peers, key=lambda p: float(peers[p]))
+    lowest = float(peers[peer])
+    return {
+        "name": name,
+        "dpp": float(dpp),
+        "peer": peer,
+        "lowest": lowest,
+        "ratio": float(dpp) / lowest,
+    }
 
 
 def chart(suite: dict[str, Any], path: Path) -> bool:
@@ -264,10 +370,16 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def markdown(suite: dict[str, Any], chart_name: str | None) -> str:
+def markers(name: str) -> tuple[str, str]:
+    """The comment pair around a generated section of the doc (``bench`` for the suite's)."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def markdown(suite: dict[str, Any], chart_name: str | None, section: str = "bench") -> str:
     m = suite["machine"]
+    begin, end = markers(section)
     out = [
-        BEGIN,
+        begin,
         "<!-- generated by `python -m bench.run`; edit outside the markers -->",
         "",
         f"Run of {suite['finished']} ({'quick' if suite['quick'] else 'full'} mode, "
@@ -312,6 +424,37 @@ def markdown(suite: dict[str, Any], chart_name: str | None) -> str:
                 f"{r['trainer_cpu_s_per_m_rows']:.2f} | {r['other_cpu_s_per_m_rows']:.2f} | "
                 f"{r['trainer_peak_rss_mb']:.0f}; {others or '-'} |"
             )
+        with_cpu = [p for p in ALL_PIPELINES if "preprocess_cpu_s_per_m_rows" in results.get(p, {})]
+        cpu = lowest_cpu(results)
+        if with_cpu:
+            out += [
+                "",
+                "CPU per row, every process of each pipeline (core-s / 1M rows, medians): "
+                "*preprocessing* is what reads, transforms and batches (for dpp its worker "
+                "processes, the figure an operator pays for); *all* adds the trainer's side and "
+                "coordinators (dpp's master, tf.data's dispatcher).",
+                "",
+                "| pipeline | preprocessing runs in | preprocessing | trainer | all processes "
+                f"| preprocessing / {LABELS[cpu['name']] if cpu else 'dpp'}'s |",
+                "|---|---|---:|---:|---:|---:|",
+            ]
+            base = cpu["dpp"] if cpu else None
+            for name in with_cpu:
+                r = results[name]
+                pre = float(r["preprocess_cpu_s_per_m_rows"])
+                out.append(
+                    f"| {LABELS[name]} | {WHERE[name]} | {pre:.2f} | "
+                    f"{r['trainer_cpu_s_per_m_rows']:.2f} | {r['total_cpu_s_per_m_rows']:.2f} | "
+                    f"{_fmt(pre / float(base) if base else None)} |"
+                )
+        golden = suite.get("peer_golden", {}).get(workload)
+        if golden:
+            out += [
+                "",
+                "Outputs checked equal to dpp's before timing: "
+                + "; ".join(f"{LABELS[p]}: {g}" for p, g in golden.items())
+                + ".",
+            ]
         if "rows_per_s" in results.get("torch", {}):
             out.append("")
             out.append(
@@ -326,6 +469,8 @@ def markdown(suite: dict[str, Any], chart_name: str | None) -> str:
         "|---|---|---:|---|",
     ]
     for t in suite["targets"]:
+        if section != "bench" and t["measured"] is None:
+            continue  # a partial run: a target it did not measure
         met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
         out.append(f"| {t['target']} ({t['note']}) | {t['goal']} | {_fmt(t['measured'])} | {met} |")
     rate = suite.get("master_rate")
@@ -374,15 +519,16 @@ def markdown(suite: dict[str, Any], chart_name: str | None) -> str:
             f"budget (--buffer-mb {mem['buffer_mb']}, --read-batch-rows "
             f"{mem['read_batch_rows']}, 1 pipeline thread{mem['env_note']}).",
         ]
-    out += ["", END]
+    out += ["", end]
     return "\n".join(out)
 
 
-def write_doc(path: Path, section: str) -> None:
+def write_doc(path: Path, section: str, name: str = "bench") -> None:
+    begin, end = markers(name)
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n## Latest run\n\n" + section + "\n"
@@ -406,14 +552,21 @@ def main() -> None:
     parser.add_argument("--chart", default=str(REPO / "docs/benchmarks.png"))
     parser.add_argument("--no-doc", action="store_true", help="write only the JSON")
     parser.add_argument(
+        "--section",
+        default="bench",
+        help="the doc's generated section to replace (<!-- NAME:begin/end -->): a partial run "
+        "such as the peers' (docs/benchmarks.md) writes its own, leaving the full suite's",
+    )
+    parser.add_argument(
         "--from-json", action="store_true", help="only re-render the doc and chart from --json"
     )
     args = parser.parse_args()
     if args.from_json:
-        suite = json.loads(Path(args.json).read_text())
+        suite: dict[str, Any] = json.loads(Path(args.json).read_text())
         suite["targets"] = targets(suite)
         has_chart = chart(suite, Path(args.chart))
-        write_doc(Path(args.doc), markdown(suite, Path(args.chart).name if has_chart else None))
+        chart_name = Path(args.chart).name if has_chart else None
+        write_doc(Path(args.doc), markdown(suite, chart_name, args.section), args.section)
         return
     repeats = args.repeats or (1 if args.quick else 3)
     torch_rows = args.torch_rows or (12_000 if args.quick else 40_000)
@@ -422,7 +575,7 @@ def main() -> None:
     started = time.time()
     chosen = {k: w for k, w in workloads(args.quick).items() if k in args.workloads.split(",")}
     pipelines = [p for p in args.pipelines.split(",") if p]
-    suite: dict[str, Any] = {
+    suite = {
         "command": "python -m bench.run " + " ".join(sys.argv[1:]),
         "quick": args.quick,
         "repeats": repeats,
@@ -442,6 +595,9 @@ def main() -> None:
         }
         # Warm the page cache (and the imports) once, untimed.
         run_pipeline("ceiling", name, tables[name], args.quick, args.threads, torch_rows)
+        suite.setdefault("peer_golden", {})[name] = check_peers(
+            pipelines, name, w.spec(tables[name])
+        )
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {n: {} for n in chosen}
     for repeat in range(repeats):
         order = pipelines[repeat % len(pipelines) :] + pipelines[: repeat % len(pipelines)]
@@ -506,9 +662,9 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(suite, indent=1, default=str))
     chart_path = Path(args.chart)
     has_chart = not args.no_doc and chart(suite, chart_path)
-    section = markdown(suite, chart_path.name if has_chart else None)
+    section = markdown(suite, chart_path.name if has_chart else None, args.section)
     if not args.no_doc:
-        write_doc(Path(args.doc), section)
+        write_doc(Path(args.doc), section, args.section)
     print(section)
     print(f"\nsuite took {suite['seconds']} s; results in {args.json}")
 

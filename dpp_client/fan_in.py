@@ -1,5 +1,10 @@
 """The stream fan-in: one StreamBatches stream per worker, merged into one bounded queue.
 
+Each stream goes over the worker's data plane (``data_dial``, :mod:`dpp_proto.data_plane`)
+when the worker advertises a data address and the loader allows it, else over gRPC
+StreamBatches (``dial``); both are a :class:`StreamCall`, fail with gRPC-shaped errors and are
+handled alike below.
+
 Owns the worker streams of one (session, rank): which workers to stream from (a refresher
 thread re-lists them through the master), a thread per stream that decodes frames (and
 converts whole batches to tensors, off the trainer's thread), and the queue that hands frames
@@ -120,9 +125,10 @@ class _WorkerStream:
     and the decision to start a new call, so a cancel can never miss a call being started.
     """
 
-    def __init__(self, worker_id: str, address: str) -> None:
+    def __init__(self, worker_id: str, address: str, data_address: str = "") -> None:
         self.worker_id = worker_id
         self.address = address
+        self.data_address = data_address  # the worker's data plane ("": gRPC only)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.call: StreamCall | None = None
@@ -149,7 +155,9 @@ class FanIn:
         prefetch_batches: frames buffered between the streams and the trainer.
         to_batch: converts (and pins) a whole frame's rows.
         counters: where ``decode_s`` and ``bytes_received`` are added.
-        dial: opens a stream to a worker.
+        dial: opens a gRPC StreamBatches stream to a worker's address.
+        data_dial: opens a stream to a worker's data address (a worker that lists one);
+            None: every stream over ``dial``.
         on_end_frame: called from a stream thread with (epoch, split id) once a split's end
             frame is queued (the epoch overlap watches them); must be quick and thread-safe.
     """
@@ -164,8 +172,10 @@ class FanIn:
         to_batch: Callable[[pa.RecordBatch], Batch],
         counters: LoaderCounters,
         dial: WorkerDialer = GrpcStream,
+        data_dial: WorkerDialer | None = None,
         on_end_frame: Callable[[int, str], None] | None = None,
     ) -> None:
+        self._data_dial = data_dial
         self._on_end_frame = on_end_frame
         self._request = worker_pb2.StreamBatchesRequest(session_id=session_id, rank=rank)
         self._batch_size = batch_size
@@ -213,6 +223,7 @@ class FanIn:
         master restart) keeps its stream, so no frame is lost to a needless reconnect.
         """
         listed = {w.address: w.worker_id for w in workers}
+        data = {w.address: w.data_address for w in workers}
         with self._lock:
             if self._closed.is_set():
                 return
@@ -225,10 +236,11 @@ class FanIn:
                     del self._streams[address]
                 else:
                     ws.worker_id = listed[address]
+                    ws.data_address = data[address]  # used from the next dial on
             for address, worker_id in listed.items():
                 if address in self._streams:
                     continue
-                ws = _WorkerStream(worker_id, address)
+                ws = _WorkerStream(worker_id, address, data[address])
                 ws.thread = threading.Thread(
                     target=self._stream_loop,
                     args=(ws,),
@@ -306,8 +318,13 @@ class FanIn:
                 with ws.lock:
                     if ws.stop.is_set():
                         return
-                    call = ws.call = self._dial(ws.address, self._request)
-                _log.info("streaming from worker %s at %s", ws.worker_id, ws.address)
+                    if self._data_dial is not None and ws.data_address:
+                        target, plane = ws.data_address, "data plane"
+                        call = ws.call = self._data_dial(target, self._request)
+                    else:
+                        target, plane = ws.address, "gRPC"
+                        call = ws.call = self._dial(target, self._request)
+                _log.info("streaming from worker %s at %s (%s)", ws.worker_id, target, plane)
                 for raw in call:
                     backoff.reset()
                     if not self._forward(raw, ws):

@@ -57,6 +57,7 @@ from dpp_client.errors import DppClientError, DppUnavailableError
 from dpp_client.fan_in import FanIn, GrpcStream, WorkerDialer
 from dpp_client.master_link import GrpcMasterLink, MasterLink
 from dpp_client.metrics import LoaderCounters, LoaderStats
+from dpp_client.socket_stream import SocketStream
 from dpp_client.spec import SessionSpec, coerce_spec
 from dpp_proto import master_pb2
 from dpp_proto.auth import Connection, resolve
@@ -66,6 +67,9 @@ __all__ = ["DppLoader", "LoaderStats", "StallWatchdog"]
 _log = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+#: Names the default ``transport`` of loaders not given one (e.g. to run a job over gRPC).
+TRANSPORT_ENV = "DPP_TRANSPORT"
+TRANSPORTS = frozenset({"auto", "grpc"})
 _STALL_WARN_S = 10.0
 _JOIN_TIMEOUT_S = 10.0
 _STATE_VERSION = 1
@@ -152,10 +156,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
 
     Attributes:
         plan: the session's plan (``SessionPlan``: ``num_splits``, ``num_files``,
-            ``num_row_groups``, ``num_rows``, ``num_partitions``, ``planning_seconds``) once
-            the session is created, joined or resumed (first ``iter()`` or ``len()``); None
-            before. ``num_rows`` counts the rows of the planned row groups, before the row
-            filter and sampling.
+            ``num_row_groups``, ``num_rows``, ``num_partitions``, ``planning_seconds``, and
+            for an Iceberg table the ``snapshot_id`` every epoch reads) once the session is
+            created, joined or resumed (first ``iter()`` or ``len()``); None before.
+            ``num_rows`` counts the rows of the planned row groups, before the row filter and
+            sampling.
         session_id: the session's id once created ("" before).
         epochs: the session's number of epochs, after the first ``iter()``.
         epoch: the epoch being read (None before the first ``iter()``).
@@ -204,7 +209,13 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             epoch when ``iter()`` asks (the workers idle at each boundary).
         master_link: the link to the master; default a :class:`GrpcMasterLink` to
             ``master`` with ``rpc_timeout_s``. The loader closes it. A seam for tests.
-        dial_worker: opens a worker's StreamBatches call; default gRPC. A seam for tests.
+        transport: how frames travel from the workers: ``"auto"`` (the default): over each
+            worker's data plane (TCP, TLS on a secure cluster; about half the trainer's CPU
+            of gRPC, ``docs/client.md``) when the worker lists one, else over gRPC
+            StreamBatches; ``"grpc"``: always gRPC (e.g. where only the gRPC port is
+            reachable through a proxy). None: ``$DPP_TRANSPORT`` if set, else ``"auto"``.
+        dial_worker: opens a worker's StreamBatches call; default gRPC (or the data plane,
+            per ``transport``). A seam for tests: given, every stream goes through it.
         connection: the cluster's connection file (path) or :class:`~dpp_proto.auth.Connection`:
             TLS, client certificate and token for the master and the workers. None:
             ``$DPP_CONNECTION`` if set, else plaintext (a cluster started with --insecure).
@@ -236,6 +247,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         master_link: MasterLink | None = None,
         dial_worker: WorkerDialer | None = None,
         connection: str | os.PathLike[str] | Connection | None = None,
+        transport: str | None = None,
     ) -> None:
         super().__init__()
         self.spec = coerce_spec(spec)
@@ -268,6 +280,16 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._dial: WorkerDialer = dial_worker or functools.partial(
             GrpcStream, connection=credentials
         )
+        self.transport = transport or os.environ.get(TRANSPORT_ENV) or "auto"
+        if self.transport not in TRANSPORTS:
+            raise ValueError(
+                f"transport {self.transport!r} (from "
+                f"{'the argument' if transport else '$' + TRANSPORT_ENV}) is not one of "
+                f"{sorted(TRANSPORTS)}"
+            )
+        self._data_dial: WorkerDialer | None = None
+        if dial_worker is None and self.transport == "auto":
+            self._data_dial = functools.partial(SocketStream, connection=credentials)
 
         self.session_id = ""
         self.plan: master_pb2.SessionPlan | None = None
@@ -670,6 +692,7 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
                 to_batch=self._to_batch,
                 counters=self._counters,
                 dial=self._dial,
+                data_dial=self._data_dial,
                 on_end_frame=overlap.ended,
             ),
             overlap=overlap,

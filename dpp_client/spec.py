@@ -212,10 +212,12 @@ class SessionSpec:
     """What a trainer asks dpp to read and how to preprocess it (mirrors ``spec.proto``).
 
     Attributes:
-        table_uri: path, file://, memory:// or s3:// URI of a Hive-partitioned Parquet table.
-            A relative local path (``data/ctr``, ``file://data/ctr``, ``~/ctr``) is made
-            absolute here, against this process's working folder, because the master runs
-            elsewhere and would resolve it against its own.
+        table_uri: path, file://, memory:// or s3:// URI of a Hive-partitioned Parquet (or
+            ORC) table, or ``iceberg://catalog/namespace.table[@snapshot_id]`` for an Apache
+            Iceberg table (docs/tables.md, "Iceberg"). A relative local path (``data/ctr``,
+            ``file://data/ctr``, ``~/ctr``) is made absolute here, against this process's
+            working folder, because the master runs elsewhere and would resolve it against its
+            own.
         features: output features; dense ones are stacked in this order.
         batch_size: rows per batch. Larger amortises per-batch overhead; smaller lowers
             latency and memory.
@@ -247,6 +249,12 @@ class SessionSpec:
         dedup_min_share: auto deduplication, in [0, 1): a dedup group travels deduplicated
             in a batch only when at least this share of its rows repeat there; 0: always.
             Higher skips batches where inverse indices save little (``docs/dedup.md``).
+        share: shared production across jobs: sessions with ``share`` whose specs shape the
+            same rows (they may differ in batch size, epochs, seed, shuffle, ranks) are
+            steered through the same splits, so each split is read and transformed once and
+            served from the worker's memory to every job. Each job keeps its own epochs,
+            ranks, acks, resume and exactly-once delivery; a job that falls more than the
+            workers' share window behind produces its own (``docs/worker-efficiency.md``).
     """
 
     table_uri: str
@@ -269,6 +277,7 @@ class SessionSpec:
     sample_rate: float = defaults.RATE
     sample_key: str = ""
     dedup_min_share: float = 0.0
+    share: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists for convenience but store tuples, so specs stay immutable.

@@ -47,6 +47,7 @@ EXAMPLES: dict[type, dict[str, str]] = {
         "sample_rate": "sample_rate: 0.25",
         "sample_key": "sample_key: row_id",
         "dedup_min_share": "dedup_min_share: 0.3",
+        "share": "share: true",
     },
     Feature: {
         "name": "name: user_history",

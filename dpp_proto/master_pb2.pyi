@@ -132,20 +132,22 @@ class CreateSessionResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., joined: _Optional[bool] = ..., plan: _Optional[_Union[SessionPlan, _Mapping]] = ...) -> None: ...
 
 class SessionPlan(_message.Message):
-    __slots__ = ("num_splits", "num_files", "num_row_groups", "num_rows", "num_partitions", "planning_seconds")
+    __slots__ = ("num_splits", "num_files", "num_row_groups", "num_rows", "num_partitions", "planning_seconds", "snapshot_id")
     NUM_SPLITS_FIELD_NUMBER: _ClassVar[int]
     NUM_FILES_FIELD_NUMBER: _ClassVar[int]
     NUM_ROW_GROUPS_FIELD_NUMBER: _ClassVar[int]
     NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
     NUM_PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     PLANNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     num_splits: int
     num_files: int
     num_row_groups: int
     num_rows: int
     num_partitions: int
     planning_seconds: float
-    def __init__(self, num_splits: _Optional[int] = ..., num_files: _Optional[int] = ..., num_row_groups: _Optional[int] = ..., num_rows: _Optional[int] = ..., num_partitions: _Optional[int] = ..., planning_seconds: _Optional[float] = ...) -> None: ...
+    snapshot_id: int
+    def __init__(self, num_splits: _Optional[int] = ..., num_files: _Optional[int] = ..., num_row_groups: _Optional[int] = ..., num_rows: _Optional[int] = ..., num_partitions: _Optional[int] = ..., planning_seconds: _Optional[float] = ..., snapshot_id: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -206,12 +208,14 @@ class BeginEpochResponse(_message.Message):
     def __init__(self, split_ids: _Optional[_Iterable[str]] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("address", "pipeline_threads")
+    __slots__ = ("address", "pipeline_threads", "data_address")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     address: str
     pipeline_threads: int
-    def __init__(self, address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ...) -> None: ...
+    data_address: str
+    def __init__(self, address: _Optional[str] = ..., pipeline_threads: _Optional[int] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("worker_id", "heartbeat_interval_s", "lease_timeout_s")
@@ -242,7 +246,7 @@ class StageSeconds(_message.Message):
     def __init__(self, read_s: _Optional[float] = ..., filter_s: _Optional[float] = ..., transform_s: _Optional[float] = ..., batch_s: _Optional[float] = ..., serialize_s: _Optional[float] = ..., wait_consumer_s: _Optional[float] = ..., idle_s: _Optional[float] = ...) -> None: ...
 
 class WorkerCounters(_message.Message):
-    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done", "cache_hits", "cache_misses")
+    __slots__ = ("rows_read", "rows_out", "batches_out", "bytes_out", "splits_done", "cache_hits", "cache_misses", "share_hits", "share_misses")
     ROWS_READ_FIELD_NUMBER: _ClassVar[int]
     ROWS_OUT_FIELD_NUMBER: _ClassVar[int]
     BATCHES_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +254,8 @@ class WorkerCounters(_message.Message):
     SPLITS_DONE_FIELD_NUMBER: _ClassVar[int]
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    SHARE_HITS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_MISSES_FIELD_NUMBER: _ClassVar[int]
     rows_read: int
     rows_out: int
     batches_out: int
@@ -257,7 +263,9 @@ class WorkerCounters(_message.Message):
     splits_done: int
     cache_hits: int
     cache_misses: int
-    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ...) -> None: ...
+    share_hits: int
+    share_misses: int
+    def __init__(self, rows_read: _Optional[int] = ..., rows_out: _Optional[int] = ..., batches_out: _Optional[int] = ..., bytes_out: _Optional[int] = ..., splits_done: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., share_hits: _Optional[int] = ..., share_misses: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("worker_id", "stage_seconds", "counters", "cached", "cached_unchanged")
@@ -304,21 +312,23 @@ class StreamKey(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class SplitLease(_message.Message):
-    __slots__ = ("session_id", "epoch", "rank", "split", "start_batch")
+    __slots__ = ("session_id", "epoch", "rank", "split", "start_batch", "share_readers")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     START_BATCH_FIELD_NUMBER: _ClassVar[int]
+    SHARE_READERS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     epoch: int
     rank: int
     split: Split
     start_batch: int
-    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ...) -> None: ...
+    share_readers: int
+    def __init__(self, session_id: _Optional[str] = ..., epoch: _Optional[int] = ..., rank: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., start_batch: _Optional[int] = ..., share_readers: _Optional[int] = ...) -> None: ...
 
 class Split(_message.Message):
-    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit")
+    __slots__ = ("split_id", "path", "file_size", "row_groups", "num_rows", "partition", "row_offset", "row_limit", "renamed")
     class PartitionEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +344,7 @@ class Split(_message.Message):
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
     ROW_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RENAMED_FIELD_NUMBER: _ClassVar[int]
     split_id: str
     path: str
     file_size: int
@@ -342,7 +353,16 @@ class Split(_message.Message):
     partition: _containers.ScalarMap[str, str]
     row_offset: int
     row_limit: int
-    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ..., row_offset: _Optional[int] = ..., row_limit: _Optional[int] = ...) -> None: ...
+    renamed: _containers.RepeatedCompositeFieldContainer[RenamedColumn]
+    def __init__(self, split_id: _Optional[str] = ..., path: _Optional[str] = ..., file_size: _Optional[int] = ..., row_groups: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., partition: _Optional[_Mapping[str, str]] = ..., row_offset: _Optional[int] = ..., row_limit: _Optional[int] = ..., renamed: _Optional[_Iterable[_Union[RenamedColumn, _Mapping]]] = ...) -> None: ...
+
+class RenamedColumn(_message.Message):
+    __slots__ = ("column", "file_column")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    FILE_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    file_column: str
+    def __init__(self, column: _Optional[str] = ..., file_column: _Optional[str] = ...) -> None: ...
 
 class AcquireSplitResponse(_message.Message):
     __slots__ = ("lease", "retry_after_ms")
@@ -383,20 +403,22 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "address", "seconds_since_heartbeat", "stage_seconds", "counters", "pipeline_threads")
+    __slots__ = ("worker_id", "address", "seconds_since_heartbeat", "stage_seconds", "counters", "pipeline_threads", "data_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     STAGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    DATA_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     seconds_since_heartbeat: float
     stage_seconds: StageSeconds
     counters: WorkerCounters
     pipeline_threads: int
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., seconds_since_heartbeat: _Optional[float] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ..., pipeline_threads: _Optional[int] = ...) -> None: ...
+    data_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., seconds_since_heartbeat: _Optional[float] = ..., stage_seconds: _Optional[_Union[StageSeconds, _Mapping]] = ..., counters: _Optional[_Union[WorkerCounters, _Mapping]] = ..., pipeline_threads: _Optional[int] = ..., data_address: _Optional[str] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64pp_proto/spec.proto\x12\x06\x64pp.v1\x1a\x1cgoogle/protobuf/struct.proto\"=\n\x06OpSpec\x12\n\n\x02op\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x80\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.dpp.v1.FeatureKind\x12\x1b\n\x03ops\x18\x04 \x03(\x0b\x32\x0e.dpp.v1.OpSpec\x12\x13\n\x0b\x64\x65\x64up_group\x18\x05 \x01(\t\"\xd2\x04\n\x0bSessionSpec\x12\x11\n\ttable_uri\x18\x01 \x01(\t\x12@\n\x0fstorage_options\x18\x02 \x03(\x0b\x32\'.dpp.v1.SessionSpec.StorageOptionsEntry\x12\x18\n\x10partition_filter\x18\x03 \x01(\t\x12\x12\n\nrow_filter\x18\x04 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x13.dpp.v1.FeatureSpec\x12\r\n\x05label\x18\x06 \x01(\t\x12\x0e\n\x06weight\x18\x07 \x01(\t\x12\x13\n\x0bpassthrough\x18\x08 \x03(\t\x12\x12\n\nbatch_size\x18\t \x01(\r\x12\x0e\n\x06\x65pochs\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x12\n\nworld_size\x18\x0c \x01(\r\x12\x19\n\x11target_split_rows\x18\r \x01(\x04\x12\x0f\n\x07shuffle\x18\x0e \x01(\x08\x12\x15\n\rdeterministic\x18\x0f \x01(\x08\x12\x1c\n\x14max_splits_in_flight\x18\x10 \x01(\r\x12 \n\x18negative_downsample_rate\x18\x11 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x12 \x01(\x01\x12\x12\n\nsample_key\x18\x13 \x01(\t\x12\x17\n\x0f\x64\x65\x64up_min_share\x18\x14 \x01(\x01\x12#\n\x05stats\x18\x15 \x01(\x0b\x32\x14.dpp.v1.StatsOptions\x1a\x35\n\x13StorageOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x0cStatsOptions\x12\x13\n\x0bsample_rate\x18\x01 \x01(\x01\x12\x12\n\ncollisions\x18\x02 \x01(\x08*\\\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x45\x41TURE_KIND_DENSE\x10\x01\x12\x17\n\x13\x46\x45\x41TURE_KIND_SPARSE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64pp_proto/spec.proto\x12\x06\x64pp.v1\x1a\x1cgoogle/protobuf/struct.proto\"=\n\x06OpSpec\x12\n\n\x02op\x18\x01 \x01(\t\x12\'\n\x06params\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x80\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.dpp.v1.FeatureKind\x12\x1b\n\x03ops\x18\x04 \x03(\x0b\x32\x0e.dpp.v1.OpSpec\x12\x13\n\x0b\x64\x65\x64up_group\x18\x05 \x01(\t\"\xe1\x04\n\x0bSessionSpec\x12\x11\n\ttable_uri\x18\x01 \x01(\t\x12@\n\x0fstorage_options\x18\x02 \x03(\x0b\x32\'.dpp.v1.SessionSpec.StorageOptionsEntry\x12\x18\n\x10partition_filter\x18\x03 \x01(\t\x12\x12\n\nrow_filter\x18\x04 \x01(\t\x12%\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x13.dpp.v1.FeatureSpec\x12\r\n\x05label\x18\x06 \x01(\t\x12\x0e\n\x06weight\x18\x07 \x01(\t\x12\x13\n\x0bpassthrough\x18\x08 \x03(\t\x12\x12\n\nbatch_size\x18\t \x01(\r\x12\x0e\n\x06\x65pochs\x18\n \x01(\r\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\x12\n\nworld_size\x18\x0c \x01(\r\x12\x19\n\x11target_split_rows\x18\r \x01(\x04\x12\x0f\n\x07shuffle\x18\x0e \x01(\x08\x12\x15\n\rdeterministic\x18\x0f \x01(\x08\x12\x1c\n\x14max_splits_in_flight\x18\x10 \x01(\r\x12 \n\x18negative_downsample_rate\x18\x11 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x12 \x01(\x01\x12\x12\n\nsample_key\x18\x13 \x01(\t\x12\x17\n\x0f\x64\x65\x64up_min_share\x18\x14 \x01(\x01\x12#\n\x05stats\x18\x15 \x01(\x0b\x32\x14.dpp.v1.StatsOptions\x12\r\n\x05share\x18\x16 \x01(\x08\x1a\x35\n\x13StorageOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x0cStatsOptions\x12\x13\n\x0bsample_rate\x18\x01 \x01(\x01\x12\x12\n\ncollisions\x18\x02 \x01(\x08*\\\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46\x45\x41TURE_KIND_DENSE\x10\x01\x12\x17\n\x13\x46\x45\x41TURE_KIND_SPARSE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +34,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSIONSPEC_STORAGEOPTIONSENTRY']._loaded_options = None
   _globals['_SESSIONSPEC_STORAGEOPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_FEATUREKIND']._serialized_start=910
-  _globals['_FEATUREKIND']._serialized_end=1002
+  _globals['_FEATUREKIND']._serialized_start=925
+  _globals['_FEATUREKIND']._serialized_end=1017
   _globals['_OPSPEC']._serialized_start=62
   _globals['_OPSPEC']._serialized_end=123
   _globals['_FEATURESPEC']._serialized_start=126
   _globals['_FEATURESPEC']._serialized_end=254
   _globals['_SESSIONSPEC']._serialized_start=257
-  _globals['_SESSIONSPEC']._serialized_end=851
-  _globals['_SESSIONSPEC_STORAGEOPTIONSENTRY']._serialized_start=798
-  _globals['_SESSIONSPEC_STORAGEOPTIONSENTRY']._serialized_end=851
-  _globals['_STATSOPTIONS']._serialized_start=853
-  _globals['_STATSOPTIONS']._serialized_end=908
+  _globals['_SESSIONSPEC']._serialized_end=866
+  _globals['_SESSIONSPEC_STORAGEOPTIONSENTRY']._serialized_start=813
+  _globals['_SESSIONSPEC_STORAGEOPTIONSENTRY']._serialized_end=866
+  _globals['_STATSOPTIONS']._serialized_start=868
+  _globals['_STATSOPTIONS']._serialized_end=923
 # @@protoc_insertion_point(module_scope)

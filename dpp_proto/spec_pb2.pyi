@@ -40,7 +40,7 @@ class FeatureSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., kind: _Optional[_Union[FeatureKind, str]] = ..., ops: _Optional[_Iterable[_Union[OpSpec, _Mapping]]] = ..., dedup_group: _Optional[str] = ...) -> None: ...
 
 class SessionSpec(_message.Message):
-    __slots__ = ("table_uri", "storage_options", "partition_filter", "row_filter", "features", "label", "weight", "passthrough", "batch_size", "epochs", "seed", "world_size", "target_split_rows", "shuffle", "deterministic", "max_splits_in_flight", "negative_downsample_rate", "sample_rate", "sample_key", "dedup_min_share", "stats")
+    __slots__ = ("table_uri", "storage_options", "partition_filter", "row_filter", "features", "label", "weight", "passthrough", "batch_size", "epochs", "seed", "world_size", "target_split_rows", "shuffle", "deterministic", "max_splits_in_flight", "negative_downsample_rate", "sample_rate", "sample_key", "dedup_min_share", "stats", "share")
     class StorageOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class SessionSpec(_message.Message):
     SAMPLE_KEY_FIELD_NUMBER: _ClassVar[int]
     DEDUP_MIN_SHARE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
     table_uri: str
     storage_options: _containers.ScalarMap[str, str]
     partition_filter: str
@@ -90,7 +91,8 @@ class SessionSpec(_message.Message):
     sample_key: str
     dedup_min_share: float
     stats: StatsOptions
-    def __init__(self, table_uri: _Optional[str] = ..., storage_options: _Optional[_Mapping[str, str]] = ..., partition_filter: _Optional[str] = ..., row_filter: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., label: _Optional[str] = ..., weight: _Optional[str] = ..., passthrough: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., world_size: _Optional[int] = ..., target_split_rows: _Optional[int] = ..., shuffle: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., max_splits_in_flight: _Optional[int] = ..., negative_downsample_rate: _Optional[float] = ..., sample_rate: _Optional[float] = ..., sample_key: _Optional[str] = ..., dedup_min_share: _Optional[float] = ..., stats: _Optional[_Union[StatsOptions, _Mapping]] = ...) -> None: ...
+    share: bool
+    def __init__(self, table_uri: _Optional[str] = ..., storage_options: _Optional[_Mapping[str, str]] = ..., partition_filter: _Optional[str] = ..., row_filter: _Optional[str] = ..., features: _Optional[_Iterable[_Union[FeatureSpec, _Mapping]]] = ..., label: _Optional[str] = ..., weight: _Optional[str] = ..., passthrough: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[int] = ..., seed: _Optional[int] = ..., world_size: _Optional[int] = ..., target_split_rows: _Optional[int] = ..., shuffle: _Optional[bool] = ..., deterministic: _Optional[bool] = ..., max_splits_in_flight: _Optional[int] = ..., negative_downsample_rate: _Optional[float] = ..., sample_rate: _Optional[float] = ..., sample_key: _Optional[str] = ..., dedup_min_share: _Optional[float] = ..., stats: _Optional[_Union[StatsOptions, _Mapping]] = ..., share: _Optional[bool] = ...) -> None: ...
 
 class StatsOptions(_message.Message):
     __slots__ = ("sample_rate", "collisions")

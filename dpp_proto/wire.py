@@ -88,6 +88,7 @@ __all__ = [
     "pack_sparse",
     "passthrough_array",
     "passthrough_type",
+    "reheaded",
     "unpack_sparse",
     "wire_schema",
 ]
@@ -493,6 +494,33 @@ else:  # pragma: no cover - other interpreters: a zeroed bytearray, copied once 
     def _new_frame(size: int) -> tuple[bytes | bytearray, pa.Buffer]:
         frame = bytearray(size)
         return frame, pa.py_buffer(frame)
+
+
+def reheaded(
+    frame: bytes, session_id: str, epoch: int, rank: int
+) -> tuple[bytes, worker_pb2.FrameHeader] | None:
+    """The same frame addressed to another (session, epoch, rank), and its new header: the
+    header is parsed, those three fields replaced, and the sections copied as they are (one
+    copy, no encoding). Byte-identical to encoding the batch again for that stream.
+
+    For a worker serving one production to several sessions (spec ``share``). None when the
+    new header does not end in the same 64-byte slot as the old one (e.g. a rank past 127
+    where the old was below): the caller encodes the batch again.
+    """
+    magic, length = FRAME_PREFIX.unpack_from(frame)
+    if magic != FRAME_MAGIC:
+        raise WireFormatError(f"not a frame: magic {magic!r}, expected {FRAME_MAGIC!r}")
+    header = worker_pb2.FrameHeader()
+    header.ParseFromString(frame[FRAME_PREFIX.size : FRAME_PREFIX.size + length])
+    header.session_id, header.epoch, header.rank = session_id, epoch, rank
+    body = header.SerializeToString()
+    head = FRAME_PREFIX.pack(FRAME_MAGIC, len(body)) + body
+    if not header.sections:
+        return head, header
+    start = header.sections[0].offset
+    if _aligned(len(head)) != start:
+        return None
+    return b"".join((head, bytes(start - len(head)), memoryview(frame)[start:])), header
 
 
 class FrameEncoder:

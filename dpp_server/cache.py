@@ -75,6 +75,7 @@ _AFTER_CACHE = (
     "max_splits_in_flight",
     "dedup_min_share",
     "partition_filter",
+    "share",
 )
 _SUFFIX = ".arrows"
 

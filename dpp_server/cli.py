@@ -115,6 +115,9 @@ class WorkerProcess:
         master: host:port of the master.
         host: address to bind; 0.0.0.0 serves other machines.
         port: the worker's gRPC port (0: any free port).
+        data_port: the data plane's port (StreamBatches over TCP, TLS unless --insecure;
+            cheaper for the trainer than gRPC): 0: any free port; -1: none, trainers stream
+            over gRPC.
         advertise_host: host clients dial (empty: the bound host).
         drain_timeout_s: on SIGTERM: time to finish splits in hand and hand frames to clients.
         metrics_port: serve Prometheus /metrics on this port (0: any free port, announced in
@@ -125,6 +128,7 @@ class WorkerProcess:
     master: str = DEFAULT_MASTER
     host: str = "127.0.0.1"
     port: int = 0
+    data_port: int = 0
     advertise_host: str = ""
     drain_timeout_s: float = 30.0
     metrics_port: int = 0
@@ -277,7 +281,11 @@ def _wait_for_signal() -> int:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    event.wait()
+    # Waits in slices: the kernel may deliver the signal to any thread, and Python runs the
+    # handler only when the main thread wakes; a lock wait without a timeout might never wake
+    # (seen as a worker that ignored SIGTERM while its data port's threads were busy).
+    while not event.wait(0.2):
+        pass
     return received[0]
 
 
@@ -412,10 +420,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host,
         observe=obs.observe,
         security=security,
+        data_port=args.data_port,
     )
     obs.bind(server.worker)
     server.start()
-    print(f"dpp worker {server.worker.worker_id} listening on {server.address}", flush=True)
+    data = f", data plane at {server.data_address}" if server.data_address else ""
+    print(f"dpp worker {server.worker.worker_id} listening on {server.address}{data}", flush=True)
     if args.ready_file:
         write_ready_file(args.ready_file, server.address, **obs.ready_extra())
     signum = _wait_for_signal()

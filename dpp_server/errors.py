@@ -26,6 +26,7 @@ from storage.errors import (
     StorageError,
     TableLayoutError,
     TableNotFoundError,
+    TableUriError,
 )
 
 
@@ -151,6 +152,7 @@ class GrpcError:
 _STORAGE: tuple[tuple[type[StorageError], grpc.StatusCode, Reason], ...] = (
     (TableNotFoundError, grpc.StatusCode.NOT_FOUND, Reason.TABLE_NOT_FOUND),
     (FilterError, grpc.StatusCode.INVALID_ARGUMENT, Reason.SPEC_INVALID),
+    (TableUriError, grpc.StatusCode.INVALID_ARGUMENT, Reason.SPEC_INVALID),
     (TableLayoutError, grpc.StatusCode.FAILED_PRECONDITION, Reason.TABLE_LAYOUT),
     (CorruptFileError, grpc.StatusCode.FAILED_PRECONDITION, Reason.FILE_UNREADABLE),
     (SplitChangedError, grpc.StatusCode.FAILED_PRECONDITION, Reason.TABLE_CHANGED),

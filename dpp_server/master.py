@@ -92,6 +92,7 @@ from dpp_server.errors import (
     UnavailableError,
 )
 from dpp_server.records import StageSeconds, WorkerCounters
+from dpp_server.share_groups import ShareGroups
 from dpp_server.spec import (
     Spec,
     check_against_schema,
@@ -100,6 +101,7 @@ from dpp_server.spec import (
     spec_to_proto,
 )
 from storage import Filter, FilterError, SplitInfo, Table, check_columns, parse_filter
+from storage.filesystem import is_iceberg_uri
 from storage.filters import validate_types
 
 logger = logging.getLogger(__name__)
@@ -124,7 +126,8 @@ class MasterConfig:
             produced twice, which the client deduplicates but costs work).
         acquire_retry_ms: how long a worker waits before asking again when there is no work.
         plan_concurrency: footers read at once while planning. Higher hides object-store
-            latency; each in-flight read holds a file handle and a footer in memory.
+            latency (10,000 footers 20 ms away take at least 10,000 / 128 x 20 ms = 1.6 s at
+            128); each in-flight read holds a connection and up to 64 KB of footer.
         rank_timeout_s: a rank that made no call (BeginEpoch, AckBatches; its loader acks at
             least every few seconds while open) for this long is away: its splits are leased
             no more until it calls again, so workers do not fill buffers nobody reads.
@@ -153,7 +156,7 @@ class MasterConfig:
     heartbeat_interval_s: float = 1.0
     lease_timeout_s: float = 10.0
     acquire_retry_ms: int = 50
-    plan_concurrency: int = 32
+    plan_concurrency: int = 128
     rank_timeout_s: float = 30.0
     session_ttl_s: float = 3600.0
     journal_compact_updates: int = 10_000
@@ -172,6 +175,8 @@ class WorkerRecord:
     counters: WorkerCounters = dataclasses.field(default_factory=WorkerCounters)
     # Split ids its cache of produced work holds, per output digest (from its heartbeats).
     cached: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    # host:port of its data plane (dpp_proto/data_plane.py); empty: gRPC only.
+    data_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +188,9 @@ class LeaseGrant:
     rank: int
     split: SplitInfo
     start_batch: int
+    #: Share group members still expected to read this split on this worker (spec ``share``;
+    #: :mod:`dpp_server.share_groups`): how long the worker keeps it in its share window.
+    share_readers: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,12 +270,20 @@ class Master:
         grace = max(self.config.lease_timeout_s, RECOVERY_GRACE_S) - self.config.lease_timeout_s
         recovered = self._clock() + grace
         self._workers: dict[str, WorkerRecord] = {
-            w.worker_id: WorkerRecord(w.worker_id, w.address, w.pipeline_threads, recovered)
+            w.worker_id: WorkerRecord(
+                w.worker_id, w.address, w.pipeline_threads, recovered, data_address=w.data_address
+            )
             for w in self._ledger.workers.values()
         }
         # Round-robin cursor over (session, epoch, rank) streams, so that no stream starves.
         self._cursor = 0
         self._digests: dict[str, str] = {}  # session id -> output digest (locality)
+        # Sessions with spec ``share``, grouped by output digest (volatile: derived from the
+        # specs; the recently leased splits are only a preference, lost in a restart).
+        self._share = ShareGroups()
+        for sid, spec in self._specs.items():
+            if spec.share and spec.stats is None:
+                self._share.join(sid, self._output_digest(sid))
         # Batches each rank received per (session, epoch): volatile, re-reported with acks.
         # Merged stats of finished stats sessions (MergedStats), derived from the ledger.
         self._merged: dict[str, Any] = {}
@@ -345,6 +361,7 @@ class Master:
             num_rows=plan.num_rows,
             num_partitions=plan.num_partitions,
             planning_seconds=plan.planning_seconds,
+            snapshot_id=plan.snapshot_id,
         )
         session_id = "s-" + uuid.uuid4().hex[:12]
         with self._lock:
@@ -367,17 +384,20 @@ class Master:
             )
             self._specs[session_id] = spec
             self._last_call[session_id] = self._clock()
+            if spec.share and spec.stats is None:
+                self._share.join(session_id, self._output_digest(session_id))
             if spec.stats is not None:
                 # A stats session has one consumer, the master: its one stream opens now.
                 indices = tuple(range(len(plan.splits)))
                 self._record(state.EpochBegun(session_id, 0, 0, indices))
         logger.info(
-            "session %s planned: %d splits, %d files, %d rows in %.2fs",
+            "session %s planned: %d splits, %d files, %d rows in %.2fs%s",
             session_id,
             summary.num_splits,
             summary.num_files,
             summary.num_rows,
             summary.planning_seconds,
+            f" (Iceberg snapshot {summary.snapshot_id})" if summary.snapshot_id else "",
         )
         return self._view(session_id), False
 
@@ -611,17 +631,22 @@ class Master:
 
     # -- workers --------------------------------------------------------------------------
 
-    def register_worker(self, address: str, pipeline_threads: int) -> str:
+    def register_worker(self, address: str, pipeline_threads: int, data_address: str = "") -> str:
         """Adds a worker (journaled, so a restarted master still knows it) and returns its id.
 
+        Args:
+            data_address: where trainers stream its frames over the data plane (empty: over
+                gRPC at ``address``).
+
         Raises:
-            InvalidArgumentError: the address or thread count is over its limit.
+            InvalidArgumentError: an address or the thread count is over its limit.
         """
-        if len(address) > limits.MAX_ADDRESS_CHARS:
-            raise InvalidArgumentError(
-                "address",
-                limits.over_limit("", len(address), limits.MAX_ADDRESS_CHARS, "characters"),
-            )
+        for field, value in (("address", address), ("data_address", data_address)):
+            if len(value) > limits.MAX_ADDRESS_CHARS:
+                raise InvalidArgumentError(
+                    field,
+                    limits.over_limit("", len(value), limits.MAX_ADDRESS_CHARS, "characters"),
+                )
         if not 0 < pipeline_threads <= limits.MAX_PIPELINE_THREADS:
             raise InvalidArgumentError(
                 "pipeline_threads",
@@ -630,9 +655,13 @@ class Master:
             )
         with self._lock:
             worker_id = f"w-{uuid.uuid4().hex[:10]}"
-            self._record(state.WorkerRegistered(worker_id, address, pipeline_threads))
+            self._record(state.WorkerRegistered(worker_id, address, pipeline_threads, data_address))
             self._workers[worker_id] = WorkerRecord(
-                worker_id, address, pipeline_threads, last_heartbeat=self._clock()
+                worker_id,
+                address,
+                pipeline_threads,
+                last_heartbeat=self._clock(),
+                data_address=data_address,
             )
         logger.info("worker %s registered at %s", worker_id, address)
         return worker_id
@@ -737,6 +766,7 @@ class Master:
     def _forget(self, session_id: str) -> None:
         """Drops the volatile records of a session that expired."""
         self._specs.pop(session_id, None)
+        self._share.leave(session_id)
         self._last_call.pop(session_id, None)
         self._merged.pop(session_id, None)
         self._failures.pop(session_id, None)
@@ -777,7 +807,9 @@ class Master:
         stream splits go in the epoch's order. A deterministic session leases only within
         ``max_splits_in_flight`` of the first split its rank has not consumed. ``skip`` names
         (session_id, rank) streams the worker cannot buffer more of right now. A split resumes
-        after the batches its trainer already acknowledged.
+        after the batches its trainer already acknowledged. Within a stream the master may
+        prefer another pending split: one the worker already produced for another member of
+        the session's share group (:mod:`dpp_server.share_groups`), else one its cache holds.
 
         Raises:
             NotFoundError: the worker is unknown (it must register again).
@@ -810,22 +842,71 @@ class Master:
             if not candidates:
                 return None
             self._cursor = (self._cursor + 1) % len(candidates)
-            session_id, epoch, rank, pos = candidates[self._cursor]
-            stream = self._ledger.stream(session_id, epoch, rank)
-            spec = self._specs[session_id]
-            limit = (
-                stream.first_open + spec.max_splits_in_flight
-                if spec.deterministic
-                else pos + LOCALITY_WINDOW
-            )
-            pos = self._local_position(worker_id, session_id, stream, pos, limit)
+            session_id, epoch, rank, pos = self._choose(worker_id, candidates)
+            session = self._ledger.sessions[session_id]
+            stream = session.streams[(epoch, rank)]
             split_index = stream.split_indices[pos]
             start_batch = stream.acked.get(split_index, 0)
             self._record(
                 state.SplitLeased(session_id, epoch, rank, split_index, worker_id, start_batch)
             )
-            split = self._ledger.sessions[session_id].splits[split_index]
-            return LeaseGrant(session_id, epoch, rank, split, start_batch)
+            split = session.splits[split_index]
+            readers = self._share.leased(session_id, split.split_id, worker_id, self._sharing)
+            return LeaseGrant(session_id, epoch, rank, split, start_batch, readers)
+
+    def _choose(
+        self, worker_id: str, candidates: Sequence[tuple[str, int, int, int]]
+    ) -> tuple[str, int, int, int]:
+        """The stream (from the round-robin cursor on) and the position in it to lease to
+        ``worker_id``. A share group's stream may prefer a split the worker produced for
+        another member, or defer to the next stream while every split it could take is
+        being served by another worker (:meth:`ShareGroups.position`); when every stream
+        defers, the cursor's takes its usual split. Holds ``_lock``."""
+        n = len(candidates)
+        for k in range(n):
+            session_id, epoch, rank, pos = candidates[(self._cursor + k) % n]
+            session = self._ledger.sessions[session_id]
+            stream = session.streams[(epoch, rank)]
+            spec = self._specs[session_id]
+            limit = stream.first_open + spec.max_splits_in_flight if spec.deterministic else None
+            shared, defer = self._share.position(
+                session, stream, worker_id, pos, limit, self._workers
+            )
+            if shared is not None:
+                return session_id, epoch, rank, shared
+            if not defer:
+                return (
+                    session_id,
+                    epoch,
+                    rank,
+                    self._usual_position(worker_id, session_id, epoch, rank, pos),
+                )
+        session_id, epoch, rank, pos = candidates[self._cursor]
+        return (
+            session_id,
+            epoch,
+            rank,
+            self._usual_position(worker_id, session_id, epoch, rank, pos),
+        )
+
+    def _usual_position(
+        self, worker_id: str, session_id: str, epoch: int, rank: int, pos: int
+    ) -> int:
+        """The position to lease in a stream by the cache's locality. Holds ``_lock``."""
+        stream = self._ledger.sessions[session_id].streams[(epoch, rank)]
+        spec = self._specs[session_id]
+        limit = (
+            stream.first_open + spec.max_splits_in_flight
+            if spec.deterministic
+            else pos + LOCALITY_WINDOW
+        )
+        return self._local_position(worker_id, session_id, stream, pos, limit)
+
+    def _sharing(self, session_id: str) -> bool:
+        """Whether a share group member still counts as a reader: a rank of it called within
+        ``rank_timeout_s`` (a trainer that died is no longer waited for). Holds ``_lock``."""
+        deadline = self._clock() - self.config.rank_timeout_s
+        return self._last_call.get(session_id, self._started) >= deadline
 
     def _local_position(
         self, worker_id: str, session_id: str, stream: state.StreamProgress, pos: int, limit: int
@@ -1113,6 +1194,8 @@ def _check_against_table(spec: Spec) -> tuple[Table, Filter | None, Filter | Non
     partition_filter = row_filter = None
     if spec.partition_filter:
         partition_filter = parse_filter(spec.partition_filter, "partition_filter")
+        if is_iceberg_uri(spec.table_uri):
+            table.files(partition_filter)  # refuses it: Iceberg partitions are hidden
         _check_partition_columns(partition_filter, table)
         table.files(partition_filter)  # type-checks it (no I/O): ``ds > 3`` fails here
     if spec.row_filter:

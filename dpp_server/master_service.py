@@ -165,7 +165,9 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
     def RegisterWorker(
         self, request: master_pb2.RegisterWorkerRequest, context: grpc.ServicerContext
     ) -> master_pb2.RegisterWorkerResponse:
-        worker_id = self.master.register_worker(request.address, request.pipeline_threads)
+        worker_id = self.master.register_worker(
+            request.address, request.pipeline_threads, request.data_address
+        )
         return master_pb2.RegisterWorkerResponse(
             worker_id=worker_id,
             heartbeat_interval_s=self.master.config.heartbeat_interval_s,
@@ -204,6 +206,7 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
                 rank=grant.rank,
                 split=split_to_proto(grant.split),
                 start_batch=grant.start_batch,
+                share_readers=grant.share_readers,
             )
         )
 
@@ -289,6 +292,7 @@ class MasterServicer(master_pb2_grpc.MasterServiceServicer):
                 stage_seconds=stage_seconds_to_proto(record.stage_seconds),
                 counters=counters_to_proto(record.counters),
                 pipeline_threads=record.pipeline_threads,
+                data_address=record.data_address,
             )
         return response
 

@@ -64,6 +64,22 @@ WORKER_COUNTERS: Mapping[str, tuple[str, str]] = {
     "cache_evictions": ("dpp_worker_cache_evictions_total", "Cache entries evicted (LRU)."),
     "cache_bytes_written": ("dpp_worker_cache_written_bytes_total", "Bytes written to the cache."),
     "cache_bytes_read": ("dpp_worker_cache_read_bytes_total", "Bytes served from the cache."),
+    "share_hits": (
+        "dpp_worker_share_hits_total",
+        "Splits of share groups served from the worker's share window.",
+    ),
+    "share_misses": (
+        "dpp_worker_share_misses_total",
+        "Splits of share groups the share window did not hold (produced or read from cache).",
+    ),
+    "share_evictions": (
+        "dpp_worker_share_evictions_total",
+        "Share window entries evicted before every reader read them.",
+    ),
+    "share_bytes_read": (
+        "dpp_worker_share_read_bytes_total",
+        "Bytes served from the share window.",
+    ),
 }
 
 

@@ -41,13 +41,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from dpp_proto import worker_pb2
-from dpp_proto.wire import FrameEncoder, Section, WireOptions, concat_rows
+from dpp_proto.wire import FrameEncoder, Section, WireOptions, concat_rows, reheaded
 from dpp_server.cache import SplitCache, output_digest
 from dpp_server.master import LeaseGrant
+from dpp_server.share import ShareClaim, ShareWindow
 from dpp_server.spec import Spec, int32_features
 from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
-from storage.reader import filter_rows, scan_split
+from storage.filesystem import fsspec_filesystem_of
+from storage.readahead import ReadAhead
+from storage.reader import file_columns, filter_rows, scan_split
 from storage.remote import ReadOptions
 
 __all__ = [
@@ -116,8 +119,18 @@ class SessionPipeline:
         cache: the worker's cache of transformed splits (None: none; see
             :mod:`dpp_server.cache`).
         cache_digest: :func:`~dpp_server.cache.output_digest` of ``spec``.
+        share: the worker's share window when the spec sets ``share`` (None otherwise; see
+            :mod:`dpp_server.share`): produced splits are kept there, in memory, for the
+            other sessions of the share group, and looked up there first.
+        frames_digest: with ``share``, a digest of everything that shapes this session's
+            frames of a split beyond the shared rows (batch size, shuffle and seed, dedup,
+            wire options): sessions of a group with equal ones also share the encoded frames
+            of a split in an epoch (only their headers are rewritten).
         read_options: how files are fetched from a remote file system (coalesced ranges,
             read-ahead; :class:`storage.remote.ReadOptions`).
+        read_ahead: where splits opened ahead of their lease's start are found, with the
+            footer cache of remote files (None: each split's file is opened when it starts;
+            :mod:`storage.readahead`). One per worker, shared by its sessions.
     """
 
     spec: Spec
@@ -131,6 +144,9 @@ class SessionPipeline:
     cache: SplitCache | None = None
     cache_digest: str = ""
     read_options: ReadOptions = dataclasses.field(default_factory=ReadOptions)
+    share: ShareWindow | None = None
+    frames_digest: str = ""
+    read_ahead: ReadAhead | None = None
 
     @classmethod
     def compile(
@@ -143,6 +159,8 @@ class SessionPipeline:
         max_row_group_bytes: int = 0,
         cache: SplitCache | None = None,
         read_options: ReadOptions | None = None,
+        share: ShareWindow | None = None,
+        read_ahead: ReadAhead | None = None,
     ) -> SessionPipeline:
         """Builds the pipeline, parses the filter and resolves the file system of ``spec``.
 
@@ -156,6 +174,8 @@ class SessionPipeline:
                 (:mod:`dpp_server.budget`; 0: none).
             cache: where transformed splits are kept and found again (None: no cache).
             read_options: see the attribute; the defaults when None.
+            share: the worker's share window; used only when ``spec.share`` is set.
+            read_ahead: see the attribute.
         """
         filesystem, _ = resolve(spec.table_uri, spec.storage_options)
         options = WireOptions(
@@ -173,9 +193,54 @@ class SessionPipeline:
             max_batch_bytes=max_batch_bytes,
             max_row_group_bytes=max_row_group_bytes,
             cache=cache,
-            cache_digest=output_digest(spec) if cache is not None else "",
+            cache_digest=output_digest(spec) if cache is not None or share is not None else "",
             read_options=read_options or ReadOptions(),
+            share=share if spec.share else None,
+            frames_digest=_frames_digest(spec, options) if spec.share else "",
+            read_ahead=read_ahead,
         )
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether the splits of this session can be read ahead (remote ``prefetch`` reads
+        with a :class:`~storage.readahead.ReadAhead`)."""
+        return (
+            self.read_ahead is not None
+            and self.read_options.mode == "prefetch"
+            and fsspec_filesystem_of(self.filesystem) is not None
+        )
+
+    def read_ahead_split(self, lease: LeaseGrant) -> bool:
+        """Starts fetching a leased split's footer and column chunks before its production
+        starts (remote ``prefetch`` reads only); returns whether it did. Whoever holds the
+        lease then produces it (the read is claimed) or discards the read
+        (:meth:`storage.readahead.ReadAhead.discard`)."""
+        if self.read_ahead is None:
+            return False
+        columns = file_columns(lease.split, self.pipeline.input_columns, self.row_filter)
+        return self.read_ahead.warm(lease.split, self.filesystem, columns, self.read_options)
+
+
+#: Spec fields that never change a split's frames (they choose splits, ranks or delivery).
+_NOT_IN_FRAMES = (
+    "epochs",
+    "world_size",
+    "target_split_rows",
+    "deterministic",
+    "max_splits_in_flight",
+    "partition_filter",
+    "share",
+)
+
+
+def _frames_digest(spec: Spec, options: WireOptions) -> str:
+    """16 hex chars over what shapes a split's frames in an epoch: the spec less
+    :data:`_NOT_IN_FRAMES`, and the wire options."""
+    neutral = dataclasses.replace(
+        spec,
+        **{name: type(getattr(spec, name))() for name in _NOT_IN_FRAMES},
+    )
+    return hashlib.sha1(f"{neutral!r}/{options!r}".encode()).hexdigest()[:16]
 
 
 def frame_header(
@@ -202,10 +267,28 @@ def produce_split(
     Time spent by the caller between frames (e.g. waiting for buffer room) is not counted in
     any stage.
 
+    A session of a share group first looks for the split's frames of another member with
+    the same batch size, order and wire options (:func:`_shared_frames`), and keeps its own
+    for them when it produced every frame.
+
     Raises:
         Whatever reading or transforming raises (``storage`` and ``SpecError`` exceptions):
         the worker turns it into an error frame.
     """
+    share = session.share
+    key = ""
+    if share is not None:
+        key = _frames_key(session, lease)
+        frames = share.frames(key, lease.share_readers)
+        if frames is not None:
+            rows_key = ShareWindow.key(lease.split.split_id, session.cache_digest)
+            share.touch(rows_key, lease.share_readers)
+            yield from _shared_frames(session, frames, lease, recorder)
+            return
+    keep: list[bytes] | None = None
+    if share is not None and lease.start_batch == 0 and lease.share_readers > 0:
+        keep = []
+    kept = 0
     seq = 0
     for batch in _batches(session, lease, recorder):
         if seq >= lease.start_batch:
@@ -217,9 +300,50 @@ def produce_split(
             recorder.add_count("rows_out", rows.num_rows)
             recorder.add_count("batches_out", 1)
             recorder.add_count("bytes_out", len(frame))
+            if keep is not None and share is not None:
+                keep.append(frame)
+                kept += len(frame)
+                if kept > share.max_bytes // 2:
+                    keep = None  # would not be kept: do not hold the frames meanwhile
             yield frame
         seq += 1
-    yield FrameEncoder.encode_empty(frame_header(lease, seq, last=True))
+    end = FrameEncoder.encode_empty(frame_header(lease, seq, last=True))
+    if share is not None and keep is not None:
+        share.put_frames(key, (*keep, end), lease.share_readers)
+    yield end
+
+
+def _frames_key(session: SessionPipeline, lease: LeaseGrant) -> str:
+    """The share window's key of a split's frames in an epoch (the epoch matters only to a
+    shuffled order)."""
+    epoch = lease.epoch if session.spec.shuffle else 0
+    return f"{lease.split.split_id}-{session.cache_digest}-{session.frames_digest}-{epoch}"
+
+
+def _shared_frames(
+    session: SessionPipeline,
+    frames: tuple[bytes, ...],
+    lease: LeaseGrant,
+    recorder: StageRecorder,
+) -> Iterator[bytes]:
+    """Another member's frames of the split, from ``lease.start_batch`` on, readdressed to
+    this lease's stream (:func:`~dpp_proto.wire.reheaded`: one copy, timed as
+    ``serialize_s``). A frame whose header does not fit its old slot ends the sharing: the
+    rest is batched and encoded from the split's rows as usual."""
+    for seq in range(lease.start_batch, len(frames)):
+        started = time.perf_counter()
+        done = reheaded(frames[seq], lease.session_id, lease.epoch, lease.rank)
+        recorder.add_seconds("serialize_s", time.perf_counter() - started)
+        if done is None:
+            rest = dataclasses.replace(lease, start_batch=seq, share_readers=0)
+            yield from produce_split(dataclasses.replace(session, share=None), rest, recorder)
+            return
+        frame, header = done
+        if not header.last_in_split:
+            recorder.add_count("rows_out", header.num_rows)
+            recorder.add_count("batches_out", 1)
+            recorder.add_count("bytes_out", len(frame))
+        yield frame
 
 
 def produce_batches(
@@ -274,8 +398,56 @@ def _batches(
 def _transformed(
     session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
 ) -> Iterator[pa.RecordBatch]:
-    """The split's transformed chunks: from the worker's cache when it holds them (read back
+    """The split's transformed chunks: from the share window when the session shares and the
+    window holds them, else from the worker's cache when it holds them (read back
     memory-mapped, timed as ``read_s``), else produced and written to the cache on the way."""
+    if session.share is not None:
+        yield from _shared(session, session.share, lease, recorder)
+        return
+    yield from _cached(session, lease, recorder)
+
+
+def _shared(
+    session: SessionPipeline, share: ShareWindow, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
+    """A share group's split: read from the window (a hit), or produced whole first, then
+    published for the group's other members (``lease.share_readers`` of them), then yielded.
+
+    Producing the whole split before yielding any of it keeps the producer independent of its
+    own trainer: a member waiting for this split (single flight) waits for production only,
+    never for a slow trainer's full buffer. A split larger than the window is not kept: it
+    is streamed once its size passes the window's.
+    """
+    started = time.perf_counter()
+    key = ShareWindow.key(lease.split.split_id, session.cache_digest)
+    claimed = share.claim(key, lease.share_readers, SINGLE_FLIGHT_WAIT_S)
+    recorder.add_seconds("read_s", time.perf_counter() - started)
+    if not isinstance(claimed, ShareClaim):
+        yield from claimed
+        return
+    chunks: list[pa.RecordBatch] = []
+    nbytes = 0
+    source = _cached(session, lease, recorder)
+    try:
+        for chunk in source:
+            chunks.append(chunk)
+            nbytes += chunk.nbytes
+            if nbytes > share.max_bytes:
+                claimed.abort()
+                break
+        else:
+            claimed.publish(tuple(chunks), nbytes, lease.share_readers)
+    finally:
+        claimed.abort()  # a no-op once published or aborted
+    yield from chunks
+    yield from source
+
+
+def _cached(
+    session: SessionPipeline, lease: LeaseGrant, recorder: StageRecorder
+) -> Iterator[pa.RecordBatch]:
+    """The split's transformed chunks, from the worker's cache or produced (see
+    :func:`_transformed`)."""
     cache = session.cache
     if cache is None:
         yield from _produce_chunks(session, lease, recorder)
@@ -360,6 +532,7 @@ def _produce_chunks(
         max_batch_bytes=session.max_batch_bytes,
         max_row_group_bytes=session.max_row_group_bytes,
         read_options=session.read_options,
+        read_ahead=session.read_ahead,
     )
     while True:
         started = time.perf_counter()

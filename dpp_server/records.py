@@ -75,6 +75,8 @@ class WorkerCounters:
     splits_done: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    share_hits: int = 0
+    share_misses: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

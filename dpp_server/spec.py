@@ -189,6 +189,7 @@ class Spec:
     sample_rate: float = RATE
     sample_key: str = ""
     dedup_min_share: float = 0.0
+    share: bool = False
     #: Set for a stats session only: workers sketch the features instead of streaming them.
     stats: StatsOptions | None = None
 

@@ -42,6 +42,9 @@ class PlanSummary:
     num_rows: int
     num_partitions: int
     planning_seconds: float
+    # The Iceberg snapshot planned (0: not an Iceberg table); journaled with the session, so
+    # a restarted master still reports what every epoch reads.
+    snapshot_id: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,8 @@ class WorkerRegistered:
     worker_id: str
     address: str
     pipeline_threads: int
+    #: the worker's data-plane address (empty: none; journals written before it lack it)
+    data_address: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +459,7 @@ class Ledger:
         ``MasterConfig.journal_compact_updates``).
         """
         updates: list[Update] = [
-            WorkerRegistered(w.worker_id, w.address, w.pipeline_threads)
+            WorkerRegistered(w.worker_id, w.address, w.pipeline_threads, w.data_address)
             for w in self.workers.values()
         ]
         for session in self.sessions.values():

@@ -29,7 +29,9 @@ from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, frame_header, produce_split
 from dpp_server.produce_stats import StatsPipeline, sketch_split
 from dpp_server.records import StageSeconds, WorkerCounters
+from dpp_server.share import ShareWindow
 from dpp_server.spec import Spec
+from storage.readahead import ReadAhead
 from storage.remote import ReadOptions
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ class WorkerConfig:
             serves more epochs and jobs from disk; it costs disk and the write on a miss.
         cache_dir: the cache's folder (empty: a new temporary folder per process). Name one
             to keep the cache across worker restarts; never share one between workers.
+        share_window_mb: memory kept for splits produced for a share group (sessions whose
+            spec sets ``share``; :mod:`dpp_server.share`) until the group's other sessions
+            read them (0: none: each session produces its own). More lets jobs further
+            apart share; a session that falls further behind than it produces its own.
         consumer_timeout_s: a (session, rank) whose client took no frame (and had no stream
             open while its buffer was empty) for this long is abandoned: its frames are
             dropped, its pipeline threads released and its splits handed back to the master
@@ -83,7 +89,14 @@ class WorkerConfig:
             request, the gap included. More means fewer requests, more unread bytes fetched.
         remote_readahead_bytes: bytes a split's reader requests ahead of decoding
             (``prefetch``). More hides more latency; it bounds the memory each pipeline
-            thread holds in fetched ranges.
+            thread holds in fetched ranges (per split: the one decoding and each read ahead).
+        remote_lookahead_splits: leases each pipeline thread takes ahead of the split it is
+            producing, while that split reads from an object store in ``prefetch`` mode; the
+            next split's footer and column chunks are fetched while the current one decodes
+            (:mod:`storage.readahead`), hiding its round trips. 0 turns it off; more hides
+            more latency but holds splits other workers could take, and their fetched bytes.
+            A lease held ahead is handed back when the worker drains; if it dies, the lease
+            expires with it as any other.
     """
 
     pipeline_threads: int = 2
@@ -94,16 +107,22 @@ class WorkerConfig:
     memory_mb: int = DEFAULT_MEMORY_MB
     cache_mb: int = 0
     cache_dir: str = ""
+    share_window_mb: int = 256
     consumer_timeout_s: float = 30.0
     max_streams: int = 512
     remote_read: str = ReadOptions.mode
     remote_hole_size_limit_bytes: int = ReadOptions.hole_size_limit_bytes
     remote_readahead_bytes: int = ReadOptions.readahead_bytes
+    remote_lookahead_splits: int = 1
 
     def __post_init__(self) -> None:
         if self.wire_compression not in ("", "lz4", "zstd"):
             raise ValueError(
                 f"wire_compression {self.wire_compression!r} is not lz4, zstd or empty (none)"
+            )
+        if not 0 <= self.remote_lookahead_splits <= 4:
+            raise ValueError(
+                f"remote_lookahead_splits must be 0..4, got {self.remote_lookahead_splits}"
             )
         self.read_options()  # validates the remote_* fields
 
@@ -436,6 +455,12 @@ class Worker:
         if self.config.cache_mb > 0:
             directory = self.config.cache_dir or tempfile.mkdtemp(prefix="dpp-cache-")
             self.cache = SplitCache(directory, self.config.cache_mb << 20, self._stats.add_count)
+        self.share: ShareWindow | None = None
+        if self.config.share_window_mb > 0:
+            self.share = ShareWindow(self.config.share_window_mb << 20, self._stats.add_count)
+        # Splits leased ahead and opened early (remote reads); their footers, cached per file.
+        lookahead = self.config.pipeline_threads * self.config.remote_lookahead_splits
+        self.read_ahead = ReadAhead(max_entries=2 * lookahead + 2, threads=max(1, lookahead))
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._active = _ActiveSplits()
@@ -472,6 +497,7 @@ class Worker:
             buffer.close()
         for thread in self._threads:
             thread.join(timeout_s)
+        self.read_ahead.close()
 
     def drain(self, timeout_s: float = 30.0, unattended_s: float = 2.0) -> None:
         """Leaves gracefully (on SIGTERM): stops taking splits, finishes the ones in hand,
@@ -609,28 +635,69 @@ class Worker:
                 logger.exception("sweeping abandoned frame buffers failed; will retry")
 
     def _pipeline_loop(self) -> None:
+        # Leases taken ahead of the one being produced, not started yet (read-ahead across
+        # splits, remote reads only: :meth:`_lease_ahead`). The master sees them as leased to
+        # this worker like any other: produced next, handed back on drain, or expiring with
+        # the worker if it dies (on stop they go back with the unregistering).
+        ahead: collections.deque[LeaseGrant] = collections.deque()
         while not self._stop.is_set():
             if self._draining.is_set():
+                while ahead:
+                    held = ahead.popleft()
+                    self.read_ahead.discard(held.split)
+                    self._release(held)
                 self._stop.wait(0.1)
                 continue
-            started = time.perf_counter()
-            try:
-                with self._lock:
-                    skip = [key for key, buffer in self._buffers.items() if buffer.full()]
-                lease = self._link.acquire_split(self.worker_id, skip)
-            except Exception:
-                logger.exception("acquiring a split failed; will retry")
-                lease = None
-                self._stop.wait(1.0)
+            lease = ahead.popleft() if ahead else self._acquire(wait_idle=True)
             if lease is None:
-                self._stop.wait(self.config.idle_sleep_s)
-                self._stats.add_seconds("idle_s", time.perf_counter() - started)
                 continue
-            self._stats.add_seconds("idle_s", time.perf_counter() - started)
             if self._is_stats_session(lease.session_id):
                 self._run_stats_lease(lease)
             else:
+                self._lease_ahead(lease, ahead)
                 self._run_lease(lease)
+            self.read_ahead.discard(lease.split)  # opened ahead but never read: close it
+
+    def _acquire(self, wait_idle: bool) -> LeaseGrant | None:
+        """Asks the master for a split, skipping the streams whose buffer is full. With
+        ``wait_idle``, sleeps ``idle_sleep_s`` when there is none (time counted as idle)."""
+        started = time.perf_counter()
+        try:
+            with self._lock:
+                skip = [key for key, buffer in self._buffers.items() if buffer.full()]
+            lease = self._link.acquire_split(self.worker_id, skip)
+        except Exception:
+            logger.exception("acquiring a split failed; will retry")
+            lease = None
+            if wait_idle:
+                self._stop.wait(1.0)
+        if lease is None and wait_idle:
+            self._stop.wait(self.config.idle_sleep_s)
+        self._stats.add_seconds("idle_s", time.perf_counter() - started)
+        return lease
+
+    def _lease_ahead(self, lease: LeaseGrant, ahead: collections.deque[LeaseGrant]) -> None:
+        """Read-ahead across splits: while ``lease`` reads from an object store, takes up to
+        ``remote_lookahead_splits`` more leases and starts fetching their footers and column
+        chunks, so the next split's round trips overlap this one's decoding. Local reads take
+        nothing ahead (their round trips cost microseconds; holding splits would only keep
+        them from other workers)."""
+        limit = self.config.remote_lookahead_splits
+        try:
+            if limit == 0 or not self._session(lease.session_id).reads_ahead:
+                return
+        except Exception:
+            return  # the spec cannot be fetched: _run_lease reports it
+        while len(ahead) < limit and not self._draining.is_set() and not self._stop.is_set():
+            following = self._acquire(wait_idle=False)
+            if following is None:
+                return
+            ahead.append(following)
+            try:
+                if not self._is_stats_session(following.session_id):
+                    self._session(following.session_id).read_ahead_split(following)
+            except Exception:
+                logger.debug("reading split %s ahead failed", following.split.split_id)
 
     def _run_lease(self, lease: LeaseGrant) -> None:
         buffer = self.buffer(lease.session_id, lease.rank)
@@ -769,6 +836,8 @@ class Worker:
             max_row_group_bytes=self.memory.max_row_group_bytes,
             cache=self.cache,
             read_options=self.config.read_options(),
+            share=self.share,
+            read_ahead=self.read_ahead,
         )
         with self._lock:
             return self._sessions.setdefault(session_id, session)

@@ -29,6 +29,7 @@ from dpp_server.auth import (
     warn_insecure,
 )
 from dpp_server.errors import NotFoundError
+from dpp_server.frame_server import FrameServer
 from dpp_server.master import LeaseGrant
 from dpp_server.records import (
     StageSeconds,
@@ -74,13 +75,18 @@ class GrpcMasterLink:
         self._channel = open_channel(address, connection, options)
         self._stub = master_pb2_grpc.MasterServiceStub(self._channel)
         self._deadline_s = deadline_s
+        #: The worker's data-plane address, registered with its gRPC address (set by
+        #: :class:`WorkerServer` once the data port is bound; empty: gRPC only).
+        self.data_address = ""
 
     def close(self) -> None:
         self._channel.close()
 
     def register(self, address: str, pipeline_threads: int) -> Registration:
         response = self._stub.RegisterWorker(
-            master_pb2.RegisterWorkerRequest(address=address, pipeline_threads=pipeline_threads),
+            master_pb2.RegisterWorkerRequest(
+                address=address, pipeline_threads=pipeline_threads, data_address=self.data_address
+            ),
             timeout=self._deadline_s,
             wait_for_ready=True,
         )
@@ -133,6 +139,7 @@ class GrpcMasterLink:
             rank=lease.rank,
             split=split_from_proto(lease.split),
             start_batch=lease.start_batch,
+            share_readers=lease.share_readers,
         )
 
     def report_split_progress(
@@ -261,11 +268,14 @@ class WorkerServicer:
 
 
 class WorkerServer:
-    """A running worker: gRPC server (StreamBatches + health) around a :class:`Worker`.
+    """A running worker: gRPC server (StreamBatches + health) and the data plane's
+    :class:`~dpp_server.frame_server.FrameServer` around a :class:`Worker`.
 
-    ``security`` (default --insecure, for in-process tests): TLS on the data port, the token
+    ``security`` (default --insecure, for in-process tests): TLS on both ports, the token
     check of every stream (role trainer, the session's tenant, asked of the master once per
-    session), and the worker's own credentials towards the master.
+    session; one guard for both ports), and the worker's own credentials towards the master.
+    ``data_port``: the data plane's port on ``host`` (0: any free one; -1: none, trainers
+    stream over gRPC).
     """
 
     def __init__(
@@ -277,6 +287,7 @@ class WorkerServer:
         advertise_host: str | None = None,
         observe: Callable[[str, float], None] | None = None,
         security: SecuritySettings | None = None,
+        data_port: int = 0,
     ) -> None:
         # Each open stream holds a thread; past ``max_streams`` (plus room for health checks)
         # gRPC answers RESOURCE_EXHAUSTED at once instead of queueing the call unserved.
@@ -286,26 +297,38 @@ class WorkerServer:
         self.link = GrpcMasterLink(
             master_address, connection=client_connection(self.security, master_address)
         )
+        guard = guard_of(self.security, TenantCache(self.link.session_tenant))
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=rpcs, thread_name_prefix="dpp-worker-rpc"),
             options=GRPC_OPTIONS,
             maximum_concurrent_rpcs=rpcs,
-            interceptors=[
-                AuthInterceptor(guard_of(self.security, TenantCache(self.link.session_tenant)))
-            ],
+            interceptors=[AuthInterceptor(guard)],
         )
         self.port = bind(self._server, f"{host}:{port}", self.security)
         if self.port == 0:
             raise OSError(f"could not bind the worker to {host}:{port}")
         self.address = f"{advertise_host or host}:{self.port}"
         self.worker = Worker(self.link, self.address, config, observe)  # observe: metrics hook
+        self.frames: FrameServer | None = None
+        if data_port >= 0:
+            self.frames = FrameServer(
+                self.worker, guard, self.security, host, data_port, config.max_streams
+            )
+            self.link.data_address = f"{advertise_host or host}:{self.frames.port}"
         self._server.add_generic_rpc_handlers([WorkerServicer(self.worker).handler()])
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._stopped = threading.Event()
 
+    @property
+    def data_address(self) -> str:
+        """host:port of the data plane; empty when it is off."""
+        return self.link.data_address
+
     def start(self) -> None:
         self._server.start()
+        if self.frames is not None:
+            self.frames.start()
         self.worker.start()
         for name in ("", SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -323,6 +346,8 @@ class WorkerServer:
             self.worker.drain(drain_timeout_s)
         else:
             self.worker.stop()
+        if self.frames is not None:
+            self.frames.stop()
         self._server.stop(grace_s).wait()
         self.link.close()
 

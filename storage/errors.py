@@ -11,6 +11,13 @@ class TableNotFoundError(StorageError):
     """The table URI names nothing, or a folder holding no Parquet files."""
 
 
+class TableUriError(StorageError):
+    """A ``table_uri`` is malformed (an ``iceberg://`` URI without a namespace, a snapshot
+    that is not a number): the spec is wrong, not the table."""
+
+    field = "table_uri"
+
+
 class TableLayoutError(StorageError):
     """The table's files do not fit together: partition folders with different keys, or a
     partition column also stored in the files."""

@@ -32,6 +32,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -41,12 +42,22 @@ import pyarrow.parquet as pq
 from storage import orc
 from storage.errors import RowGroupTooLargeError, SplitChangedError, StorageError
 from storage.filters import Filter, validate_types
-from storage.remote import ReadOptions, Source, column_chunk_ranges, open_source
+from storage.remote import (
+    FileIdentity,
+    FooterCache,
+    ReadOptions,
+    Source,
+    column_chunk_ranges,
+    open_source,
+)
 from storage.table import SplitInfo
+
+if TYPE_CHECKING:
+    from storage.readahead import ReadAhead
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["filter_rows", "read_split", "scan_split"]
+__all__ = ["file_columns", "filter_rows", "open_split", "read_split", "scan_split"]
 
 # Batches decoded ahead of the consumer: enough to overlap decode with the caller's transform,
 # small enough that a wide table's batches do not pile up.
@@ -69,6 +80,7 @@ def read_split(
     row_filter: Filter | None,
     batch_rows: int,
     read_options: ReadOptions | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows that pass ``row_filter``, ``columns`` only, in file order.
 
@@ -81,6 +93,8 @@ def read_split(
             never yielded.
         read_options: how the file is fetched (coalesced ranges, fsspec cache); the
             defaults of :class:`storage.remote.ReadOptions` when None.
+        read_ahead: where the split may have been opened ahead, and the footer cache
+            (:mod:`storage.readahead`); None: opened here, footer fetched.
 
     Raises:
         SplitChangedError: the file is gone or its size differs from planning time.
@@ -95,6 +109,7 @@ def read_split(
         row_filter=row_filter,
         batch_rows=batch_rows,
         read_options=read_options,
+        read_ahead=read_ahead,
     )
     for batch in scan:
         kept = filter_rows(batch, row_filter, columns)
@@ -112,6 +127,7 @@ def scan_split(
     max_batch_bytes: int = 0,
     max_row_group_bytes: int = 0,
     read_options: ReadOptions | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yields the split's rows before the row filter: ``columns``, then the columns only
     ``row_filter`` reads, in file order; pass each batch to :func:`filter_rows`.
@@ -129,6 +145,8 @@ def scan_split(
             reader holds its current page decompressed, often the whole chunk).
         read_options: how a remote file is fetched (:mod:`storage.remote`; local files are
             read natively whatever it says).
+        read_ahead: where a split opened ahead of this call is found (and the footer cache
+            a remote file's footer is looked up in); None: the file is opened here.
 
     Raises:
         RowGroupTooLargeError: a row group exceeds ``max_row_group_bytes``; the message names
@@ -137,18 +155,12 @@ def scan_split(
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     options = read_options or _DEFAULT_READ
-    source = Source(split.path)
-    if not split.path.lower().endswith(orc.ORC_SUFFIXES):
-        try:
-            # Before the size check: a remote footer fetch starts now, and overlaps it.
-            source = open_source(filesystem, split.path, split.file_size, options)
-        except OSError as exc:
-            raise StorageError(
-                f"split {split.split_id}: opening {split.path!r} failed ({exc}); check the "
-                "storage options and that the file still exists, or replan the table"
-            ) from exc
+    from_file = file_columns(split, columns, row_filter)
+    source = read_ahead.claim(split, from_file) if read_ahead is not None else None
+    if source is None:
+        footers = read_ahead.footers if read_ahead is not None else None
+        source = open_split(split, filesystem, from_file, options, footers)
     try:
-        _check_unchanged(split, filesystem)
         yield from _scan(
             split,
             filesystem,
@@ -164,6 +176,112 @@ def scan_split(
         source.close()
 
 
+def file_columns(split: SplitInfo, columns: Sequence[str], row_filter: Filter | None) -> list[str]:
+    """The columns a split's scan reads from its file, under the file's names (an Iceberg
+    rename): ``columns``, then the filter's own, partition columns (from the folder name)
+    and columns the file lacks (added after it was written) excluded."""
+    scanned = _scanned_columns(columns, row_filter)
+    names = {r.column: r.file_column for r in split.renamed}
+    return [names.get(c, c) for c in scanned if c not in split.partition and names.get(c, c)]
+
+
+def _scanned_columns(columns: Sequence[str], row_filter: Filter | None) -> list[str]:
+    scanned = list(columns)
+    if row_filter is not None:
+        scanned += sorted(c for c in row_filter.columns if c not in scanned)
+    return scanned
+
+
+def open_split(
+    split: SplitInfo,
+    filesystem: pafs.FileSystem,
+    from_file: Sequence[str],
+    options: ReadOptions,
+    footers: FooterCache | None = None,
+) -> Source:
+    """Opens a split's file and checks it is the file planned; the caller closes the source.
+
+    A remote file in ``prefetch`` mode: the footer request and the identity HEAD start
+    together (:func:`storage.remote.open_source`), then the footer is parsed and the column
+    chunks of ``from_file`` in the split's row groups are requested (the source's
+    ``metadata`` holds the footer). A footer found in ``footers`` saves its request: the
+    chunks are requested at once, while the HEAD is in flight, and the footer is trusted only
+    if the file's identity (size and etag) is still the one it was read under; otherwise it
+    is dropped from the cache, those requests cancelled and the footer fetched again.
+    A split opened ahead of its reader (:class:`storage.readahead.ReadAhead`) thus has its
+    bytes coming before the reader starts.
+
+    Raises:
+        SplitChangedError: the file is gone or its size differs from planning time.
+        StorageError: the file cannot be opened or its footer read.
+    """
+    if split.path.lower().endswith(orc.ORC_SUFFIXES):
+        source = Source(split.path)
+        _check_unchanged(split, filesystem, source)
+        return source
+    source = _open(split, filesystem, options, footers)
+    # Without a cached footer this opening reserved it (FooterCache.reserve): put or release.
+    reserved = footers is not None and source.ranges is not None and source.ranges.footer is None
+    try:
+        cached = source.ranges.footer if source.ranges is not None else None
+        if cached is not None:
+            _announce(split, source, cached.metadata, from_file)
+        identity = _check_unchanged(split, filesystem, source)
+        if cached is not None and identity != cached.identity:
+            # Rewritten since its footer was cached (same size, new etag): fetch it again.
+            assert source.ranges is not None and footers is not None  # a cached footer's
+            footers.invalidate(source.ranges.filesystem, split.path)
+            source.close()
+            source = _open(split, filesystem, options, None)
+            cached = None
+        if source.ranges is not None and cached is None:
+            try:
+                metadata = pq.read_metadata(source.file)
+            except (OSError, pa.ArrowException) as exc:
+                raise StorageError(
+                    f"split {split.split_id}: reading the footer of {split.path!r} failed "
+                    f"({exc}); the file may be corrupt or rewritten: replan the table"
+                ) from exc
+            if footers is not None and identity is not None:
+                footers.put(source.ranges.filesystem, split.path, identity, metadata)
+            elif footers is not None:
+                footers.release(source.ranges.filesystem, split.path)
+            source.metadata = metadata
+            _announce(split, source, metadata, from_file)
+    except BaseException:
+        if reserved and footers is not None and source.ranges is not None:
+            footers.release(source.ranges.filesystem, split.path)
+        source.close()
+        raise
+    source.identity = identity
+    return source
+
+
+def _announce(
+    split: SplitInfo, source: Source, metadata: pq.FileMetaData, from_file: Sequence[str]
+) -> None:
+    """Requests the column chunks the split will read (a row group the file lacks is left
+    to the scan, which refuses it)."""
+    assert source.ranges is not None  # prefetch mode only
+    if split.row_groups and split.row_groups[-1] >= metadata.num_row_groups:
+        return
+    groups, _ = _piece_row_groups(metadata, split)
+    source.ranges.prefetch(column_chunk_ranges(metadata, groups, from_file))
+
+
+def _open(
+    split: SplitInfo, filesystem: pafs.FileSystem, options: ReadOptions, footers: FooterCache | None
+) -> Source:
+    try:
+        # Before the size check: a remote footer fetch starts now, and overlaps it.
+        return open_source(filesystem, split.path, split.file_size, options, footers)
+    except OSError as exc:
+        raise StorageError(
+            f"split {split.split_id}: opening {split.path!r} failed ({exc}); check the "
+            "storage options and that the file still exists, or replan the table"
+        ) from exc
+
+
 def _scan(
     split: SplitInfo,
     filesystem: pafs.FileSystem,
@@ -175,7 +293,7 @@ def _scan(
     max_batch_bytes: int,
     max_row_group_bytes: int,
 ) -> Iterator[pa.RecordBatch]:
-    """:func:`scan_split` once the file is open."""
+    """:func:`scan_split` once the file is open (and checked)."""
     parquet: pq.ParquetFile | None = None
     whole_file: pads.ParquetFileFragment | None = None
     if split.path.lower().endswith(orc.ORC_SUFFIXES):
@@ -193,7 +311,7 @@ def _scan(
             # rather than pre-buffered: pre_buffer held 45 MB more of a 16 MB row group's
             # chunks at the peak, and saved no CPU on a local disk.
             buffer_size = _BUDGET_READ_BYTES if max_batch_bytes and not source.remote else 0
-            known = None
+            known = source.metadata  # cached, or parsed when the split was opened ahead
             if source.remote and options.mode == "pre_buffer":
                 # The dataset scanner reads this mode's row groups (see decode); its footer is
                 # read once, here, and shared with the ParquetFile.
@@ -212,6 +330,11 @@ def _scan(
                 f"row groups {list(split.row_groups)} failed ({exc}); the file may be corrupt "
                 "or rewritten: replan the table"
             ) from exc
+    # Columns the file stores under an older name (an Iceberg rename, matched by field id at
+    # planning) are read under the file's name and handed on under the table's.
+    file_names = {r.column: r.file_column for r in split.renamed}
+    if file_names:
+        schema = _as_table_names(schema, file_names)
     # Partition columns come from the folder name, always as strings, even when the writer
     # also stored them in the file (polars does; planning checked that the copy agrees).
     for name in split.partition:
@@ -226,15 +349,19 @@ def _scan(
             f"split {split.split_id} ({split.path!r}): unknown column(s) {missing}; the file "
             f"has {schema.names}: fix the projection"
         )
-    scanned = list(columns)
     if row_filter is not None:
         validate_types(row_filter, schema, "row_filter")
-        scanned += sorted(c for c in row_filter.columns if c not in scanned)
+    scanned = _scanned_columns(columns, row_filter)
     from_file = [c for c in scanned if c not in split.partition]
     partition = {k: v for k, v in split.partition.items() if k in scanned}
+    # The names to ask the file for (the same as ``from_file`` but for renamed columns).
+    in_file = [file_names.get(c, c) for c in from_file]
+    to_table = {f: t for t, f in file_names.items() if f in in_file}
 
     def with_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            if to_table:
+                batch = batch.rename_columns([to_table.get(n, n) for n in batch.schema.names])
             if not partition:
                 yield batch
                 continue
@@ -247,24 +374,15 @@ def _scan(
             yield pa.RecordBatch.from_arrays(arrays, names=scanned)
 
     if parquet is None:  # ORC: row_groups are stripes
-        stripes = orc.scan_stripes(filesystem, split.path, split.row_groups, from_file, batch_rows)
+        stripes = orc.scan_stripes(filesystem, split.path, split.row_groups, in_file, batch_rows)
         if split.row_limit:
             stripes = _row_range(stripes, split.row_offset, split.row_limit)
         yield from with_partition(_bounded(stripes, batch_rows, split))
         return
     groups = []
-    # A piece (row_limit > 0) decodes only the row groups it overlaps; ``skip`` rows of the
-    # first of them come before the piece.
-    first_row, skip = 0, split.row_offset
-    for rg in split.row_groups:
-        compressed, uncompressed, rows = _row_group_bytes(metadata, rg, set(from_file))
-        first_row += rows
-        if split.row_limit and (
-            first_row <= split.row_offset or first_row - rows >= split.row_offset + split.row_limit
-        ):
-            if first_row <= split.row_offset:
-                skip -= rows
-            continue
+    decoded_groups, skip = _piece_row_groups(metadata, split)
+    for rg in decoded_groups:
+        compressed, uncompressed, rows = _row_group_bytes(metadata, rg, set(in_file))
         if max_row_group_bytes and uncompressed > max_row_group_bytes:
             raise RowGroupTooLargeError(
                 f"split {split.split_id}: row group {rg} of {split.path!r} holds "
@@ -282,7 +400,7 @@ def _scan(
             # row groups at once: the dataset scanner takes CacheOptions, ParquetFile not.
             fragment = whole_file.subset(row_group_ids=[rg for rg, _ in groups])
             for batch in fragment.to_batches(
-                columns=from_file,
+                columns=in_file,
                 batch_size=batch_rows,
                 use_threads=False,
                 fragment_scan_options=options.scan_options(remote=True),
@@ -301,15 +419,13 @@ def _scan(
                     step = min(batch_rows, max(_MIN_DECODE_ROWS, int(max_batch_bytes / row_bytes)))
             # One row group per call: pre_buffer then holds that row group's chunks only.
             for batch in parquet.iter_batches(
-                batch_size=step, row_groups=[rg], columns=from_file, use_threads=False
+                batch_size=step, row_groups=[rg], columns=in_file, use_threads=False
             ):
                 if batch.num_rows == 0:
                     continue
                 measured = max(measured, batch.nbytes / batch.num_rows)
                 yield batch
 
-    if source.ranges is not None:
-        source.ranges.prefetch(column_chunk_ranges(metadata, [rg for rg, _ in groups], from_file))
     decoded = decode()
     if split.row_limit:
         decoded = _row_range(decoded, skip, split.row_limit)
@@ -321,6 +437,21 @@ def _scan(
         )
     finally:
         parquet.close()
+
+
+def _as_table_names(schema: pa.Schema, file_names: dict[str, str]) -> pa.Schema:
+    """A file's schema under the table's names: each renamed column under the table's name;
+    a file column that only shares a name with a column the file lacks ("" in
+    ``file_names``) is hidden, so it is never read for that column."""
+    table_names = {f: t for t, f in file_names.items() if f}
+    hidden = {t for t, f in file_names.items() if not f}
+    return pa.schema(
+        [
+            field.with_name(table_names[field.name]) if field.name in table_names else field
+            for field in schema
+            if field.name in table_names or field.name not in hidden
+        ]
+    )
 
 
 def _row_range(batches: Iterator[pa.RecordBatch], skip: int, take: int) -> Iterator[pa.RecordBatch]:
@@ -350,8 +481,37 @@ def filter_rows(
     return kept if kept.num_columns == len(columns) else kept.select(list(columns))
 
 
-def _check_unchanged(split: SplitInfo, filesystem: pafs.FileSystem) -> None:
-    """Refuses a file rewritten since planning: its row groups would no longer be the split."""
+def _check_unchanged(
+    split: SplitInfo, filesystem: pafs.FileSystem, source: Source
+) -> FileIdentity | None:
+    """Refuses a file rewritten since planning: its row groups would no longer be the split.
+
+    Returns:
+        The remote file's identity (size and etag) where the source asked for it (``prefetch``
+        mode: the HEAD started when the file was opened); None otherwise.
+    """
+    if source.ranges is not None:
+        try:
+            identity = source.ranges.identity()
+        except FileNotFoundError:
+            identity = None
+        except OSError as exc:
+            raise StorageError(
+                f"split {split.split_id}: asking the store about {split.path!r} failed "
+                f"({exc}); check the storage options and that the file still exists"
+            ) from exc
+        if identity is None:
+            raise SplitChangedError(
+                f"split {split.split_id}: file {split.path!r} no longer exists; the table "
+                "changed since planning: start a new session (or replan) over the current files"
+            )
+        if identity.size != split.file_size:
+            raise SplitChangedError(
+                f"split {split.split_id}: file {split.path!r} is {identity.size} bytes but was "
+                f"{split.file_size} when planned; it was rewritten: start a new session (or "
+                "replan)"
+            )
+        return identity
     info = filesystem.get_file_info(split.path)
     if info.type != pafs.FileType.File:
         raise SplitChangedError(
@@ -363,6 +523,26 @@ def _check_unchanged(split: SplitInfo, filesystem: pafs.FileSystem) -> None:
             f"split {split.split_id}: file {split.path!r} is {info.size} bytes but was "
             f"{split.file_size} when planned; it was rewritten: start a new session (or replan)"
         )
+    return None
+
+
+def _piece_row_groups(metadata: pq.FileMetaData, split: SplitInfo) -> tuple[list[int], int]:
+    """The row groups a split decodes and the rows of the first to skip: a piece
+    (``row_limit`` > 0) decodes only the row groups it overlaps, and ``skip`` rows of the
+    first of them come before the piece."""
+    groups = []
+    first_row, skip = 0, split.row_offset
+    for rg in split.row_groups:
+        rows = metadata.row_group(rg).num_rows
+        first_row += rows
+        if split.row_limit and (
+            first_row <= split.row_offset or first_row - rows >= split.row_offset + split.row_limit
+        ):
+            if first_row <= split.row_offset:
+                skip -= rows
+            continue
+        groups.append(rg)
+    return groups, skip
 
 
 def _row_group_bytes(metadata: pq.FileMetaData, rg: int, columns: set[str]) -> tuple[int, int, int]:

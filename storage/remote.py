@@ -33,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import threading
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import fsspec
@@ -49,9 +52,13 @@ from storage.filesystem import fsspec_filesystem_of
 
 __all__ = [
     "READ_MODES",
+    "READ_WAITS",
+    "FileIdentity",
+    "FooterCache",
     "RangeFile",
     "ReadOptions",
     "Source",
+    "WaitClock",
     "coalesce",
     "column_chunk_ranges",
     "open_source",
@@ -126,6 +133,54 @@ class ReadOptions:
         )
 
 
+class WaitClock:
+    """Seconds the threads that produce splits spent blocked on object-store bytes not yet
+    arrived (a range in flight, a footer, a HEAD, a split still being opened ahead): the
+    latency that read-ahead did not hide. Waits on a read-ahead thread (:func:`in_background`)
+    block nobody and are not counted. Thread-safe: ``_lock`` guards the total."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seconds = 0.0
+        self._local = threading.local()
+
+    def add(self, seconds: float) -> None:
+        if getattr(self._local, "background", False):
+            return
+        with self._lock:
+            self._seconds += seconds
+
+    def wait(self, future: concurrent.futures.Future[Any]) -> Any:
+        """``future.result()``, timed when it has to wait."""
+        if future.done():
+            return future.result()
+        started = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            self.add(time.perf_counter() - started)
+
+    @contextlib.contextmanager
+    def in_background(self) -> Iterator[None]:
+        """Waits of this thread within the block are not counted (nobody waits on them)."""
+        self._local.background = True
+        try:
+            yield
+        finally:
+            self._local.background = False
+
+    def take(self) -> float:
+        """The seconds counted since the last call."""
+        with self._lock:
+            seconds, self._seconds = self._seconds, 0.0
+            return seconds
+
+
+#: Every remote read of this process counts its waits here (bench/remote_storage.py reports
+#: them per split).
+READ_WAITS = WaitClock()
+
+
 @dataclasses.dataclass
 class Source:
     """A split's file as pyarrow reads it.
@@ -134,10 +189,17 @@ class Source:
         file: the path (native file systems) or an open file (fsspec ones).
         ranges: the :class:`RangeFile` behind ``file`` in ``prefetch`` mode, to tell it which
             ranges the split reads; None otherwise.
+        metadata: the file's footer when it is known before pyarrow opens the file: from a
+            :class:`FooterCache` (no footer request was made; valid only once
+            :meth:`RangeFile.identity` agreed with it), or parsed when the split was opened
+            ahead of its reader.
+        identity: the remote file's size and etag as checked when opened (``prefetch``).
     """
 
     file: str | pa.NativeFile
     ranges: RangeFile | None = None
+    metadata: pq.FileMetaData | None = None
+    identity: FileIdentity | None = None
 
     @property
     def remote(self) -> bool:
@@ -148,20 +210,30 @@ class Source:
             self.file.close()
 
 
-def open_source(filesystem: pafs.FileSystem, path: str, size: int, options: ReadOptions) -> Source:
+def open_source(
+    filesystem: pafs.FileSystem,
+    path: str,
+    size: int,
+    options: ReadOptions,
+    footers: FooterCache | None = None,
+) -> Source:
     """Opens ``path`` (``size`` bytes at planning) for a split's read.
 
     A native (local) file system gets the path itself. An fsspec one gets a file opened with
     ``size`` (no HEAD request): in ``prefetch`` mode a :class:`RangeFile` whose footer fetch
-    has already started; otherwise an fsspec file with the cache ``options.mode`` names. The
-    caller closes the source.
+    (unless ``footers`` holds the footer, or another split's opening is fetching it: then
+    that is awaited) and identity check (a HEAD) have already started; without a footer from
+    ``footers``, the caller must :meth:`FooterCache.put` or :meth:`FooterCache.release` it;
+    otherwise an fsspec file with the cache ``options.mode`` names. The caller closes the
+    source.
     """
     inner = fsspec_filesystem_of(filesystem)
     if inner is None:
         return Source(path)
     if options.mode == "prefetch":
-        ranges = RangeFile(inner, path, size, options)
-        return Source(pa.PythonFile(ranges, mode="r"), ranges)
+        cached = footers.reserve(inner, path, size) if footers is not None else None
+        ranges = RangeFile(inner, path, size, options, footer=cached)
+        return Source(pa.PythonFile(ranges, mode="r"), ranges, cached.metadata if cached else None)
     kwargs: dict[str, Any] = {"size": size, "cache_type": "none"}
     if options.mode == "readahead":
         kwargs.update(cache_type="readahead", block_size=options.block_size_bytes)
@@ -170,6 +242,145 @@ def open_source(filesystem: pafs.FileSystem, path: str, size: int, options: Read
     except TypeError:  # an fsspec implementation that takes no size or cache arguments
         handle = inner.open(path, mode="rb")
     return Source(pa.PythonFile(handle, mode="r"))
+
+
+@dataclasses.dataclass(frozen=True)
+class FileIdentity:
+    """What the object store says a file is now: its size and its version tag (S3's ETag;
+    where a store reports no etag, its modification time; "" when it reports neither, and
+    such a file's footer is never cached)."""
+
+    size: int
+    tag: str
+
+    @classmethod
+    def of(cls, info: Mapping[str, Any]) -> FileIdentity:
+        """From an fsspec ``info()`` answer."""
+        size = int(info.get("size") or 0)
+        for key in ("ETag", "etag", "md5Hash", "LastModified", "mtime", "last_modified"):
+            value = info.get(key)
+            if value:
+                return cls(size, str(value))
+        return cls(size, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedFooter:
+    """A parsed footer and the identity of the file it was read from."""
+
+    identity: FileIdentity
+    metadata: pq.FileMetaData
+    nbytes: int
+
+
+class FooterCache:
+    """Parsed Parquet footers of remote files, so that the splits of one file fetch its footer
+    once (one GET per file, not per split) and can request their column chunks at once.
+
+    The splits of a file tend to open together (each pipeline thread and the splits it reads
+    ahead): :meth:`reserve` makes the first opener of a file the one that fetches its footer
+    and the others wait for it (single flight) instead of each fetching it.
+
+    An entry is keyed by the fsspec file system's token (its endpoint and credentials) and the
+    path, and served only for the size the split was planned with; the reader then checks the
+    file's :class:`FileIdentity` (the HEAD it makes anyway) against the entry's before using a
+    byte, and :meth:`invalidate` s a mismatch (the file was rewritten): its footer is fetched
+    again. Least recently used entries go first once the footers' serialized bytes exceed
+    ``max_bytes``.
+
+    Thread-safe: ``_lock`` guards the entries and the counters.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str, str], CachedFooter] = OrderedDict()
+        self._loading: dict[tuple[str, str, str], threading.Event] = {}
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _key(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str, str]:
+        token = getattr(fs, "_fs_token", None) or f"id{id(fs)}"
+        return type(fs).__qualname__, str(token), path
+
+    def get(self, fs: fsspec.AbstractFileSystem, path: str, size: int) -> CachedFooter | None:
+        """The footer of ``path`` if cached for a file of ``size`` bytes (not yet checked
+        against the file's current identity: the caller does that)."""
+        with self._lock:
+            key = self._key(fs, path)
+            entry = self._entries.get(key)
+            if entry is None or entry.identity.size != size:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+
+    def reserve(
+        self, fs: fsspec.AbstractFileSystem, path: str, size: int, wait_s: float = 10.0
+    ) -> CachedFooter | None:
+        """:meth:`get`, waiting up to ``wait_s`` for a footer another caller is fetching. On
+        a miss the caller becomes the one fetching it and must :meth:`put` it or
+        :meth:`release` the reservation (when it cannot)."""
+        key = self._key(fs, path)
+        with self._lock:
+            loading = self._loading.get(key)
+            if loading is None:
+                entry = self._entries.get(key)
+                if entry is None or entry.identity.size != size:
+                    self._loading[key] = threading.Event()
+                    self.misses += 1
+                    return None
+        if loading is not None:
+            loading.wait(wait_s)
+        return self.get(fs, path, size)
+
+    def release(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+        """Ends a :meth:`reserve` that will not :meth:`put`: those waiting go on."""
+        with self._lock:
+            loading = self._loading.pop(self._key(fs, path), None)
+        if loading is not None:
+            loading.set()
+
+    def put(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        identity: FileIdentity,
+        metadata: pq.FileMetaData,
+    ) -> None:
+        """Keeps ``metadata``, read from the file ``identity`` names (not kept without a
+        version tag: a rewrite of the same size could not be told apart), and ends the
+        caller's :meth:`reserve`."""
+        nbytes = int(metadata.serialized_size)
+        if not identity.tag or nbytes > self.max_bytes:
+            self.release(fs, path)
+            return
+        with self._lock:
+            key = self._key(fs, path)
+            loading = self._loading.pop(key, None)
+            if loading is not None:
+                loading.set()
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = CachedFooter(identity, metadata, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    def invalidate(self, fs: fsspec.AbstractFileSystem, path: str) -> None:
+        with self._lock:
+            old = self._entries.pop(self._key(fs, path), None)
+            if old is not None:
+                self._bytes -= old.nbytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 def column_chunk_ranges(
@@ -235,6 +446,10 @@ class RangeFile(io.RawIOBase):
     """A read-only remote file whose reads are served from ranges fetched concurrently ahead
     of the reader, or (anything not announced) by one ranged GET each.
 
+    Opening it starts two requests at once: the file's tail (its footer; not when a cached
+    ``footer`` is given) and its :meth:`identity` (a HEAD), which the reader checks against
+    the size it planned with (and against the cached footer's) before trusting any byte.
+
     Thread-safe: ``_lock`` guards the parts and the position (pyarrow's ``PythonFile``
     serializes its calls anyway); fetches run on the fsspec file system's own event loop
     (s3fs and every async fsspec implementation), so requests overlap without threads of
@@ -242,23 +457,61 @@ class RangeFile(io.RawIOBase):
     """
 
     def __init__(
-        self, fs: fsspec.AbstractFileSystem, path: str, size: int, options: ReadOptions
+        self,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        size: int,
+        options: ReadOptions,
+        footer: CachedFooter | None = None,
     ) -> None:
         super().__init__()
         self._fs = fs
         self._path = path
         self._size = size
         self._options = options
+        self.footer = footer
         self._lock = threading.Lock()
         self._position = 0
         self._parts: list[_Part] = []  # sorted by start, never overlapping
         self._starts: list[int] = []
         self._pending: list[_Part] = []  # announced, not yet requested (over the budget)
+        self._announced: set[tuple[int, int]] = set()  # coalesced ranges already announced
         self._in_budget = 0  # bytes requested and not yet released
-        footer_start = max(0, size - options.footer_bytes)
-        self._tail = _Part(footer_start, size, size - footer_start)
-        self._insert(self._tail)
-        self._request(self._tail)
+        self._tail: _Part | None = None
+        if footer is None:
+            footer_start = max(0, size - options.footer_bytes)
+            self._tail = _Part(footer_start, size, size - footer_start)
+            self._insert(self._tail)
+            self._request(self._tail)
+        self._info: concurrent.futures.Future[dict[str, Any]] | None = None
+        loop = self._loop()
+        if loop is not None:
+            try:  # the store's answer, not a listing cached in this process (s3fs: refresh)
+                info = self._fs._info(path, refresh=True)
+            except TypeError:
+                info = self._fs._info(path)
+            self._info = asyncio.run_coroutine_threadsafe(info, loop)
+
+    @property
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        return self._fs
+
+    def identity(self) -> FileIdentity:
+        """The file as the store describes it now (the HEAD started when opened; waits).
+
+        Raises:
+            FileNotFoundError: the file is gone.
+        """
+        if self._info is not None:
+            info = READ_WAITS.wait(self._info)
+        else:
+            started = time.perf_counter()
+            self._fs.invalidate_cache(self._path)  # the store's answer, not a cached listing
+            info = self._fs.info(self._path)
+            READ_WAITS.add(time.perf_counter() - started)
+        if info.get("type", "file") != "file":
+            raise FileNotFoundError(self._path)
+        return FileIdentity.of(info)
 
     # -- what pyarrow calls -----------------------------------------------------------------
 
@@ -300,6 +553,8 @@ class RangeFile(io.RawIOBase):
                     part.future.cancel()
                 part.data = None
             self._pending.clear()
+            if self._info is not None and not self._info.done():
+                self._info.cancel()
         super().close()
 
     # -- prefetching ---------------------------------------------------------------------------
@@ -307,16 +562,18 @@ class RangeFile(io.RawIOBase):
     def prefetch(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Announces the byte ranges the reader will read, in order: they are coalesced and
         requested now, up to ``readahead_bytes`` ahead of the reader. Bytes the footer's
-        tail already holds are not requested again."""
+        tail already holds are not requested again, nor ranges announced before (a split
+        read ahead announces its ranges, then its reader announces the same ones)."""
         merged = coalesce(
             ranges, self._options.hole_size_limit_bytes, self._options.range_size_limit_bytes
         )
-        footer_start = self._parts[-1].start  # the tail: always the last part
+        footer_start = self._tail.start if self._tail is not None else self._size
         with self._lock:
             for start, end, needed in merged:
                 end = min(end, footer_start)
-                if end <= start:
+                if end <= start or (start, end) in self._announced:
                     continue
+                self._announced.add((start, end))
                 part = _Part(start, end, min(needed, end - start))
                 self._insert(part)
                 self._pending.append(part)
@@ -367,7 +624,7 @@ class RangeFile(io.RawIOBase):
             future = part.future
         if future is None:
             raise RuntimeError(f"bytes {part.start}-{part.end} of {self._path!r} never requested")
-        data = future.result()
+        data: bytes = READ_WAITS.wait(future)
         if len(data) != part.end - part.start:
             raise OSError(
                 f"{self._path!r}: asked for bytes {part.start}-{part.end} and got "
@@ -379,7 +636,9 @@ class RangeFile(io.RawIOBase):
         return data
 
     def _fetch_now(self, start: int, end: int) -> bytes:
+        started = time.perf_counter()
         data: bytes = self._fs.cat_file(self._path, start=start, end=end)
+        READ_WAITS.add(time.perf_counter() - started)
         return data
 
     def _insert(self, part: _Part) -> None:
@@ -396,9 +655,16 @@ class RangeFile(io.RawIOBase):
         ):
             self._request(self._pending.pop(0))
 
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The fsspec file system's event loop (async implementations), or None."""
+        if not getattr(self._fs, "async_impl", False):
+            return None
+        loop: asyncio.AbstractEventLoop | None = getattr(self._fs, "loop", None)
+        return loop
+
     def _request(self, part: _Part) -> None:
         self._in_budget += part.end - part.start
-        loop = getattr(self._fs, "loop", None) if getattr(self._fs, "async_impl", False) else None
+        loop = self._loop()
         if loop is not None:
             coroutine = self._fs._cat_file(self._path, start=part.start, end=part.end)
             part.future = asyncio.run_coroutine_threadsafe(coroutine, loop)

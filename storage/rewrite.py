@@ -35,7 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from storage.errors import StorageError
-from storage.filesystem import resolve
+from storage.filesystem import is_iceberg_uri, resolve
 from storage.synthetic import refuse_existing
 from storage.table import FileInfo, Table
 
@@ -130,6 +130,12 @@ def cluster_table(
         TableNotFoundError: nothing to read at ``source_uri``.
     """
     started = time.perf_counter()
+    if is_iceberg_uri(source_uri):
+        raise StorageError(
+            f"{source_uri!r} is an Iceberg table; dpp cluster rewrites Hive-partitioned tables "
+            "only: sort an Iceberg table with its own engine (a sort order and "
+            "rewrite_data_files), then read it with an iceberg:// table_uri"
+        )
     table = Table.open(source_uri, storage_options)
     file_columns = [n for n in table.schema.names if n not in table.partition_columns]
     if by not in file_columns:

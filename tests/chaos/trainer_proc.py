@@ -4,7 +4,9 @@ The checkpoint file holds the loader's ``state_dict`` and the signatures of ever
 consumed up to it, written atomically together, as a training job checkpoints its model and
 its data position together. Started again on the same file, it restores and goes on.
 
-    python tests/chaos/trainer_proc.py MASTER TABLE CHECKPOINT
+    python tests/chaos/trainer_proc.py MASTER TABLE CHECKPOINT [share]
+
+With ``share`` the session's spec sets ``share`` (shared production across jobs).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from dpp_client import DppLoader
 
 def main() -> None:
     master, table, checkpoint = sys.argv[1:4]
+    share = sys.argv[4:5] == ["share"]
     consumed: list[list[object]] = []
-    with DppLoader(master, chaos_spec(table, epochs=1), prefetch_batches=4) as loader:
+    spec = chaos_spec(table, epochs=1, share=share)
+    with DppLoader(master, spec, prefetch_batches=4) as loader:
         if os.path.exists(checkpoint):
             with open(checkpoint) as f:
                 saved = json.load(f)

@@ -158,6 +158,11 @@ class DelayProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        """The proxy's process id (benchmarks read its CPU time); 0 before it started."""
+        return (self._process.pid or 0) if self._process is not None else 0
+
     def __enter__(self) -> DelayProxy:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()

@@ -135,6 +135,12 @@ CONTRACT: list[tuple[Exception, Code, Reason, type[DppClientError]]] = [
         SpecRejectedError,
     ),
     (
+        storage_errors.TableUriError("table_uri 'iceberg://prod/events': names no namespace"),
+        Code.INVALID_ARGUMENT,
+        Reason.SPEC_INVALID,
+        SpecRejectedError,
+    ),
+    (
         storage_errors.TableLayoutError("table '/t': inconsistent partition folders"),
         Code.FAILED_PRECONDITION,
         Reason.TABLE_LAYOUT,

@@ -38,6 +38,8 @@ ROLES: dict[str, tuple[list[str], list[str]]] = {
             "dpp_server.monitor_service",
             "dpp_server.cli",
             "storage",
+            "storage.iceberg",  # pyiceberg, with the sqlite catalog the tests use
+            "pyiceberg.catalog.sql",
         ],
         ["torch"],
     ),

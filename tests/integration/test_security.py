@@ -158,6 +158,17 @@ def _fresh_worker(cluster: LocalCluster) -> str:
         calls.close()
 
 
+def _admitted_as(answer: Code, call: Callable[[], Any]) -> str:
+    """Calls ``call``; the handler's own refusal ``answer`` (after the guard) counts as admitted."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        assert isinstance(exc, grpc.Call)
+        if exc.code() != answer:
+            raise
+    return "admitted"
+
+
 def _rpcs(s: dict[str, Any]) -> dict[str, Callable[[Calls], Any]]:
     sid, wid = s["session"], s["worker_id"]
     table = s["table"]
@@ -202,6 +213,21 @@ def _rpcs(s: dict[str, Any]) -> dict[str, Callable[[Calls], Any]]:
         "UnregisterWorker": lambda c: c.master.UnregisterWorker(
             master_pb2.UnregisterWorkerRequest(worker_id=_fresh_worker(s["cluster"]))
         ),
+        # The victim is a training session: once admitted, the master answers that it is not
+        # a stats session (FAILED_PRECONDITION), which is what an admitted call gets.
+        "GetStatsReport": lambda c: _admitted_as(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            lambda: c.master.GetStatsReport(master_pb2.GetStatsReportRequest(session_id=sid)),
+        ),
+        # Sketches for a training session: once admitted, refused as not a stats session.
+        "ReportSplitStats": lambda c: _admitted_as(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            lambda: c.master.ReportSplitStats(
+                master_pb2.ReportSplitStatsRequest(
+                    worker_id=wid, session_id=sid, epoch=0, rank=0, split_id=s["split"]
+                )
+            ),
+        ),
         "GetClusterStatus": lambda c: c.monitor.GetClusterStatus(
             master_pb2.GetClusterStatusRequest()
         ),
@@ -227,6 +253,8 @@ Heartbeat            no      no           ok     no           no
 AcquireSplit         no      no           ok     no           no
 ReportSplitProgress  no      no           ok     no           no
 UnregisterWorker     no      no           ok     no           ok
+GetStatsReport       ok      no           no     no           no
+ReportSplitStats     no      no           ok     no           no
 GetClusterStatus     no      no           no     no           ok
 SetWorkerTarget      no      no           no     no           ok
 StreamBatches        ok      no           no     no           no

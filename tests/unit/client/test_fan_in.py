@@ -112,3 +112,28 @@ def test_refresher_failure_is_raised_in_the_consumer(fan_in: FanIn) -> None:
 
 def test_get_times_out_empty(fan_in: FanIn, workers: Any) -> None:
     assert fan_in.get(0.001) is None
+
+
+def test_data_address_preferred_and_grpc_where_a_worker_lists_none(workers: FakeWorkers) -> None:
+    grpc_dials = FakeWorkers()
+    fan_in = FanIn(
+        session_id="s1",
+        rank=0,
+        batch_size=4,
+        prefetch_batches=4,
+        to_batch=batch_from_arrow,
+        counters=LoaderCounters(),
+        dial=grpc_dials,
+        data_dial=workers,
+    )
+    try:
+        with_data = master_pb2.WorkerInfo(worker_id="w-a", address="a:1", data_address="a:2")
+        fan_in.sync([with_data, worker("b:1")])
+        workers.feed("a:2", frame("A", 0, 4))
+        grpc_dials.feed("b:1", frame("B", 0, 4))
+        assert {get(fan_in).header.split_id for _ in range(2)} == {"A", "B"}
+        assert {a for a, _ in workers.dials} == {"a:2"}
+        assert {a for a, _ in grpc_dials.dials} == {"b:1"}
+    finally:
+        fan_in.stop()
+        assert fan_in.join(10) == []

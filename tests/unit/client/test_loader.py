@@ -259,3 +259,15 @@ def test_stall_watchdog_reproduces_and_warns_on_time() -> None:
     watchdog.progress(10.5)
     assert watchdog.idle(13.0) == (False, False)  # quiet for 2.5 s only
     assert watchdog.idle(13.5) == (True, False)
+
+
+def test_transport_auto_by_default_grpc_on_request_and_a_typo_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DPP_TRANSPORT", raising=False)
+    assert DppLoader("x:1", SPEC, validate=False).transport == "auto"
+    assert DppLoader("x:1", SPEC, validate=False, transport="grpc").transport == "grpc"
+    monkeypatch.setenv("DPP_TRANSPORT", "grpc")
+    assert DppLoader("x:1", SPEC, validate=False).transport == "grpc"
+    with pytest.raises(ValueError, match=r"transport 'tcp' \(from the argument\)"):
+        DppLoader("x:1", SPEC, validate=False, transport="tcp")

@@ -5,6 +5,7 @@ test_remote_storage.py)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import fsspec
@@ -13,8 +14,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from storage.readahead import ReadAhead
 from storage.reader import read_split
-from storage.remote import RangeFile, ReadOptions, coalesce, column_chunk_ranges
+from storage.remote import (
+    CachedFooter,
+    FileIdentity,
+    FooterCache,
+    RangeFile,
+    ReadOptions,
+    coalesce,
+    column_chunk_ranges,
+)
 from storage.table import Table
 
 
@@ -169,3 +179,89 @@ def test_read_options_refuse_unknown_modes_and_empty_sizes() -> None:
         ReadOptions(mode="mmap")
     with pytest.raises(ValueError, match="readahead_bytes must be >= 1"):
         ReadOptions(readahead_bytes=0)
+
+
+def _footer(rows: int) -> pq.FileMetaData:
+    sink = pa.BufferOutputStream()
+    pq.write_table(_table(rows), sink, row_group_size=100)
+    return pq.read_metadata(pa.BufferReader(sink.getvalue()))
+
+
+def test_footer_cache_keys_by_size_and_tag_and_evicts_by_bytes() -> None:
+    fs = fsspec.filesystem("memory")
+    small = _footer(1000)
+    cache = FooterCache(max_bytes=3 * small.serialized_size)
+    cache.put(fs, "/a", FileIdentity(10, ""), small)
+    assert cache.get(fs, "/a", 10) is None  # no version tag: a same-size rewrite is invisible
+    cache.put(fs, "/a", FileIdentity(10, '"etag-1"'), small)
+    entry = cache.get(fs, "/a", 10)
+    assert entry is not None and entry.identity.tag == '"etag-1"'
+    assert cache.get(fs, "/a", 11) is None  # planned with another size: never served
+    for name in ("/b", "/c", "/d"):
+        cache.put(fs, name, FileIdentity(10, "t"), small)
+    assert len(cache) == 3 and cache.get(fs, "/a", 10) is None  # least recently used went
+    cache.invalidate(fs, "/d")
+    assert cache.get(fs, "/d", 10) is None and len(cache) == 2
+
+
+def test_footer_cache_reserve_lets_one_opening_fetch_and_the_others_wait() -> None:
+    fs = fsspec.filesystem("memory")
+    cache = FooterCache()
+    assert cache.reserve(fs, "/f", 10) is None  # the first opening fetches the footer
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(cache.reserve(fs, "/f", 10, wait_s=30)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # waiting for the first opening's footer, not fetching its own
+    cache.put(fs, "/f", FileIdentity(10, "t"), _footer(100))
+    waiter.join(10)
+    assert len(got) == 1 and isinstance(got[0], CachedFooter)
+    # A reservation released without a footer lets the waiters go on (each fetches its own).
+    assert cache.reserve(fs, "/g", 10) is None
+    late: list[object] = []
+    waiter = threading.Thread(target=lambda: late.append(cache.reserve(fs, "/g", 10, wait_s=30)))
+    waiter.start()
+    cache.release(fs, "/g")
+    waiter.join(10)
+    assert late == [None]
+
+
+def test_read_ahead_is_claimed_only_by_the_same_split_and_columns() -> None:
+    root, table = _memory_table()
+    opened = Table.open(root)
+    splits = opened.plan_splits(2500).splits
+    read_ahead = ReadAhead(max_entries=2, threads=1)
+    try:
+        assert read_ahead.warm(splits[0], opened.filesystem, ["row_id"], ReadOptions())
+        assert not read_ahead.warm(
+            splits[0], opened.filesystem, ["row_id"], ReadOptions(mode="pre_buffer")
+        )  # only prefetch reads are opened ahead
+        # Claimed for other columns: refused (and closed), the reader opens the file itself.
+        assert read_ahead.claim(splits[0], ["row_id", "a"]) is None
+        assert read_ahead.claim(splits[0], ["row_id"]) is None  # gone with the refusal
+        read_ahead.warm(splits[1], opened.filesystem, ["row_id"], ReadOptions())
+        source = read_ahead.claim(splits[1], ["row_id"])
+        assert source is not None and source.metadata is not None
+        source.close()
+        # Never claimed: bounded by max_entries, the oldest closed first.
+        for split in splits[2:5]:
+            read_ahead.warm(split, opened.filesystem, ["row_id"], ReadOptions())
+        assert len(read_ahead) == 2
+        read_ahead.discard(splits[4])
+        assert len(read_ahead) == 1
+        rows = [
+            v
+            for b in read_split(
+                splits[3],
+                filesystem=opened.filesystem,
+                columns=["row_id"],
+                row_filter=None,
+                batch_rows=700,
+                read_ahead=read_ahead,
+            )
+            for v in b.column("row_id").to_pylist()
+        ]
+        assert rows == table.column("row_id").to_pylist()[6000:8000]
+        assert (read_ahead.warmed, read_ahead.claimed, len(read_ahead)) == (5, 2, 0)
+    finally:
+        read_ahead.close()
