@@ -10,18 +10,19 @@ The budget is the whole worker process's resident memory (``VmRSS``: the interpr
 libraries' code pages included, not only buffers), 512 MB by default. It is divided so
 (1 pipeline thread, ``--memory-mb 512``)::
 
-    512 MB = 176  process base: interpreter, pyarrow, polars, grpc, thread stacks and the
+    512 MB = 168  process base: interpreter, pyarrow, polars, grpc, thread stacks and the
                   library code pages a running pipeline touches (measured: a worker idles
-                  at 135-145 MB and its code pages grow by 20-30 MB once it produces)
-           +  84  frame buffers: a quarter of the rest, the cap of each (session, rank) buffer
-                  (``--buffer-mb`` stays an upper bound)
-           + 252  pipeline threads, shared equally. A thread holds a fixed part, 48 MB (one
-                  row group's compressed column chunks, the column readers' dictionaries and
-                  pages, gRPC's copy of the frame being sent), and per decoded batch
-                  :data:`BATCH_FACTOR` times its bytes (the batches read ahead, polars' copies
-                  of the transform, the cut batch and the frame being encoded: measured 6-9x).
-                  So a decoded batch is sized to ``(share - 48 MB) / 10``; a row group whose
-                  compressed chunks exceed half the share is refused
+                  at 142-145 MB, and at its peak 93 MB of its resident set is code)
+           +  57  frame buffers: a sixth of the rest (at least 8 MB), the cap of each
+                  (session, rank) buffer (``--buffer-mb`` stays an upper bound)
+           + 287  pipeline threads, shared equally. A thread holds a fixed part, 60 MB (one
+                  row group's column chunks decompressed, as its column readers hold their
+                  pages, and dictionaries; the cut batch, the frame being encoded and gRPC's
+                  copy of it), and per decoded batch :data:`BATCH_FACTOR` times its bytes
+                  (the batch read ahead, polars' copies of the transform, the wire batch:
+                  measured 6-9x). So a decoded batch is sized to ``(share - 60 MB) / 10``
+                  (here 23 MB, about 11k DLRM rows); a row group whose column chunks,
+                  decompressed, exceed half the share is refused
                   (:class:`~storage.errors.RowGroupTooLargeError`).
 
 A worker whose threads cannot get :data:`MIN_THREAD_MB` each refuses to start, naming the
@@ -64,12 +65,13 @@ logger = logging.getLogger(__name__)
 #: The worker's budget unless ``--memory-mb`` (``DPP_MEMORY_MB``) says otherwise; 0 is none.
 DEFAULT_MEMORY_MB = 512
 #: What the worker process holds before its pipeline threads' data: the idle process
-#: (135-145 MB measured) plus the code pages production touches.
+#: (142-145 MB measured) plus the code pages production touches (20-30 MB).
 BASE_MB = 168
 #: The fixed part of one pipeline thread's working memory (see the module docstring).
 THREAD_FIXED_MB = 60
-#: The least working memory a pipeline thread may get: its fixed part and decoded batches
-#: of the least step (1,024 rows of a wide DLRM row, 2 KB each) ``BATCH_FACTOR`` times.
+#: The least working memory a pipeline thread may get: its fixed part and a few MB of decoded
+#: batches (the reader's least step is 512 rows). One thread under ``--memory-mb 256`` gets
+#: 74 MB (700-row DLRM steps); its worker peaked at 253-256 MB.
 MIN_THREAD_MB = 64
 #: The frame buffers get this fraction (1/BUFFER_SHARE) of what the base leaves.
 BUFFER_SHARE = 6
