@@ -17,10 +17,11 @@ read chunks, 4,096-row batches). What differs is only what each does after the c
 worker encodes frames and hands them to gRPC (plus its control plane: leases, heartbeats);
 the in-process pipeline builds the trainer's tensors in place.
 
-``--stages`` adds a per-stage CPU breakdown of production in this process (each tree: this
-one and the baseline): cumulative passes over the table (decode; + filter; + transform and
-cut; + pack; + encode), each timed with ``time.process_time`` (every thread), medians of the
-rounds; a stage's cost is the difference to the previous pass.
+``--stages`` adds a per-stage CPU breakdown of production without a cluster (each tree: this
+one and the baseline, one process per tree and round, interleaved): cumulative passes over
+the table (decode; + filter, transform and cut; + pack; + encode), each timed with
+``time.process_time`` (every thread), medians of the rounds; a stage's cost is the
+difference of its pass's median to the previous pass's.
 
 Secure by default, as clusters run (TLS on the loopback data plane costs the worker little
 here); ``--insecure`` starts the clusters without TLS and tokens.
@@ -40,7 +41,7 @@ from bench.workloads import workloads
 
 REPO = Path(__file__).resolve().parent.parent
 
-STAGES = ("decode", "filter", "transform+cut", "pack", "encode")
+STAGES = ("decode", "filter+transform+cut", "pack", "encode")
 
 
 def _run(tree: Path, args: list[str], table: str) -> dict[str, object]:
@@ -74,10 +75,11 @@ def _core_s_per_m(result: dict[str, object], worker: bool) -> float:
 
 def stage_passes(table: str, rounds: int) -> dict[str, list[float]]:
     """Cumulative production passes over ``table`` in this process, core-s per 1M rows out:
-    ``decode`` (:func:`storage.reader.scan_split` alone), ``filter`` (+ :func:`storage.
-    reader.filter_rows`), ``transform+cut`` (:func:`dpp_server.produce.produce_batches`),
-    ``pack`` (+ :func:`dpp_proto.wire.pack_sparse` per batch) and ``encode``
-    (:func:`dpp_server.produce.produce_split`: pack and the Arrow IPC frame)."""
+    ``decode`` (:func:`storage.reader.scan_split` alone), ``filter+transform+cut``
+    (:func:`dpp_server.produce.produce_batches`; the filter is not timed apart because this
+    tree drops filtered rows inside the transform), ``pack`` (+ :func:`dpp_proto.wire.
+    pack_sparse` per batch) and ``encode`` (:func:`dpp_server.produce.produce_split`: pack
+    and the Arrow IPC frame)."""
     import time
 
     from bench.pipelines import _server_spec
@@ -85,7 +87,7 @@ def stage_passes(table: str, rounds: int) -> dict[str, list[float]]:
     from dpp_server.master import LeaseGrant
     from dpp_server.produce import SessionPipeline, StageTotals, produce_batches, produce_split
     from storage import Table, parse_filter
-    from storage.reader import filter_rows, scan_split
+    from storage.reader import scan_split
 
     spec = _server_spec(workloads(True)["dlrm"].spec(table))
     row_filter = parse_filter(spec.row_filter, "row_filter")
@@ -109,11 +111,6 @@ def stage_passes(table: str, rounds: int) -> dict[str, list[float]]:
             for _ in scans(lease):  # type: ignore[attr-defined]
                 pass
 
-    def filtered() -> None:
-        for lease in leases:
-            for batch in scans(lease):  # type: ignore[attr-defined]
-                filter_rows(batch, session.row_filter, columns)
-
     def transform() -> None:
         for lease in leases:
             for _ in produce_batches(session, lease, StageTotals()):
@@ -132,7 +129,7 @@ def stage_passes(table: str, rounds: int) -> dict[str, list[float]]:
         return totals.counts["rows_out"]
 
     rows = encode()  # warm: page cache, compiled expressions
-    passes = dict(zip(STAGES, (decode, filtered, transform, pack, encode), strict=True))
+    passes = dict(zip(STAGES, (decode, transform, pack, encode), strict=True))
     figures: dict[str, list[float]] = {name: [] for name in STAGES}
     for _ in range(rounds):
         for name, fn in passes.items():
@@ -210,9 +207,16 @@ def main() -> None:
                 line += f"; to {base}: median {statistics.median(ratios):.2f} {ratios}"
         print(line)
     if args.stages:
-        _print_stages("this tree", _stages_of(REPO, table, args.rounds))
+        trees = {"this tree": REPO}
         if args.baseline_tree:
-            _print_stages("baseline tree", _stages_of(Path(args.baseline_tree), table, args.rounds))
+            trees["baseline tree"] = Path(args.baseline_tree)
+        passes: dict[str, dict[str, list[float]]] = {name: {} for name in trees}
+        for _ in range(args.rounds):  # one process per tree and round, interleaved
+            for name, tree in trees.items():
+                for stage, values in _stages_of(tree, table, 1).items():
+                    passes[name].setdefault(stage, []).extend(values)
+        for name, figures in passes.items():
+            _print_stages(name, figures)
 
 
 if __name__ == "__main__":
