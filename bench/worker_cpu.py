@@ -1,6 +1,7 @@
 """Worker core-s per 1M rows beside the in-process pipeline, side by side in one run.
 
-    python -m bench.worker_cpu [--rounds 5] [--baseline-tree DIR] [--stages] [--insecure]
+    python -m bench.worker_cpu [--rounds 5] [--baseline-tree DIR] [--stages] [--filter-ab]
+        [--insecure]
 
 Runs :mod:`bench.pipelines` ``inprocess`` (the trainer's CPU), ``inprocess --packed`` (the
 same, with each batch's ids packed into the layout dpp delivers: one values and one offsets
@@ -23,6 +24,9 @@ the table (decode; + filter, transform and cut; + pack; + encode), each timed wi
 ``time.process_time`` (every thread), medians of the rounds; a stage's cost is the
 difference of its pass's median to the previous pass's.
 
+``--filter-ab`` adds :func:`filter_ab`: the row filter's path before and after this round's
+change, interleaved in one process over chunks decoded once (decode noise excluded).
+
 Secure by default, as clusters run (TLS on the loopback data plane costs the worker little
 here); ``--insecure`` starts the clusters without TLS and tokens.
 """
@@ -30,12 +34,15 @@ here); ``--insecure`` starts the clusters without TLS and tokens.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 import json
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pyarrow as pa
 
 from bench.workloads import workloads
 
@@ -139,6 +146,69 @@ def stage_passes(table: str, rounds: int) -> dict[str, list[float]]:
     return figures
 
 
+def filter_ab(table: str, rounds: int) -> dict[str, list[float]]:
+    """The row filter's two paths over every decoded read chunk of ``table`` held in memory
+    (decode excluded), interleaved in this process, core-s per 1M rows out: ``acero filter,
+    then transform`` (what the worker did before: ``RecordBatch.filter(expression)`` over
+    every column, then :meth:`~dpp_server.transforms.dedup.DedupPipeline.apply`) and ``mask,
+    rows dropped in the transform`` (:func:`storage.reader.row_mask`, then ``apply(batch,
+    keep)``), plus each filter step alone. Checks first that both give equal wire batches."""
+    import time
+
+    from bench.pipelines import _server_spec
+    from dpp_server.produce import SessionPipeline
+    from storage import Table, parse_filter
+    from storage.reader import row_mask, scan_split
+
+    spec = _server_spec(workloads(True)["dlrm"].spec(table))
+    row_filter = parse_filter(spec.row_filter, "row_filter")
+    plan = Table.open(spec.table_uri).plan_splits(spec.target_split_rows, row_filter=row_filter)
+    session = SessionPipeline.compile(spec, read_batch_rows=65_536)
+    columns = session.pipeline.input_columns
+    chunks = [
+        batch
+        for split in plan.splits
+        for batch in scan_split(
+            split,
+            filesystem=session.filesystem,
+            columns=columns,
+            row_filter=row_filter,
+            batch_rows=65_536,
+        )
+    ]
+
+    def before(batch: pa.RecordBatch) -> pa.RecordBatch:
+        kept = batch.filter(row_filter.expression)
+        return session.pipeline.apply(kept.select(columns))
+
+    def after(batch: pa.RecordBatch) -> pa.RecordBatch:
+        keep = row_mask(batch, row_filter)
+        assert keep is not None
+        return session.pipeline.apply(batch, None if keep.true_count == batch.num_rows else keep)
+
+    rows = 0
+    for batch in chunks:
+        want = before(batch)
+        if not after(batch).equals(want):
+            raise SystemExit("the two filter paths disagree")
+        rows += want.num_rows
+    paths: dict[str, Callable[[pa.RecordBatch], object]] = {
+        "acero filter, then transform": before,
+        "mask, rows dropped in the transform": after,
+        "acero filter alone": lambda b: b.filter(row_filter.expression),
+        "mask alone": lambda b: row_mask(b, row_filter),
+    }
+    figures: dict[str, list[float]] = {name: [] for name in paths}
+    order = list(paths.items())
+    for r in range(rounds):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            started = time.process_time()
+            for batch in chunks:
+                fn(batch)
+            figures[name].append((time.process_time() - started) / rows * 1e6)
+    return figures
+
+
 def _stages_of(tree: Path, table: str, rounds: int) -> dict[str, list[float]]:
     """:func:`stage_passes` run with ``tree``'s code (in a subprocess of its own)."""
     # This file's passes, over the production code of ``tree`` (on the path first).
@@ -181,6 +251,9 @@ def main() -> None:
     parser.add_argument("--table-dir", default=os.environ.get("DPP_BENCH_DIR", "/tmp/dpp-bench"))
     parser.add_argument("--stages", action="store_true", help="per-stage CPU breakdown too")
     parser.add_argument("--insecure", action="store_true", help="clusters without TLS")
+    parser.add_argument(
+        "--filter-ab", action="store_true", help="the row filter's old and new path, in process"
+    )
     args = parser.parse_args()
     table = workloads(True)["dlrm"].ensure_table(Path(args.table_dir))
     dpp = ["dpp", "--workers", "1", "--threads", "1"] + (["--insecure"] if args.insecure else [])
@@ -206,6 +279,10 @@ def main() -> None:
                 ratios = [round(v / b, 2) for v, b in zip(values, figures[base], strict=True)]
                 line += f"; to {base}: median {statistics.median(ratios):.2f} {ratios}"
         print(line)
+    if args.filter_ab:
+        for name, values in filter_ab(table, max(args.rounds, 5)).items():
+            rounded = [round(v, 2) for v in values]
+            print(f"filter A/B: {name}: median {statistics.median(values):.2f} {rounded}")
     if args.stages:
         trees = {"this tree": REPO}
         if args.baseline_tree:
