@@ -34,12 +34,12 @@ here); ``--insecure`` starts the clusters without TLS and tokens.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 import json
 import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
