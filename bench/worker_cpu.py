@@ -5,7 +5,8 @@
 
 Runs :mod:`bench.pipelines` ``inprocess`` (the trainer's CPU), ``inprocess --packed`` (the
 same, with each batch's ids packed into the layout dpp delivers: one values and one offsets
-buffer per batch, int32 ids, what a TorchRec model takes) and ``dpp`` with 1 worker of 1
+buffer per batch, int32 ids, what a TorchRec model takes), that again with the allocator
+settings a worker runs with (:data:`WORKER_ALLOCATORS`), and ``dpp`` with 1 worker of 1
 pipeline thread (the worker process's CPU, from /proc) on the quick DLRM table, round after
 round in rotating order. With ``--baseline-tree`` (a checkout of another commit, e.g. from
 ``git archive``), its ``dpp`` runs in the same rounds too, so a change is measured beside
@@ -51,8 +52,21 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ("decode", "filter+transform+cut", "pack", "encode")
 
 
+#: The allocator settings a worker without a budget runs with (dpp_server.budget.
+#: keep_freed_memory, dpp_server/__main__.py), as environment variables: given to the third
+#: in-process run, so that the saving they bring is not counted as the worker's alone.
+WORKER_ALLOCATORS = {
+    "MIMALLOC_PURGE_DELAY": "-1",
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(512 << 20),
+}
+
+
 def _run(tree: Path, args: list[str], table: str) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    if "--allocators" in args:
+        args = [a for a in args if a != "--allocators"]
+        env.update(WORKER_ALLOCATORS)
     done = subprocess.run(
         [sys.executable, "-m", "bench.pipelines", *args, "--table", table, "--quick"],
         cwd=tree,
@@ -257,10 +271,15 @@ def main() -> None:
     args = parser.parse_args()
     table = workloads(True)["dlrm"].ensure_table(Path(args.table_dir))
     dpp = ["dpp", "--workers", "1", "--threads", "1"] + (["--insecure"] if args.insecure else [])
-    baselines = ("inprocess", "inprocess (packed ids)")
+    baselines = (
+        "inprocess",
+        "inprocess (packed ids)",
+        "inprocess (packed ids, worker's allocator settings)",
+    )
     runs = [
         (baselines[0], REPO, ["inprocess"]),
         (baselines[1], REPO, ["inprocess", "--packed"]),
+        (baselines[2], REPO, ["inprocess", "--packed", "--allocators"]),
         ("dpp worker", REPO, dpp),
     ]
     if args.baseline_tree:
