@@ -50,6 +50,7 @@ import torch
 from bench.measure import ProcessSampler, Timer, peak_rss_mb
 from bench.workloads import workloads
 from dpp_client import Batch, DppLoader, SessionSpec, batch_from_arrow
+from dpp_proto.wire import pack_sparse, unpack_sparse
 from dpp_server.master import LeaseGrant
 from dpp_server.produce import SessionPipeline, StageTotals, produce_batches
 from dpp_server.spec import Spec, spec_from_proto
@@ -106,22 +107,33 @@ def run_ceiling(spec: SessionSpec, max_rows: int) -> tuple[int, int]:
 # -- in-process -----------------------------------------------------------------------------
 
 
-def run_inprocess(spec: SessionSpec, max_rows: int) -> tuple[int, int]:
+def run_inprocess(spec: SessionSpec, max_rows: int, packed: bool = False) -> tuple[int, int]:
     """The worker's own read/filter/transform/cut steps (:func:`~dpp_server.produce.
     produce_batches`, no encoding) and the client's tensor conversion, in the trainer's own
     thread (what a user writes without a service). Each split's short last batch is handed
-    on as it is."""
+    on as it is.
+
+    With ``packed``, each batch's id lists are first packed into the layout a TorchRec model
+    takes and dpp's frames deliver (one values and one offsets buffer per batch, int32 ids
+    where the ops bound them: :func:`dpp_proto.wire.pack_sparse`, then the client's
+    :func:`~dpp_proto.wire.unpack_sparse` view), so the trainer gets the very tensors a dpp
+    trainer gets; without it, per-feature int64 views (which a KJT would then concatenate)."""
     server_spec = _server_spec(spec)
     table = Table.open(server_spec.table_uri)
     row_filter = parse_filter(server_spec.row_filter, "row_filter")
     plan = table.plan_splits(server_spec.target_split_rows, row_filter=row_filter)
     session = SessionPipeline.compile(server_spec, read_batch_rows=65_536)
+    narrow = session.encoder.options.int32_features
     rows = nbytes = 0
     for split in plan.splits:
         lease = LeaseGrant(session_id="", epoch=0, rank=0, split=split, start_batch=0)
         for _, wire, sections in produce_batches(session, lease, StageTotals()):
             if sections:
                 raise SystemExit("the in-process pipeline has no dedup join; use dpp")
+            if packed:
+                rest, ids = pack_sparse(wire, narrow, keep_one_column=True)
+                if ids is not None:
+                    wire = unpack_sparse(rest, ids, rest.num_rows, "in-process")
             batch = batch_from_arrow(wire)
             rows += batch.num_rows
             nbytes += batch_nbytes(batch)
@@ -334,7 +346,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.pipeline == "ceiling":
                 rows, nbytes = run_ceiling(spec, args.max_rows)
             elif args.pipeline == "inprocess":
-                rows, nbytes = run_inprocess(spec, args.max_rows)
+                rows, nbytes = run_inprocess(spec, args.max_rows, args.packed)
+                result["pipeline"] = "inprocess-packed" if args.packed else "inprocess"
             elif args.pipeline == "dpp":
                 assert cluster is not None
                 rows, nbytes, extra = run_dpp(
@@ -425,7 +438,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="pipeline threads per worker")
     parser.add_argument("--max-rows", type=int, default=sys.maxsize)
-    parser.add_argument("--insecure", action="store_true", help="dpp: a cluster without TLS")
+    parser.add_argument(
+        "--insecure", action="store_true", help="dpp: a cluster without TLS and tokens"
+    )
+    parser.add_argument(
+        "--packed", action="store_true", help="inprocess: ids packed as dpp delivers them"
+    )
     args = parser.parse_args()
     print(json.dumps(run(args)), flush=True)
 

@@ -50,7 +50,7 @@ from dpp_server.transforms.dedup import DedupPipeline
 from storage import Filter, parse_filter, resolve
 from storage.filesystem import fsspec_filesystem_of
 from storage.readahead import ReadAhead
-from storage.reader import file_columns, filter_rows, scan_split
+from storage.reader import file_columns, filter_rows, row_mask, scan_split
 from storage.remote import ReadOptions
 
 __all__ = [
@@ -541,14 +541,21 @@ def _produce_chunks(
         if scanned is None:
             return
         started = time.perf_counter()
-        raw = filter_rows(scanned, session.row_filter, columns)
+        keep = None if session.row_filter is None else row_mask(scanned, session.row_filter)
+        if keep is None and session.row_filter is not None:
+            scanned = filter_rows(scanned, session.row_filter, columns)  # raises Arrow's error
+        rows = scanned.num_rows if keep is None else keep.true_count
+        if keep is not None and rows == scanned.num_rows:
+            keep = None  # every row passes: nothing to drop
         recorder.add_seconds("filter_s", time.perf_counter() - started)
-        recorder.add_count("rows_read", raw.num_rows)
-        recorder.add_count("bytes_read", raw.nbytes)
-        if raw.num_rows == 0:
+        recorder.add_count("rows_read", rows)
+        recorder.add_count("bytes_read", scanned.nbytes)
+        if rows == 0:
             continue
+        # The rows the filter drops are dropped inside the transform (a mask, no copy here);
+        # the filter's own columns at the end of ``scanned`` are not read by it.
         started = time.perf_counter()
-        wire = session.pipeline.apply(raw)
+        wire = session.pipeline.apply(scanned, keep)
         recorder.add_seconds("transform_s", time.perf_counter() - started)
         yield wire
 

@@ -323,8 +323,11 @@ class DedupPipeline:
             wire.METADATA_DEDUP: json.dumps(self.groups).encode(),
         }
 
-    def apply(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    def apply(
+        self, batch: pa.RecordBatch | pa.Table, keep: pa.BooleanArray | None = None
+    ) -> pa.RecordBatch:
         """Stage 1, per read chunk: every feature; a group's features on the chunk's unique rows.
+        With ``keep``, of the rows where it is True only (see :meth:`FeaturePipeline.apply`).
 
         Each feature of a group becomes a dictionary column ``sparse.<name>`` (indices: the
         chunk's inverse, shared by the group's features; dictionary: the feature on the chunk's
@@ -332,7 +335,7 @@ class DedupPipeline:
         the result are zero-copy; join pieces of several chunks with
         :func:`dpp_proto.wire.concat_rows`.
         """
-        out = self._rows.apply(batch)
+        out = self._rows.apply(batch, keep)
         if not self._groups:
             return out
         arrays: list[pa.Array] = []

@@ -138,12 +138,19 @@ class FeaturePipeline:
             )
         return self._wire_schema({})
 
-    def apply(self, batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    def apply(
+        self, batch: pa.RecordBatch | pa.Table, keep: pa.BooleanArray | None = None
+    ) -> pa.RecordBatch:
         """Computes the wire batch of one batch of table rows.
 
         Args:
             batch: rows holding at least :attr:`input_columns`. Row order is kept; every row
                 is kept unless the spec samples rows.
+            keep: when given (no nulls, one entry per row of ``batch``), only the rows where
+                it is True are transformed, exactly as if ``batch.filter(keep)`` were passed:
+                the row filter's mask (:func:`storage.reader.row_mask`). The rows are
+                dropped in polars, right after the zero-copy import: polars copies the kept
+                list columns in about half of Arrow's ``filter`` time.
 
         Returns:
             A record batch with exactly :attr:`wire_schema`.
@@ -153,6 +160,8 @@ class FeaturePipeline:
         """
         spec = self._spec
         negatives = None
+        if keep is not None and spec.sampled:  # sampling draws over the filtered rows
+            batch, keep = batch.filter(keep), None
         if spec.sampled:
             batch, negatives = self._sample(batch)
         bound, (adapters, outputs) = self._exprs_for(batch)
@@ -160,6 +169,8 @@ class FeaturePipeline:
         columns_in += [c for c in (spec.label, spec.weight) if c]
         # from_arrow of a table or record batch is always a DataFrame (a Series only for arrays).
         frame = cast(pl.DataFrame, pl.from_arrow(batch.select(list(dict.fromkeys(columns_in)))))
+        if keep is not None:
+            frame = frame.filter(pl.Series(keep))
         if negatives is not None:
             frame = frame.with_columns(pl.Series("__negative", negatives))
         out = frame.with_columns(adapters).select(outputs)
@@ -176,6 +187,8 @@ class FeaturePipeline:
             arrays.append(_single_array(out.get_column(wire.WEIGHT_COLUMN).to_arrow()))
         for name in spec.passthrough:
             array = _single_array(batch.column(name))
+            if keep is not None:
+                array = array.filter(keep)
             arrays.append(array if name in self._raw_passthrough else wire.passthrough_array(array))
         return wire.assemble_wire_batch(bound.wire_schema, dense, arrays)
 

@@ -98,3 +98,61 @@ def test_a_split_yields_its_filtered_rows_from_start_batch_and_times_every_stage
     assert totals.counts["batches_out"] == batch_count - 2
     for stage in ("read_s", "filter_s", "transform_s", "batch_s", "serialize_s"):
         assert totals.seconds[stage] > 0, stage
+
+
+def test_rows_dropped_by_a_mask_transform_exactly_as_rows_filtered_first(
+    small_table: str,
+) -> None:
+    """The worker hands the row filter's mask to the transform instead of filtering first;
+    the wire batch must be the one of the filtered rows, column for column (ids hashed,
+    dense filled, passthrough kept), with and without sampling."""
+    from dpp_server.transforms import FeaturePipeline
+    from storage import parse_filter
+    from storage.reader import row_mask, scan_split
+
+    features = [
+        {
+            "name": "d0",
+            "source": "dense_0",
+            "kind": spec_pb2.FEATURE_KIND_DENSE,
+            "ops": [{"op": "fill_null", "params": {"value": 0.0}}, {"op": "log1p"}],
+        },
+        {
+            "name": "s0",
+            "source": "sparse_0",
+            "kind": spec_pb2.FEATURE_KIND_SPARSE,
+            "ops": [
+                {"op": "first_x", "params": {"x": 3}},
+                {"op": "sigrid_hash", "params": {"salt": 5, "max_value": 1000}},
+            ],
+        },
+    ]
+    table = Table.open(small_table)
+    split = table.plan_splits(4000).splits[0]
+    row_filter = parse_filter("dense_1 IS NOT NULL OR label = 1", "row_filter")
+    for sampled in ({}, {"sample_rate": 0.5, "sample_key": "row_id", "seed": 3}):
+        spec = spec_from_proto(
+            spec_pb2.SessionSpec(
+                table_uri=small_table,
+                batch_size=100,
+                passthrough=["row_id"],
+                label="label",
+                row_filter=row_filter.text,
+                features=features,
+                **sampled,  # type: ignore[arg-type]
+            )
+        )
+        pipeline = FeaturePipeline(spec)
+        for scanned in scan_split(
+            split,
+            filesystem=table.filesystem,
+            columns=pipeline.input_columns,
+            row_filter=row_filter,
+            batch_rows=1000,
+        ):
+            keep = row_mask(scanned, row_filter)
+            assert keep is not None and keep.null_count == 0
+            assert 0 < keep.true_count < scanned.num_rows
+            got = pipeline.apply(scanned, keep)
+            want = pipeline.apply(scanned.filter(row_filter.expression))
+            assert got.equals(want), sampled

@@ -152,3 +152,27 @@ def test_unknown_columns_are_named(table: Table) -> None:
 def test_batch_rows_must_be_positive(table: Table) -> None:
     with pytest.raises(ValueError, match="batch_rows must be >= 1"):
         read_all(table, split_of(table, (0,)), ["row_id"], None, 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x > 1",
+        "y = 'b' OR x IS NULL",
+        "NOT (x > 1)",
+        "x IN (1, 3) AND y IS NOT NULL",
+        "TRUE",
+        "FALSE",
+    ],
+)
+def test_row_mask_keeps_exactly_the_rows_the_expression_keeps(text: str) -> None:
+    from storage.reader import filter_rows, row_mask
+
+    batch = pa.record_batch({"x": [1, None, 3, 4, None], "y": ["a", "b", None, "b", "b"]})
+    f = parse_filter(text, "row_filter")
+    want = batch.filter(f.expression)
+    keep = row_mask(batch, f)
+    assert keep is not None and keep.null_count == 0 and len(keep) == batch.num_rows
+    assert batch.filter(keep).equals(want)
+    assert filter_rows(batch, f, ["y"]).equals(want.select(["y"]))
+    assert len(row_mask(batch.slice(0, 0), f) or []) == 0
