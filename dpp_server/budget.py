@@ -7,8 +7,11 @@ pyarrow only inside functions, so :mod:`dpp_server.__main__` can call
 :func:`prepare_environment` before anything loads it.
 
 The budget is the whole worker process's resident memory (``VmRSS``: the interpreter and its
-libraries' code pages included, not only buffers), 512 MB by default. It is divided so
-(1 pipeline thread, ``--memory-mb 512``)::
+libraries' code pages included, not only buffers). It is off by default (0): measured on
+the DLRM job, a worker held to 512 MB spends 1.3-1.6x the CPU per row of one without a
+budget (the allocators hand freed pages back and fault them in again; smaller decode steps),
+so the default keeps throughput per core and an operator who needs a bound sets one. A
+budget is divided so (1 pipeline thread, ``--memory-mb 512``)::
 
     512 MB = 168  process base: interpreter, pyarrow, polars, grpc, thread stacks and the
                   library code pages a running pipeline touches (measured: a worker idles
@@ -63,8 +66,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The worker's budget unless ``--memory-mb`` (``DPP_MEMORY_MB``) says otherwise; 0 is none.
-DEFAULT_MEMORY_MB = 512
+#: The worker's budget unless ``--memory-mb`` (``DPP_MEMORY_MB``) says otherwise: none (see
+#: the module docstring for why).
+DEFAULT_MEMORY_MB = 0
 #: What the worker process holds before its pipeline threads' data: the idle process
 #: (142-145 MB measured) plus the code pages production touches (20-30 MB).
 BASE_MB = 168

@@ -361,14 +361,31 @@ class DedupPipeline:
 
     def row_session_starts(self, batch: pa.RecordBatch) -> npt.NDArray[np.int64] | None:
         """Where the sessions of transformed rows (:meth:`apply`'s output, or pieces of it
-        joined by :func:`dpp_proto.wire.concat_rows`) begin: runs of equal indices of the first
-        group's first column. Within one chunk equal indices mean equal inputs (the unique rows
-        are over the inputs), so this is :meth:`session_starts` of the raw chunk; a session
-        that spans two chunks starts again at the second. None without dedup groups."""
+        joined by :func:`dpp_proto.wire.concat_rows`) begin: runs of adjacent rows whose first
+        group's features are equal. Within one chunk equal indices mean equal inputs (the
+        unique rows are over the inputs); where the index changes, the two rows' values are
+        compared too, so a session that spans two chunks (a piece of a memory budget's smaller
+        reads, a cached chunk) stays one session: the seeded order of a window is then the same
+        however its rows were chunked. None without dedup groups."""
         if not self._groups:
             return None
-        column = batch.column(self._groups[0].section_schema[0].name)
-        return session_starts(pa.RecordBatch.from_arrays([column.indices], names=["inverse"]))
+        columns = [batch.column(field.name) for field in self._groups[0].section_schema]
+        indices = columns[0].indices  # the group's features share their indices
+        starts = session_starts(pa.RecordBatch.from_arrays([indices], names=["inverse"]))
+        if len(starts) <= 1:
+            return starts
+        inverse = indices.to_numpy(zero_copy_only=False)
+        # Each later start against the row before it, as adjacent rows (previous, start).
+        pairs = np.empty(2 * (len(starts) - 1), dtype=np.int64)
+        pairs[0::2] = inverse[starts[1:] - 1]
+        pairs[1::2] = inverse[starts[1:]]
+        same = np.ones(len(pairs), dtype=np.bool_)
+        same[0] = False
+        for column in columns:
+            _and_same(column.dictionary.take(pa.array(pairs)), same)
+        keep = np.ones(len(starts), dtype=np.bool_)
+        keep[1:] = ~same[1::2]
+        return starts[keep]
 
     def session_starts(self, batch: pa.RecordBatch | pa.Table) -> npt.NDArray[np.int64] | None:
         """Where the sessions of a raw read chunk begin: runs of rows whose inputs of the first

@@ -46,19 +46,23 @@ def test_plan_divides_the_budget_and_refuses_one_too_small_for_its_threads() -> 
 
 def test_a_worker_command_gets_the_allocator_settings_before_they_load() -> None:
     env: dict[str, str] = {}
-    assert prepare_environment(["worker", "--master", "x:1"], env)  # the 512 MB default
+    assert prepare_environment(["worker", "--master", "x:1", "--memory-mb", "512"], env)
     assert env["ARROW_DEFAULT_MEMORY_POOL"] == "jemalloc"
     assert env["_RJEM_MALLOC_CONF"].startswith("dirty_decay_ms:0")
     kept = {"JE_ARROW_MALLOC_CONF": "dirty_decay_ms:1000"}  # an operator's own setting stays
     assert prepare_environment(["worker", "--memory-mb=256"], kept)
     assert kept["JE_ARROW_MALLOC_CONF"] == "dirty_decay_ms:1000"
     for argv, environ in (
-        (["worker", "--memory-mb", "0"], {}),  # no budget: allocators as they are
+        (["worker", "--memory-mb", "0"], {}),  # no budget: freed pages kept for reuse
         (["worker"], {"DPP_MEMORY_MB": "0"}),
-        (["master"], {}),
+        (["worker"], {}),  # the default: no budget
     ):
-        assert not prepare_environment(argv, environ) and set(environ) <= {"DPP_MEMORY_MB"}
-    assert DEFAULT_MEMORY_MB == 512
+        assert not prepare_environment(argv, environ)
+        assert environ.get("MIMALLOC_PURGE_DELAY") == "-1"
+        assert "ARROW_DEFAULT_MEMORY_POOL" not in environ
+    master: dict[str, str] = {}
+    assert not prepare_environment(["master"], master) and not master  # workers only
+    assert DEFAULT_MEMORY_MB == 0
 
 
 def test_read_batches_shrink_to_the_budget_and_a_large_row_group_is_refused(

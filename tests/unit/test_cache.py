@@ -173,8 +173,9 @@ def test_lru_by_bytes_and_no_partial_entries(small_table: str, tmp_path: Path) -
 def test_shuffled_sessions_use_the_cache_and_keep_their_order(
     small_table: str, tmp_path: Path, dedup: bool
 ) -> None:
-    """The seeded order is applied after the cache: cached, uncached and budget-decoded runs
-    give the same frames, every epoch its own order, every row once."""
+    """The seeded order is applied after the cache: cached and uncached runs give the same
+    frames, budget-decoded runs (smaller reads) the same rows in the same order, every epoch
+    its own order, every row once."""
     extra: dict[str, object] = {"shuffle": True, "seed": 3}
     if dedup:
         extra["features"] = [
@@ -213,8 +214,27 @@ def test_shuffled_sessions_use_the_cache_and_keep_their_order(
                 ids.extend(batch.column("extra.row_id").to_pylist())
         return ids
 
+    def rows_of(frames: list[bytes]) -> list[dict[str, list[object]]]:
+        """The frames' rows, dedup groups taken through their inverse: what a trainer sees."""
+        decoded = []
+        for frame in frames:
+            _, batch = decode_frame(frame)
+            if batch is not None:
+                columns = {}
+                for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                    if pa.types.is_dictionary(column.type):
+                        column = column.dictionary.take(column.indices)
+                    columns[name] = column.to_pylist()
+                decoded.append(columns)
+        return decoded
+
     epoch0, epoch1 = frames(plain, 0), frames(plain, 1)
-    assert frames(small_reads, 0) == epoch0
+    budget_reads = frames(small_reads, 0)
+    # The same rows in the same order; with dedup, a session cut by a smaller read is one
+    # unique row per read piece, so the encoding of such a batch may differ.
+    assert rows_of(budget_reads) == rows_of(epoch0)
+    if not dedup:
+        assert budget_reads == epoch0
     assert frames(cached, 0) == epoch0  # a miss, written
     assert cache.stats()[0] == 1
     assert frames(cached, 0) == epoch0  # a hit
