@@ -320,7 +320,7 @@ class IcebergTable(Table):
         target_split_rows: int,
         partition_filter: Filter | None = None,
         row_filter: Filter | None = None,
-        max_concurrency: int = 32,
+        max_concurrency: int = 128,
     ) -> Plan:
         """Plans the pinned snapshot: manifest pruning, then row groups as for a Hive table.
 

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
+import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dpp_client import Batch, Feature, Op, SessionSpec
@@ -69,3 +74,21 @@ def assert_exactly_once(batches: list[tuple[tuple[int, ...], str]], rows: int = 
 
 
 ClusterFactory = Callable[..., LocalCluster]
+
+
+def run_trainer_until_killed(command: list[str], checkpoint: str, batches: int) -> None:
+    """Starts a trainer process (``trainer_proc.py``), SIGKILLs it once its checkpoint holds
+    ``batches`` batches (it may be between a batch and its checkpoint then)."""
+    first = subprocess.Popen(command)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with open(checkpoint) as f:
+                if len(json.load(f)["batches"]) >= batches:
+                    break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    assert not Path(checkpoint + ".done").exists(), "the trainer finished before the kill"

@@ -14,7 +14,14 @@ import time
 from typing import Any
 
 import pytest
-from chaos_helpers import ROWS, ClusterFactory, assert_exactly_once, chaos_spec, signature
+from chaos_helpers import (
+    ROWS,
+    ClusterFactory,
+    assert_exactly_once,
+    chaos_spec,
+    run_trainer_until_killed,
+    signature,
+)
 
 from dpp_client import DppLoader
 from dpp_server.local_cluster import LocalCluster
@@ -220,19 +227,7 @@ def test_trainer_process_sigkilled_and_restarted(
     checkpoint = str(tmp_path / "ckpt.json")
     script = str(Path(__file__).with_name("trainer_proc.py"))
     command = [sys.executable, script, cluster.master_address, small_table, checkpoint]
-    first = subprocess.Popen(command)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with open(checkpoint) as f:
-                if len(json.load(f)["batches"]) >= 12:
-                    break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first.wait(30)
-    assert not Path(checkpoint + ".done").exists(), "the trainer finished before the kill"
+    run_trainer_until_killed(command, checkpoint, 12)
     second = subprocess.run(command, timeout=180)
     assert second.returncode == 0
     with open(checkpoint) as f:

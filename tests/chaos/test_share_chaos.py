@@ -6,7 +6,6 @@ without holding the fast one back; a job on another spec is not grouped."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -16,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_helpers import ClusterFactory, assert_exactly_once, chaos_spec, signature
+from chaos_helpers import (
+    ClusterFactory,
+    assert_exactly_once,
+    chaos_spec,
+    run_trainer_until_killed,
+    signature,
+)
 
 from dpp_client import DppLoader
 from dpp_client.spec import Feature, Op
@@ -39,23 +44,6 @@ def _counter(address: str, name: str) -> float:
 
 def _total(cluster: Any, name: str) -> float:
     return sum(_counter(w.metrics_address, name) for w in cluster.workers if w.alive)
-
-
-def _run_trainer_until_killed(command: list[str], checkpoint: str, batches: int) -> None:
-    """Starts a trainer process, SIGKILLs it once its checkpoint holds ``batches`` batches."""
-    first = subprocess.Popen(command)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with open(checkpoint) as f:
-                if len(json.load(f)["batches"]) >= batches:
-                    break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first.wait(30)
-    assert not Path(checkpoint + ".done").exists(), "the trainer finished before the kill"
 
 
 def test_three_sharing_jobs_each_get_every_row_once_across_a_trainer_kill(
@@ -83,7 +71,7 @@ def test_three_sharing_jobs_each_get_every_row_once_across_a_trainer_kill(
     checkpoint = str(tmp_path / "ckpt.json")
     script = str(Path(__file__).with_name("trainer_proc.py"))
     command = [sys.executable, script, cluster.master_address, small_table, checkpoint, "share"]
-    _run_trainer_until_killed(command, checkpoint, 12)
+    run_trainer_until_killed(command, checkpoint, 12)
     second = subprocess.run(command, timeout=180)
     for thread in threads:
         thread.join(300)
