@@ -204,6 +204,9 @@ def run_cluster(table_dir: Path, rows: int, jobs: int) -> dict[str, Any]:
             results[label] = phases.out
             sequences[label] = seen
     results["byte_identical"] = sequences["cached"] == sequences["uncached"]
+    results["byte_identical_by_phase"] = {
+        name: seen == sequences["uncached"][name] for name, seen in sequences["cached"].items()
+    }
     base = results["cached"]["job A epoch 0"]["rows_per_s"]
     for phase in results["cached"].values():
         phase["ratio_to_epoch_0"] = round(phase["rows_per_s"] / base, 2)
