@@ -296,7 +296,10 @@ def spec_from_proto(msg: spec_pb2.SessionSpec) -> Spec:
     _check_limits(msg)
     if not msg.table_uri:
         raise SpecError(
-            "table_uri", "is required", "set it to the path or s3:// URI of a Parquet table"
+            "table_uri",
+            "is required",
+            "set it to the path or s3:// URI of a Parquet or ORC table, or to "
+            "iceberg://<catalog>/<namespace>.<table>",
         )
     if msg.batch_size == 0:
         raise SpecError(

@@ -189,7 +189,8 @@ def test_missing_table_uri() -> None:
     err = rejects(valid_proto(table_uri=""))
     assert err.field == "table_uri"
     assert str(err) == (
-        "table_uri: is required; set it to the path or s3:// URI of a Parquet table"
+        "table_uri: is required; set it to the path or s3:// URI of a Parquet or ORC table, "
+        "or to iceberg://<catalog>/<namespace>.<table>"
     )
 
 
