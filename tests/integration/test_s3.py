@@ -5,12 +5,8 @@ start) and Ceph's radosgw (a production S3 implementation, one-node cluster, abo
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,18 +15,12 @@ from radosgw import missing_binaries, radosgw
 
 from dpp_client import DppLoader, Feature, Op, SessionSpec
 from dpp_server.local_cluster import LocalCluster
+from tests.helpers.delay_proxy import moto_server
 
 pytestmark = pytest.mark.integration
 
 KEY, SECRET = "testing", "testing"
 BUCKET = "dpp-tables"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module", params=["moto", "radosgw"])
@@ -62,30 +52,9 @@ def _radosgw(root: Path) -> Iterator[tuple[str, str, str]]:
 
 @contextlib.contextmanager
 def _moto(root: Path) -> Iterator[tuple[str, str, str]]:
-    """moto's S3 server as a plain process."""
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
-    if server is None:
-        pytest.fail("moto_server is not installed: run `make test` (moto[server] is a dev extra)")
-    port = _free_port()
-    process = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, "moto_server exited"
-                assert time.monotonic() < deadline, "moto_server did not start in 30 s"
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}", KEY, SECRET
-    finally:
-        process.terminate()
-        process.wait(10)
+    """moto's S3 server as a plain process (any key and secret work)."""
+    with moto_server() as endpoint:
+        yield endpoint, KEY, SECRET
 
 
 def test_a_table_on_s3_is_read_exactly_once(s3_endpoint: tuple[str, str, str]) -> None:
