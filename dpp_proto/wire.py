@@ -929,9 +929,13 @@ def _ids_from_lengths(packed: pa.RecordBatch, where: str) -> pa.ListArray:
     values = ids_list.flatten()
     lengths = lengths_list.flatten()
     if values.null_count:
-        raise WireFormatError(f"{where}: the packed sparse section holds {values.null_count} null ids")
+        raise WireFormatError(
+            f"{where}: the packed sparse section holds {values.null_count} null ids"
+        )
     count = len(lengths)
-    dtype = np.dtype(np.uint8 if lengths.type == pa.uint8() else np.uint16)
+    narrow = lengths.type == pa.uint8()
+    dtype = np.dtype(np.uint8 if narrow else np.uint16)
+    longest = 255 if narrow else 65535
     data = lengths.buffers()[1]
     host = (
         np.frombuffer(data, dtype=dtype, count=count, offset=lengths.offset * dtype.itemsize)
@@ -939,7 +943,7 @@ def _ids_from_lengths(packed: pa.RecordBatch, where: str) -> pa.ListArray:
         else np.zeros(0, dtype)
     )
     total = len(values)
-    if count * np.iinfo(dtype).max >= 2**31:  # the int32 sum could wrap: sum exactly first
+    if count * longest >= 2**31:  # the int32 sum could wrap: sum exactly first
         summed = int(host.sum(dtype=np.int64))
         if summed != total:
             raise WireFormatError(
