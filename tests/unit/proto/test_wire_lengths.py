@@ -308,3 +308,20 @@ def test_a_null_row_is_refused() -> None:
     frame = FrameEncoder(UNPACKED).encode(header, rest, [(wire.SPARSE_SECTION, packed)])
     with pytest.raises(WireFormatError, match="section's one row is null"):
         decode_frame(frame)
+
+
+def test_a_null_list_spanning_ids_round_trips() -> None:
+    """A null list whose offsets still span ids (Arrow allows it): its length is its extent,
+    so the lengths still sum to the ids and both layouts decode to the same array."""
+    column = pa.ListArray.from_arrays(
+        pa.array([0, 2, 4, 5], pa.int32()),
+        pa.array([1, 2, 3, 4, 5], pa.int64()),
+        mask=pa.array([False, True, False]),
+    ).cast(wire.SPARSE_TYPE)
+    assert column.to_pylist() == [[1, 2], None, [5]]
+    rows = sparse_rows({"a": [[1, 2], None, [5]]})
+    rows = rows.set_column(0, rows.schema.field(0), column)
+    frame, got, expected = both(rows, [], frozenset({"a"}))
+    assert lengths_type(section_schemas(frame)[wire.SPARSE_SECTION]) == pa.uint8()
+    assert got.equals(expected)
+    assert got.column("sparse.a").to_pylist() == [[1, 2], None, [5]]
