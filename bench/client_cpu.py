@@ -8,7 +8,10 @@ encoded with each :class:`~dpp_proto.wire.WireOptions` compared (same rows, one 
 
 * ``before``: the per-feature layout with int64 ids (what workers sent before issue 15);
 * ``packed64``: the packed (KeyedJaggedTensor) layout, ids kept int64 (lever 2 alone);
-* ``after``: packed with int32 ids where the op chain bounds them (the default now);
+* ``offsets32``: packed with int32 ids where the op chain bounds them, int32 offsets (the
+  default before narrow lengths);
+* ``after``: the same with the list lengths as uint8/uint16 where a batch allows (the
+  default now);
 * ``after+lz4`` / ``after+zstd``: the same with Arrow IPC buffer compression.
 
 Measures (CPU is this process's ``getrusage``, every thread; medians of ``--repeats``):
@@ -74,7 +77,7 @@ from dpp_server.produce import SessionPipeline, StageTotals, produce_split
 from dpp_server.spec import Spec, int32_features, spec_from_proto
 from storage import Table, parse_filter
 
-LAYOUTS = ("before", "packed64", "after", "after+lz4", "after+zstd")
+LAYOUTS = ("before", "packed64", "offsets32", "after", "after+lz4", "after+zstd")
 TRANSPORTS = ("grpc", "grpc+tls", "flight", "socket", "socket+tls")
 
 
@@ -82,7 +85,9 @@ def wire_options(layout: str, spec: Spec) -> WireOptions:
     if layout == "before":
         return WireOptions(packed=False)
     if layout == "packed64":
-        return WireOptions()
+        return WireOptions(narrow_lengths=False)
+    if layout == "offsets32":
+        return WireOptions(int32_features=int32_features(spec), narrow_lengths=False)
     compression = layout.partition("+")[2] or None
     return WireOptions(int32_features=int32_features(spec), compression=compression)
 
@@ -442,12 +447,16 @@ def run(
     out: dict[str, Any] = {"table": table_uri, "frames": frames, "repeats": repeats}
     if "layouts" in only:
         layouts: dict[str, Any] = {}
-        for layout in LAYOUTS:
-            encoded = make_frames(table_uri, quick, frames, layout)
+        made = {layout: make_frames(table_uri, quick, frames, layout) for layout in LAYOUTS}
+        decodes: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}
+        for _ in range(repeats):  # alternate layouts within each repeat (a noisy machine)
+            for layout, encoded in made.items():
+                decodes[layout].append(measure_decode(encoded, 5))
+        for layout, encoded in made.items():
             rows = sum(decode_frame(f)[0].num_rows for f in encoded)
             layouts[layout] = {
                 "bytes_per_row": sum(len(f) for f in encoded) / rows,
-                "decode": _median([measure_decode(encoded, 5) for _ in range(repeats)]),
+                "decode": _median(decodes[layout]),
             }
         out["layouts"] = layouts
     if "ingest" in only:

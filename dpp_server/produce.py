@@ -168,8 +168,9 @@ class SessionPipeline:
             spec: the session's spec.
             read_batch_rows: see the attribute.
             wire: how frames are encoded; by default the packed layout, with int32 ids for
-                every feature :func:`~dpp_server.spec.int32_features` allows and the
-                compression of ``wire`` (none by default).
+                every feature :func:`~dpp_server.spec.int32_features` allows, narrow list
+                lengths where a batch allows, and the compression of ``wire`` (none by
+                default).
             max_batch_bytes, max_row_group_bytes: the worker's read budget
                 (:mod:`dpp_server.budget`; 0: none).
             cache: where transformed splits are kept and found again (None: no cache).
@@ -181,6 +182,7 @@ class SessionPipeline:
         options = WireOptions(
             packed=wire.packed if wire is not None else True,
             int32_features=int32_features(spec),
+            narrow_lengths=wire.narrow_lengths if wire is not None else True,
             compression=wire.compression if wire is not None else None,
         )
         return cls(

@@ -182,5 +182,6 @@ def _frame_seeds() -> list[bytes]:
     )
     header = worker_pb2.FrameHeader(session_id="s", split_id="x", batch_seq=0, num_rows=2)
     end = worker_pb2.FrameHeader(session_id="s", split_id="x", batch_seq=1, last_in_split=True)
-    encoder = wire.FrameEncoder()
-    return [encoder.encode(header, rows), encoder.encode_empty(end)]
+    encoder = wire.FrameEncoder()  # the packed layout with narrow list lengths
+    offsets = wire.FrameEncoder(wire.WireOptions(narrow_lengths=False))
+    return [encoder.encode(header, rows), offsets.encode(header, rows), encoder.encode_empty(end)]

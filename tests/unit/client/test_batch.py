@@ -33,7 +33,10 @@ def test_every_tensor_is_a_view_of_the_frame() -> None:
     assert batch.labels is not None and batch.weights is not None
     assert _inside(batch.dense, frame)
     assert batch.packed is not None  # the packed layout: 2 views for every sparse feature
-    assert _inside(batch.packed.values, frame) and _inside(batch.packed.offsets, frame)
+    assert _inside(batch.packed.values, frame)
+    # The lengths layout's one copy: offsets rebuilt once from the narrow lengths.
+    assert not _inside(batch.packed.offsets, frame)
+    assert batch.packed.offsets.dtype == torch.int32
     for jt in batch.sparse.values():
         assert _inside(jt.values, frame)  # offsets: a rebased B + 1 slice (a small copy)
     assert _inside(batch.labels, frame)

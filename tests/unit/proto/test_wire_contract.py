@@ -1,8 +1,9 @@
 """The frame contract (dpp_proto.wire): encode -> decode round trips over every column kind,
 dedup sections, concatenation and expansion, and every decode error with its text.
 
-Both layouts are covered: the packed (KeyedJaggedTensor) layout with int32 ids, which workers
-send, is checked against the per-feature layout's decoding as the reference."""
+Every layout is covered: the packed (KeyedJaggedTensor) layout with int32 ids and narrow list
+lengths, which workers send, and with int32 offsets (``narrow_lengths=False``, the reference of
+the lengths layout), each checked against the per-feature layout's decoding as the reference."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from dpp_proto.wire import FrameEncoder, WireFormatError, WireOptions, decode_fr
 
 #: The per-feature layout: its decoding is the reference the packed layout must equal.
 UNPACKED = WireOptions(packed=False)
-LAYOUTS = {"unpacked": UNPACKED, "packed": WireOptions()}
+#: The packed layout with int32 offsets, as before narrow lengths: their decodings must be equal.
+OFFSETS = WireOptions(narrow_lengths=False)
+LAYOUTS = {"unpacked": UNPACKED, "offsets": OFFSETS, "packed": WireOptions()}
 
 
 def reference(rb: pa.RecordBatch) -> pa.RecordBatch:
@@ -128,7 +131,7 @@ def test_plain_columns_round_trip_exactly(layout: str) -> None:
     assert wire.feature_names(got.schema, wire.METADATA_SPARSE) == ["a", "b"]
     assert (got_header.session_id, got_header.epoch, got_header.rank) == ("s1", 2, 1)
     assert (got_header.split_id, got_header.batch_seq, got_header.num_rows) == ("a", 3, 4)
-    packed = [wire.SPARSE_SECTION] if layout == "packed" else []
+    packed = [wire.SPARSE_SECTION] if layout != "unpacked" else []
     assert [s.name for s in got_header.sections] == [wire.ROWS_SECTION, *packed]
     assert all(s.offset % wire.SECTION_ALIGNMENT == 0 for s in got_header.sections)
     assert frame[:4] == wire.FRAME_MAGIC
@@ -140,8 +143,13 @@ def test_rows_buffers_point_into_the_frame(layout: str) -> None:
     _, rb = decode_frame(frame)
     assert rb is not None
     start = pa.py_buffer(frame).address
-    for column in rb.columns:
-        for buf in column.buffers():
+    for name, column in zip(rb.schema.names, rb.columns, strict=True):
+        buffers = column.buffers()
+        if layout == "packed" and name.startswith(wire.SPARSE_PREFIX):
+            # The lengths layout's one copy: validity and offsets rebuilt from the lengths.
+            assert column.buffers()[1].size == 4 * (2 * 4 + 1)
+            buffers = buffers[2:]
+        for buf in buffers:
             if buf is not None and buf.size:
                 assert start <= buf.address < start + len(frame)
                 assert (buf.address - start) % 8 == 0
@@ -175,7 +183,7 @@ def test_dedup_sections_join_as_dictionaries_and_expand_to_the_plain_rows(layout
     rows, sections, frame = dedup_frame(options=LAYOUTS[layout])
     header, got = decode_frame(frame)
     assert got is not None
-    packed = [wire.SPARSE_SECTION] if layout == "packed" else []
+    packed = [wire.SPARSE_SECTION] if layout != "unpacked" else []
     assert [s.name for s in header.sections] == ["rows", *packed, "dedup/user"]
     assert all(s.offset % wire.SECTION_ALIGNMENT == 0 for s in header.sections)
     assert got.schema.names == ["extra.row_id", "sparse.u0", "sparse.u1", "sparse.p0"]
