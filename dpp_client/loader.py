@@ -20,6 +20,8 @@ Protocol, worked example (rank 0, two workers, epochs 2):
 
 1. ``iter(loader)``: ``CreateSession(spec, session_name)`` -> ``session_id``; the fan-in lists
    workers W1, W2 and opens a stream to each; ``BeginEpoch(session_id, 0, 0)`` -> splits [A, B].
+   (``loader.start()`` does this step before the trainer's first ``iter()``, which then
+   returns the started epoch: the workers get a head start while the model is built.)
 2. W1 sends frames of A, W2 of B; the trainer's ``next()`` feeds them to the assembler and
    yields full batches as they come, partial ones once re-batched.
 3. W2 is killed. Its stream fails with UNAVAILABLE; the fan-in re-dials with capped backoff
