@@ -20,6 +20,8 @@ Protocol, worked example (rank 0, two workers, epochs 2):
 
 1. ``iter(loader)``: ``CreateSession(spec, session_name)`` -> ``session_id``; the fan-in lists
    workers W1, W2 and opens a stream to each; ``BeginEpoch(session_id, 0, 0)`` -> splits [A, B].
+   (``loader.start()`` does this step before the trainer's first ``iter()``, which then
+   returns the started epoch: the workers get a head start while the model is built.)
 2. W1 sends frames of A, W2 of B; the trainer's ``next()`` feeds them to the assembler and
    yields full batches as they come, partial ones once re-batched.
 3. W2 is killed. Its stream fails with UNAVAILABLE; the fan-in re-dials with capped backoff
@@ -305,6 +307,8 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         self._restore: tuple[int | None, dict[str, Consumption], int] | None = None
         self._saved_session_id = ""
         self._session: _Session | None = None
+        # The epoch start() began, until iter() hands it to the trainer.
+        self._started: _EpochIterator | None = None
         self._counters = LoaderCounters()
         self._closed = threading.Event()
         if validate:
@@ -370,9 +374,48 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
         """Lists the live workers (with stage timings) through the master."""
         return self._link.list_workers()
 
+    def start(self) -> DppLoader:
+        """Begins reading now: what the next ``iter()`` would do, without waiting for it.
+
+        Creates, joins or resumes the session and begins the epoch the next ``iter()`` would
+        begin (a restored checkpoint's epoch included), so the workers fill the prefetch
+        (``prefetch_batches`` frames) while the trainer builds its model; the next
+        ``iter(loader)`` returns that epoch without asking the master again. Call it as early
+        as the trainer can, e.g. ``loader = DppLoader(...).start()`` before building the model,
+        and after :meth:`load_state_dict` when resuming (calling that afterwards is correct
+        too, but drops the started epoch and with it the head start).
+
+        The stall clock (``stats.stall_s``, ``stats.wall_s``) still starts at the first
+        ``next()``: ``start()`` shortens the first wait only by giving the workers a head
+        start, and a wait that remains is counted as stall as before.
+
+        Idempotent: while an epoch is started or being read, it does nothing.
+
+        Returns:
+            The loader itself, so that ``DppLoader(...).start()`` chains.
+
+        Raises:
+            DppClientError: the loader is closed (as ``iter()`` would).
+            SpecRejectedError, TableNotFoundError, DppUnavailableError: what ``iter()`` raises.
+        """
+        if self._started is None and not self._epoch_active:
+            self._started = self._begin_epoch()
+        elif self._closed.is_set():
+            raise DppClientError("DppLoader is closed; create a new one to read again")
+        return self
+
     def __iter__(self) -> Iterator[Batch]:
         """Begins the next epoch (creating or joining the session on the first call), or
-        resumes the epoch a restored checkpoint was in."""
+        resumes the epoch a restored checkpoint was in; an epoch :meth:`start` began is
+        returned as it is."""
+        started, self._started = self._started, None
+        if started is not None and not self._closed.is_set():
+            return started
+        return self._begin_epoch()
+
+    def _begin_epoch(self) -> _EpochIterator:
+        """Begins the next (or the restored) epoch: the one home of ``BeginEpoch`` for
+        ``iter()`` and :meth:`start`."""
         if self._closed.is_set():
             raise DppClientError("DppLoader is closed; create a new one to read again")
         session = self._ensure_session()
@@ -466,6 +509,11 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restores a position saved by :meth:`state_dict`; the next ``iter()`` resumes it.
 
+        After :meth:`start`, the started epoch is dropped (nothing of it was yielded) and the
+        next ``iter()`` (or ``start()``) resumes the checkpoint as in a new loader: in the
+        checkpoint's session if the master still knows it, the master's ``BeginEpoch`` with
+        the checkpoint's consumption revoking the started epoch's leases.
+
         Raises:
             ValueError: the state is of another version or rank.
         """
@@ -478,8 +526,29 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             raise ValueError(
                 f"loader state is of rank {state['rank']}, this loader is rank {self.rank}"
             )
-        if self._assembler is None and state.get("session_id"):
-            self._saved_session_id = str(state["session_id"])
+        started, self._started = self._started, None
+        saved_session_id = str(state.get("session_id") or "")
+        session = self._session
+        if (
+            started is not None
+            and session is not None
+            and saved_session_id
+            and saved_session_id != self.session_id
+        ):
+            # start() opened a session of its own (or joined another): leave it, as a new
+            # loader would never have opened it; frames already queued for it go with it.
+            _log.info(
+                "dropping the session %s start() opened: the checkpoint resumes session %s",
+                self.session_id,
+                saved_session_id,
+            )
+            self._session = None
+            self._stop_session(session)
+            self._ready.clear()
+            self.session_id = ""
+            self.plan = None
+        if self._session is None and saved_session_id:
+            self._saved_session_id = saved_session_id
         if state.get("session_name") and not self.session_name:
             self.session_name = str(state["session_name"])
         consumed = {
@@ -522,21 +591,28 @@ class DppLoader(torch.utils.data.IterableDataset[Batch]):
             except Exception:
                 _log.exception("final acknowledgement failed")
         self._closed.set()
-        stuck: list[threading.Thread] = []
-        if session is not None:
-            session.acks.stop()
-            session.fan_in.stop()
-        self._link.close()  # ends calls in flight, e.g. a refresher waiting for the master
-        if session is not None:
-            stuck = session.fan_in.join(_JOIN_TIMEOUT_S)
-            acker = session.acks.join(_JOIN_TIMEOUT_S)
-            stuck += [acker] if acker is not None else []
-            opener = session.overlap.close(_JOIN_TIMEOUT_S)
-            stuck += [opener] if opener is not None else []
-        for t in stuck:
-            _log.warning("thread %s did not stop within %.0f s", t.name, _JOIN_TIMEOUT_S)
+        if session is None:
+            self._link.close()
+        else:
+            self._stop_session(session, close_link=True)
         self._ready.clear()
         _log.info("closed loader of session %s rank %d", self.session_id, self.rank)
+
+    def _stop_session(self, session: _Session, close_link: bool = False) -> None:
+        """Cancels the session's streams and joins its threads (sending nothing more);
+        ``close_link`` also closes the link, between the two, to end calls in flight (e.g. a
+        refresher waiting for the master)."""
+        session.acks.stop()
+        session.fan_in.stop()
+        if close_link:
+            self._link.close()
+        stuck = session.fan_in.join(_JOIN_TIMEOUT_S)
+        acker = session.acks.join(_JOIN_TIMEOUT_S)
+        stuck += [acker] if acker is not None else []
+        opener = session.overlap.close(_JOIN_TIMEOUT_S)
+        stuck += [opener] if opener is not None else []
+        for t in stuck:
+            _log.warning("thread %s did not stop within %.0f s", t.name, _JOIN_TIMEOUT_S)
 
     def __enter__(self) -> DppLoader:
         return self
