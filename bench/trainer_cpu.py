@@ -116,7 +116,7 @@ def run_variant(variant: str, epochs: int, workers: int) -> dict[str, Any]:
     finally:
         cluster.stop()
     steady = epochs_out[1:] or epochs_out
-    rows = sum(e["rows"] for e in steady)
+    rows = int(sum(e["rows"] for e in steady))
     return {
         "variant": variant,
         "epochs": epochs,
@@ -129,7 +129,10 @@ def run_variant(variant: str, epochs: int, workers: int) -> dict[str, Any]:
         "rows_per_s": rows / sum(e["wall_s"] for e in steady),
         "stall_share": stall_share,
         "per_epoch": [
-            {"cpu_s_per_m_rows": e["cpu_s"] / e["rows"] * 1e6, "rows_per_s": e["rows"] / e["wall_s"]}
+            {
+                "cpu_s_per_m_rows": e["cpu_s"] / e["rows"] * 1e6,
+                "rows_per_s": e["rows"] / e["wall_s"],
+            }
             for e in epochs_out
         ],
         "thread_cpu_s_per_m_rows": {
