@@ -18,6 +18,7 @@ connection_file`) once the master's address is known.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -85,6 +86,26 @@ class ClusterProcess:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def _wait_or_explain(child: ClusterProcess, sig: int, timeout_s: float) -> None:
+    """Waits for ``child`` to exit after ``sig``; if it does not within ``timeout_s``, has it
+    write every thread's stack to its log (SIGUSR1, ``faulthandler``), kills it and raises
+    with that log's tail, so a process that hangs on the way out says where."""
+    try:
+        child.process.wait(timeout_s)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(OSError):
+        child.process.send_signal(signal.SIGUSR1)
+    time.sleep(1.0)
+    child.process.kill()
+    child.process.wait()
+    raise RuntimeError(
+        f"{child.role} (pid {child.process.pid}) did not exit within {timeout_s:g} s of "
+        f"signal {sig}; its threads and last log lines:\n{child.log_tail(150)}"
+    )
 
 
 def write_ready_file(path: str, address: str, **extra: str) -> None:
@@ -181,7 +202,7 @@ class LocalCluster:
         if self.master is None:
             raise RuntimeError("the cluster is not started")
         self.master.process.send_signal(sig)
-        self.master.process.wait(30)
+        _wait_or_explain(self.master, sig, 30.0)
 
     def restart_master(self) -> None:
         """Starts the master again on the same port (and journal, when the cluster keeps
@@ -215,7 +236,7 @@ class LocalCluster:
         worker = self.workers[index]
         worker.process.send_signal(sig)
         if wait:
-            worker.process.wait(60)
+            _wait_or_explain(worker, sig, 60.0)
 
     @property
     def live_workers(self) -> list[int]:

@@ -381,3 +381,23 @@ def test_a_trainer_raises_when_the_master_stays_away(wide_table: str) -> None:
                     pass
             raised_s = time.monotonic() - started
         assert raised_s < 3 + 20, f"raised after {raised_s:.1f}s"
+
+
+def test_sigusr1_dumps_every_thread_and_the_process_keeps_serving() -> None:
+    """``kill -USR1`` is how an operator (and LocalCluster, before killing a process that
+    did not stop) sees where a dpp process waits: every thread's stack, in its log."""
+    with LocalCluster(workers=0) as cluster:
+        assert cluster.master is not None
+        cluster.master.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        log = ""
+        while time.monotonic() < deadline and "most recent call first" not in log:
+            time.sleep(0.1)
+            log = cluster.master.log_path.read_text(errors="replace")
+        assert "most recent call first" in log, log[-2000:]
+        assert "_wait_for_signal" in log  # the main thread, waiting for a stop signal
+        assert cluster.master.alive
+        channel = open_channel(cluster.master_address, load_connection())
+        stub = master_pb2_grpc.MasterServiceStub(channel)
+        assert stub.ListWorkers(master_pb2.ListWorkersRequest(), timeout=10).workers == []
+        channel.close()
