@@ -16,32 +16,14 @@ import time
 
 import pytest
 
-from dpp_client import Batch, DppLoader, Feature, Op, SessionSpec
+from dpp_client import Batch, DppLoader
 from dpp_server.local_cluster import LocalCluster
+from tests.helpers.specs import resume_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RESUMES = 25
 FIRST_BATCH_WITHIN_S = 2.0
-
-
-def _spec(table: str) -> SessionSpec:
-    """Deterministic, shuffled, small splits and batches: many leases in flight per resume."""
-    return SessionSpec(
-        table_uri=table,
-        features=(
-            Feature("d0", "dense", source="dense_0", ops=(Op("fill_null", {"value": 0.0}),)),
-            Feature("s0", "sparse", source="sparse_0", ops=(Op("first_x", {"x": 4}),)),
-        ),
-        label="label",
-        passthrough=("row_id",),
-        batch_size=700,
-        target_split_rows=2000,
-        seed=13,
-        shuffle=True,
-        deterministic=True,
-        max_splits_in_flight=4,
-    )
 
 
 def _row_ids(batch: Batch) -> list[int]:
@@ -51,7 +33,7 @@ def _row_ids(batch: Batch) -> list[int]:
 def test_every_resume_yields_its_first_batch_at_once(
     cluster: LocalCluster, small_table: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spec = _spec(small_table)
+    spec = resume_spec(small_table)
     with DppLoader(cluster.master_address, spec) as loader:
         reference = [_row_ids(b) for b in loader]
     n = len(reference)

@@ -14,37 +14,18 @@ from collections import Counter
 
 import pytest
 
-from dpp_client import Batch, DppLoader, Feature, Op, SessionSpec
+from dpp_client import Batch, DppLoader, SessionSpec
 from dpp_client.errors import DppClientError
 from dpp_client.master_link import GrpcMasterLink
 from dpp_proto import master_pb2
 from dpp_proto.auth import load_connection
 from dpp_server.local_cluster import LocalCluster
+from tests.helpers.specs import resume_spec
 
 pytestmark = [pytest.mark.integration]
 
 EPOCHS = 2
 QUEUED_WITHIN_S = 30.0
-
-
-def _spec(table: str) -> SessionSpec:
-    """Deterministic and shuffled, small splits and batches: the order is a real check."""
-    return SessionSpec(
-        table_uri=table,
-        features=(
-            Feature("d0", "dense", source="dense_0", ops=(Op("fill_null", {"value": 0.0}),)),
-            Feature("s0", "sparse", source="sparse_0", ops=(Op("first_x", {"x": 4}),)),
-        ),
-        label="label",
-        passthrough=("row_id",),
-        batch_size=700,
-        target_split_rows=2000,
-        epochs=EPOCHS,
-        seed=13,
-        shuffle=True,
-        deterministic=True,
-        max_splits_in_flight=4,
-    )
 
 
 class CountingLink(GrpcMasterLink):
@@ -81,7 +62,7 @@ def _wait_queued(loader: DppLoader) -> None:
 def test_started_loader_reads_what_a_plain_loader_reads(
     cluster: LocalCluster, small_table: str
 ) -> None:
-    spec = _spec(small_table)
+    spec = resume_spec(small_table, epochs=EPOCHS)
     reference = _reference(cluster, spec)
     assert all(len(epoch) > 10 for epoch in reference)
     link = CountingLink(cluster.master_address)
@@ -113,7 +94,7 @@ def test_restore_after_start_resumes_exactly(
     """The checkpoint is taken mid-epoch; five batches read after it are lost with the
     trainer (the master saw their acknowledgement). The new loader starts, has frames of the
     started epoch queued, then restores: the rest of the epoch comes exactly once."""
-    spec = _spec(small_table)
+    spec = resume_spec(small_table, epochs=EPOCHS)
     reference = _reference(cluster, spec)
     n = len(reference[checkpoint_epoch])
     stop = n // 3
@@ -146,7 +127,7 @@ def test_restore_after_start_resumes_exactly(
 
 
 def test_start_on_a_closed_loader_raises(cluster: LocalCluster, small_table: str) -> None:
-    spec = _spec(small_table)
+    spec = resume_spec(small_table, epochs=EPOCHS)
     loader = DppLoader(cluster.master_address, spec)
     loader.close()
     with pytest.raises(DppClientError, match="DppLoader is closed; create a new one"):
